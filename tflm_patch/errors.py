@@ -1,0 +1,17 @@
+"""Exceptions that carry a message meant for the user (one clear line)."""
+
+
+class TflmPatchError(Exception):
+    """Base class: the CLI prints str(error) as one line and exits non-zero."""
+
+
+class ModelFormatError(TflmPatchError):
+    """The bytes are not a valid TFLite flatbuffer."""
+
+
+class UnsupportedModelError(TflmPatchError):
+    """A valid TFLite model that this tool cannot handle (e.g. float, unknown op)."""
+
+
+class TflmRunError(TflmPatchError):
+    """The x86 TFLM interpreter failed (error status, abort or crash in a child process)."""
