@@ -1,0 +1,272 @@
+"""The `tflm-patch` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from typing import TYPE_CHECKING
+
+from tflm_patch.errors import TflmPatchError
+
+if TYPE_CHECKING:
+    from tflm_patch.analysis import Analysis
+    from tflm_patch.model import Model
+
+log = logging.getLogger("tflm_patch")
+
+_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(b|k|kb|kib|m|mb|mib)?\s*$", re.IGNORECASE)
+_UNITS = {None: 1, "b": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1 << 20, "mib": 1 << 20,
+          "mb": 1_000_000}
+
+
+def parse_size(text: str) -> int:
+    """'256KiB' -> 262144, '256k' -> 262144, '250kB' -> 250000, '262144' -> 262144."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(
+            f"cannot read size {text!r}: use bytes or a unit, e.g. 262144, 256KiB, 1MiB"
+        )
+    unit = m.group(2).lower() if m.group(2) else None
+    value = float(m.group(1)) * _UNITS[unit]
+    if value <= 0 or value != int(value):
+        raise argparse.ArgumentTypeError(f"size {text!r} must be a positive whole number of bytes")
+    return int(value)
+
+
+def human(n: int) -> str:
+    return f"{n / 1024:,.1f} KiB" if n >= 1024 else f"{n} B"
+
+
+def resolve_model_arg(arg: str) -> Path:
+    """A path, or zoo:NAME for a model of the project's zoo (built and cached on first use)."""
+    if arg.startswith("zoo:"):
+        from tflm_patch.zoo import ZOO, ensure_model
+
+        name = arg[4:]
+        if name not in ZOO:
+            raise TflmPatchError(f"unknown zoo model {name!r}; choose from: {', '.join(ZOO)}")
+        return ensure_model(name)
+    return Path(arg)
+
+
+# ----------------------------------------------------------------------------- analyze
+
+
+@dataclass(frozen=True)
+class ArenaFigures:
+    predicted_head: int | None
+    predicted_tail: int | None
+    predicted_total: int | None
+    prediction_error: str | None
+    measured_total: int | None
+    measured_head: int | None
+    measured_tail: int | None
+    measurement_error: str | None
+
+
+def _arena_figures(model: Model, raw: bytes, measure: bool) -> ArenaFigures:
+    from tflm_patch.arena import predict_arena
+
+    ph = pt = ptot = None
+    perr = None
+    try:
+        pred = predict_arena(model)
+        ph, pt, ptot = pred.head.size, pred.tail.total, pred.total
+    except TflmPatchError as e:
+        perr = str(e)
+    mt = mh = mtl = None
+    merr = None
+    if measure:
+        from tflm_patch.tflm_runner import smallest_arena
+
+        log.info("measuring the smallest arena on x86 TFLM (bisection in a child process)...")
+        try:
+            meas = smallest_arena(raw)
+            mt, mh, mtl = meas.smallest, meas.report.head, meas.report.tail
+        except TflmPatchError as e:
+            merr = str(e)
+    return ArenaFigures(ph, pt, ptot, perr, mt, mh, mtl, merr)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from tflm_patch.analysis import analyze
+    from tflm_patch.model import load_model, require_int8
+
+    path = resolve_model_arg(args.model)
+    model = load_model(path)
+    require_int8(model)
+    result = analyze(model)
+    arena = _arena_figures(model, model.raw, measure=not args.no_measure)
+
+    if args.json:
+        doc = {
+            "model": str(path),
+            "operators": [
+                {
+                    "index": s.index,
+                    "op": s.name,
+                    "output_shape": list(s.output_shape),
+                    "input_bytes": s.input_bytes,
+                    "output_bytes": s.output_bytes,
+                    "in_out_bytes": s.in_out_bytes,
+                    "live_bytes": s.live_bytes,
+                    "weight_bytes": s.weight_bytes,
+                    "macs": s.macs,
+                }
+                for s in result.ops
+            ],
+            "peak": {
+                "op_index": result.peak_op,
+                "op": result.peak.name,
+                "bytes": result.peak_bytes,
+                "tensors": [
+                    {"index": t, "name": model.tensors[t].name,
+                     "shape": list(model.tensors[t].shape), "bytes": model.tensors[t].nbytes}
+                    for t in result.peak.live_tensors
+                ],
+            },
+            "total_macs": result.total_macs,
+            "arena": asdict(arena),
+            "budget": args.budget,
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        _print_analysis(model, result, arena, args.budget, str(path))
+
+    if args.plot:
+        from tflm_patch.plot import ArenaLine, plot_memory
+
+        lines = []
+        if arena.measured_total is not None:
+            lines.append(ArenaLine(f"TFLM arena (measured) {human(arena.measured_total)}",
+                                   arena.measured_total))
+        elif arena.predicted_total is not None:
+            lines.append(ArenaLine(f"TFLM arena (predicted) {human(arena.predicted_total)}",
+                                   arena.predicted_total))
+        plot_memory(result, args.plot, title=f"{path.name}: activation memory per operator "
+                    "(layer-by-layer)", budget=args.budget, lines=lines)
+        log.info("wrote plot %s", args.plot)
+    if arena.measurement_error:
+        print(f"error: TFLM measurement failed: {arena.measurement_error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_analysis(model: Model, result: Analysis, arena: ArenaFigures, budget: int | None,
+                    name: str) -> None:
+    print(f"model: {name}  ({len(model.operators)} operators, {len(model.tensors)} tensors, "
+          f"{result.total_macs:,} MACs)")
+    print(f"{'#':>4}  {'op':<18} {'output shape':<20} {'in+out':>11} {'alive':>11} {'MACs':>13}")
+    for s in result.ops:
+        mark = " <- peak" if s.index == result.peak_op else ""
+        if budget is not None and s.live_bytes > budget:
+            mark += " (over budget)"
+        shape = "x".join(str(d) for d in s.output_shape)
+        print(f"{s.index:>4}  {s.name:<18} {shape:<20} {human(s.in_out_bytes):>11} "
+              f"{human(s.live_bytes):>11} {s.macs:>13,}{mark}")
+    peak = result.peak
+    tensors = ", ".join(
+        f"{model.tensors[t].name or t} {'x'.join(map(str, model.tensors[t].shape))}"
+        f" ({human(model.tensors[t].nbytes)})"
+        for t in peak.live_tensors
+    )
+    print(f"layer-by-layer peak: {human(result.peak_bytes)} ({result.peak_bytes:,} B) at op "
+          f"#{peak.index} {peak.name}: {tensors}")
+    if arena.predicted_total is not None:
+        print(f"TFLM arena predicted: {arena.predicted_total:,} B = head {arena.predicted_head:,}"
+              f" + tail {arena.predicted_tail:,}")
+    else:
+        print(f"TFLM arena predicted: unavailable ({arena.prediction_error})")
+    if arena.measured_total is not None:
+        print(f"TFLM arena measured:  {arena.measured_total:,} B = head {arena.measured_head:,}"
+              f" + tail {arena.measured_tail:,}  (x86 TFLM, smallest arena that allocates and "
+              "invokes)")
+    elif arena.measurement_error is None:
+        print("TFLM arena measured:  skipped (--no-measure)")
+    if budget is not None:
+        need = arena.measured_total or arena.predicted_total or result.peak_bytes
+        verdict = "fits" if need <= budget else "does NOT fit"
+        print(f"budget {human(budget)}: the model {verdict} layer-by-layer ({human(need)})")
+
+
+# ----------------------------------------------------------------------------- zoo
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from tflm_patch.zoo import ZOO, ensure_zoo
+
+    if args.list:
+        for name, spec in ZOO.items():
+            print(f"{name:<16} {spec.description}")
+        return 0
+    for name, path in ensure_zoo(args.names or None).items():
+        print(f"{name:<16} {path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tflm-patch",
+        description="Patch-based inference (MCUNetV2) for TensorFlow Lite Micro int8 models: "
+        "find where a model's SRAM goes and what TFLM really needs.",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
+    p.add_argument("-v", "--verbose", action="store_true", help="log details (debug)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    a = sub.add_parser(
+        "analyze",
+        help="per-op memory and MACs, layer-by-layer peak, predicted vs measured TFLM arena",
+        description="Analyze an int8 .tflite: a per-op table (output shape, input+output "
+        "activation bytes, bytes alive while the op runs, MACs), the layer-by-layer peak, "
+        "the TFLM arena predicted from TFLM's allocation rules and measured on the x86 "
+        "TFLM interpreter (smallest arena, by bisection), and optionally a plot.",
+    )
+    a.add_argument("model", help="a .tflite file, or zoo:NAME for a model of the project's zoo")
+    a.add_argument("--json", action="store_true", help="print exact byte counts as JSON")
+    a.add_argument("--plot", metavar="FILE.png", help="write a memory-per-op bar chart")
+    a.add_argument("--budget", type=parse_size, metavar="SIZE",
+                   help="SRAM budget to check against, e.g. 256KiB (drawn on the plot)")
+    a.add_argument("--no-measure", action="store_true",
+                   help="skip the x86 TFLM measurement (prediction only, faster)")
+    a.set_defaults(func=cmd_analyze)
+
+    z = sub.add_parser("zoo", help="build (or list) the project's seeded int8 test models",
+                       description="Build the project's seeded int8 test models with TensorFlow "
+                       "(cached; rebuilt only when the generator changes).")
+    z.add_argument("names", nargs="*", help="models to build (default: all)")
+    z.add_argument("--list", action="store_true", help="list the models and what they test")
+    z.set_defaults(func=cmd_zoo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
+        format="%(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except TflmPatchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

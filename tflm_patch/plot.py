@@ -1,0 +1,88 @@
+"""Memory-per-operator plot in the style of MCUNetV2's Figure 1."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tflm_patch.analysis import Analysis
+
+
+@dataclass(frozen=True)
+class ArenaLine:
+    label: str
+    bytes: int
+    style: str = "--"
+    color: str = "tab:purple"
+
+
+def plot_memory(
+    analysis: Analysis,
+    path: str | os.PathLike[str],
+    *,
+    title: str,
+    budget: int | None = None,
+    lines: Sequence[ArenaLine] = (),
+) -> None:
+    """Bars: activation memory alive while each operator runs (KiB); red above the budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ops = analysis.ops
+    kib = [s.live_bytes / 1024 for s in ops]
+    over = [budget is not None and s.live_bytes > budget for s in ops]
+    colors = ["tab:red" if o else "tab:blue" for o in over]
+    width = min(max(8.0, 0.16 * len(ops) + 3), 24.0)
+    fig, ax = plt.subplots(figsize=(width, 4.8), dpi=110)
+    ax.bar(range(len(ops)), kib, color=colors, width=0.8, label="activations alive during the op")
+    peak = analysis.peak
+    ax.annotate(
+        f"peak {peak.live_bytes / 1024:,.0f} KiB\n#{peak.index} {peak.name}",
+        xy=(peak.index, peak.live_bytes / 1024),
+        xytext=(0, 6),
+        textcoords="offset points",
+        ha="center",
+        va="bottom",
+        fontsize=8,
+    )
+    if budget is not None:
+        ax.axhline(budget / 1024, color="black", linewidth=1.2)
+        ax.text(
+            len(ops) - 0.5,
+            budget / 1024,
+            f" SRAM budget {budget / 1024:,.0f} KiB",
+            va="bottom",
+            ha="right",
+            fontsize=8,
+        )
+    for line in lines:
+        ax.axhline(line.bytes / 1024, color=line.color, linestyle=line.style, linewidth=1.2)
+        ax.text(0, line.bytes / 1024, f" {line.label}", va="bottom", fontsize=8, color=line.color)
+    if len(ops) <= 70:
+        ax.set_xticks(range(len(ops)))
+        ax.set_xticklabels([f"{s.index} {_short(s.name)}" for s in ops], rotation=90, fontsize=6)
+    else:
+        ax.set_xlabel("operator index (execution order)")
+    ax.set_ylabel("memory (KiB)")
+    ax.set_title(title, fontsize=10)
+    ax.margins(x=0.01)
+    ax.set_ylim(0, max([*kib, *(ln.bytes / 1024 for ln in lines), (budget or 0) / 1024]) * 1.15)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+_SHORT = {
+    "DEPTHWISE_CONV_2D": "DW",
+    "CONV_2D": "CONV",
+    "FULLY_CONNECTED": "FC",
+    "AVERAGE_POOL_2D": "AVGPOOL",
+    "MAX_POOL_2D": "MAXPOOL",
+}
+
+
+def _short(name: str) -> str:
+    return _SHORT.get(name, name)
