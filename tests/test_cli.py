@@ -68,7 +68,7 @@ def test_bad_files_give_one_error_line(capsys, tmp_path, tiny_int8_bytes, kind, 
 
 
 def test_float_model_says_int8_required(capsys, tmp_path, float_model_bytes):  # type: ignore[no-untyped-def]
-    code, out, err = _run(capsys, "analyze", _write(tmp_path, "f.tflite", float_model_bytes))
+    code, _, err = _run(capsys, "analyze", _write(tmp_path, "f.tflite", float_model_bytes))
     assert code != 0
     lines = _error_lines(err)
     assert len(lines) == 1 and "float model" in lines[0] and "int8" in lines[0]

@@ -70,7 +70,7 @@ def test_tiny_int8_model_loads(tiny_int8_bytes: bytes) -> None:
 
 def test_float_model_is_refused(float_model_bytes: bytes) -> None:
     m = load_model(float_model_bytes)
-    with pytest.raises(UnsupportedModelError, match="float model.*int8"):
+    with pytest.raises(UnsupportedModelError, match=r"float model.*int8"):
         require_int8(m)
 
 

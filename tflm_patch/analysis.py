@@ -106,7 +106,7 @@ _MACS: dict[str, Callable[[Model, OperatorInfo], int]] = {
 
 
 def op_macs(model: Model, op: OperatorInfo) -> int:
-    """Multiply-accumulates (or the equivalent element operations) of one op; 0 for data movement."""
+    """Multiply-accumulates (or equivalent element operations) of one op; 0 for data movement."""
     fn = _MACS.get(op.name)
     return int(fn(model, op)) if fn else 0
 

@@ -90,6 +90,7 @@ class Allocation:
     category: str
     size: int
     alignment: int
+    count: int = 1  # structs in the allocation (RecordingMicroAllocator counts these)
 
 
 @dataclass(frozen=True)
@@ -249,7 +250,7 @@ def tail_allocations(model: Model, target: str = "x86_64") -> tuple[list[Allocat
 
     def struct(category: str, name: str, count: int = 1) -> None:
         size, align = lay.size(name)
-        allocs.append(Allocation(category, size * count, align))
+        allocs.append(Allocation(category, size * count, align, count))
 
     # RecordingMicroAllocator::Create (interpreter_wrapper.cc)
     struct(ALLOCATORS, "RecordingSingleArenaBufferAllocator")
@@ -310,7 +311,7 @@ def predict_tail(model: Model, target: str = "x86_64") -> TailPrediction:
         entry = totals.setdefault(a.category, [0, 0, 0])
         entry[0] += a.size
         entry[1] += new_used - used
-        entry[2] += 1
+        entry[2] += a.count
         used = new_used
     if planned == len(allocs):
         before_io = used

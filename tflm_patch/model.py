@@ -139,7 +139,9 @@ class Model:
         data = self.buffer_bytes(tensor_index)
         np_type = _TENSOR_TYPES[_type_code(t.dtype)][1]
         if data is None or np_type is None or _TENSOR_TYPES[_type_code(t.dtype)][2] < 8:
-            raise UnsupportedModelError(f"tensor {t.index} ({t.name}) has no readable constant data")
+            raise UnsupportedModelError(
+                f"tensor {t.index} ({t.name}) has no readable constant data"
+            )
         return np.frombuffer(data, dtype=np_type).reshape(t.shape)
 
     def consumers(self) -> dict[int, list[int]]:
@@ -187,7 +189,8 @@ def verify(buf: bytes) -> None:
         raise ModelFormatError(f"not a TFLite model: only {len(buf)} bytes")
     if buf[4:8] != FILE_IDENTIFIER:
         raise ModelFormatError(
-            f"not a TFLite model: file identifier is {bytes(buf[4:8])!r}, expected {FILE_IDENTIFIER!r}"
+            f"not a TFLite model: file identifier is {bytes(buf[4:8])!r}, "
+            f"expected {FILE_IDENTIFIER!r}"
         )
     from tflm_patch.fbverify import verify_tflite
 
@@ -328,7 +331,7 @@ class _AlignedBuffer:
             data = bytes(np.asarray(b.data, dtype=np.uint8))
         return cls(data, int(b.offset or 0), int(b.size or 0))
 
-    def Pack(self, builder: flatbuffers.Builder) -> int:  # noqa: N802 (schema object API name)
+    def Pack(self, builder: flatbuffers.Builder) -> int:
         fb = schema()
         vec = None
         if self.data is not None:

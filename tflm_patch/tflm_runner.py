@@ -18,6 +18,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -89,7 +90,7 @@ def _last_log_line(stderr: str, stdout: str) -> str:
     return lines[-1] if lines else "no log output"
 
 
-def _call(req_kwargs: dict, what: str, timeout: float) -> Response:  # type: ignore[type-arg]
+def _call(req_kwargs: dict[str, Any], what: str, timeout: float) -> Response:
     with tempfile.TemporaryDirectory(prefix="tflm_patch_") as tmp:
         result_path = os.path.join(tmp, "response.pkl")
         req = Request(result_path=result_path, **req_kwargs)
