@@ -172,7 +172,7 @@ def _print_analysis(model: Model, result: Analysis, arena: ArenaFigures, budget:
               f"{human(s.live_bytes):>11} {s.macs:>13,}{mark}")
     peak = result.peak
     tensors = ", ".join(
-        f"{model.tensors[t].name or t} {'x'.join(map(str, model.tensors[t].shape))}"
+        f"#{t} {_short_name(model.tensors[t].name)} {'x'.join(map(str, model.tensors[t].shape))}"
         f" ({human(model.tensors[t].nbytes)})"
         for t in peak.live_tensors
     )
@@ -193,6 +193,12 @@ def _print_analysis(model: Model, result: Analysis, arena: ArenaFigures, budget:
         need = arena.measured_total or arena.predicted_total or result.peak_bytes
         verdict = "fits" if need <= budget else "does NOT fit"
         print(f"budget {human(budget)}: the model {verdict} layer-by-layer ({human(need)})")
+
+
+def _short_name(name: str, limit: int = 40) -> str:
+    """Converter tensor names can be hundreds of characters: keep the last op's name."""
+    name = name.split(";")[0]
+    return name if len(name) <= limit else "..." + name[-(limit - 3):]
 
 
 # ----------------------------------------------------------------------------- zoo

@@ -42,11 +42,12 @@ def plot_memory(
     ax.annotate(
         f"peak {peak.live_bytes / 1024:,.0f} KiB\n#{peak.index} {peak.name}",
         xy=(peak.index, peak.live_bytes / 1024),
-        xytext=(0, 6),
+        xytext=(12, -4),
         textcoords="offset points",
-        ha="center",
-        va="bottom",
+        ha="left",
+        va="top",
         fontsize=8,
+        arrowprops={"arrowstyle": "-", "color": "gray", "linewidth": 0.8},
     )
     if budget is not None:
         ax.axhline(budget / 1024, color="black", linewidth=1.2)
@@ -60,7 +61,8 @@ def plot_memory(
         )
     for line in lines:
         ax.axhline(line.bytes / 1024, color=line.color, linestyle=line.style, linewidth=1.2)
-        ax.text(0, line.bytes / 1024, f" {line.label}", va="bottom", fontsize=8, color=line.color)
+        ax.text(len(ops) - 0.5, line.bytes / 1024, f"{line.label} ", va="bottom", ha="right",
+                fontsize=8, color=line.color)
     if len(ops) <= 70:
         ax.set_xticks(range(len(ops)))
         ax.set_xticklabels([f"{s.index} {_short(s.name)}" for s in ops], rotation=90, fontsize=6)
