@@ -1,9 +1,16 @@
-"""Child-process side of tflm_runner: runs the x86 TFLM interpreter on one request.
+"""Child-process side of `tflm_patch.tflm_runner`: runs the x86 TFLM interpreter once.
 
-Protocol: the parent writes a pickled `Request` to stdin; the child writes a pickled
-`Response` to the file named in the request (stdout and stderr stay free for TFLM's
-own MicroPrintf output, which the parent collects for error messages). TFLM can
-abort the process; the parent sees that as a signal exit status.
+Started as ``python -m tflm_patch._tflm_child``. Protocol: the parent writes one
+pickled `Request` to stdin; the child answers with one pickled `Response` on its
+original stdout. Everything else the process prints (TFLM's MicroPrintf goes to C
+stderr, the wheel's ``print()`` to Python stdout) is redirected to stderr, which the
+parent keeps as the log. Before each step the child writes a phase marker line to
+stderr, so that when TFLM aborts the process the parent can still say what it was
+doing ("allocating tensors", "invoking", ...).
+
+The smallest-arena search runs every probe in a forked grandchild: an arena too
+small even for TFLM's own allocator objects makes TFLM dereference a null pointer,
+and such a crash must count as "does not fit", not end the search.
 """
 
 from __future__ import annotations
@@ -15,187 +22,245 @@ import os
 import pickle
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-HEADER = "[RecordingMicroAllocator]"
+PHASE_MARK = "[tflm_patch phase] "
+REPORT_HEADER = "[RecordingMicroAllocator]"
+# Python-level line of the wheel's Interpreter.__init__, not a TFLM message
+RESOURCE_VARIABLES_LINE = "Number of resource variables"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Request:
     action: str  # "run" | "report" | "smallest"
     model: bytes
-    result_path: str
-    arena_size: int | None = None
-    inputs: list[np.ndarray] = field(default_factory=list)
-    registerers: list[str] = field(default_factory=list)
-    preload: list[str] = field(default_factory=list)
+    arena_size: int
+    num_inputs: int
+    num_outputs: int
+    num_tensors: int
+    inputs: tuple[np.ndarray, ...] = ()
+    registerers: tuple[str, ...] = ()
+    preload: tuple[str, ...] = ()
     granularity: int = 16
     invoke: bool = True
     preserve_all: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class Response:
-    ok: bool
-    error: str = ""
-    outputs: list[np.ndarray] = field(default_factory=list)
+    error: str = ""  # empty when the request succeeded
+    outputs: tuple[np.ndarray, ...] = ()
+    tensors: dict[int, np.ndarray] = field(default_factory=dict)
     report_text: str = ""
     smallest: int = 0
     probes: int = 0
-    tensors: dict[int, np.ndarray] = field(default_factory=dict)
 
 
-def _runtime() -> Any:
-    with contextlib.redirect_stdout(io.StringIO()):
-        from tflite_micro.python.tflite_micro import runtime
+def phase(text: str) -> None:
+    """Tell the parent what comes next (read back if the process dies)."""
+    sys.stdout.flush()
+    os.write(2, f"{PHASE_MARK}{text}\n".encode())
+
+
+def _load_runtime() -> Any:
+    from tflite_micro.python.tflite_micro import runtime
+
     return runtime
 
 
 def _make(req: Request, arena_size: int, runtime: Any) -> Any:
+    """Construct the interpreter (this runs AllocateTensors); RuntimeError if it fails."""
     config = (runtime.InterpreterConfig.kPreserveAllTensors if req.preserve_all
               else runtime.InterpreterConfig.kAllocationRecording)
-    # Interpreter.__init__ print()s the number of resource variables: keep stdout clean
+    # Interpreter.__init__ print()s the number of resource variables
     with contextlib.redirect_stdout(io.StringIO()):
         return runtime.Interpreter.from_bytes(
             req.model, custom_op_registerers=list(req.registerers), arena_size=arena_size,
             intrepreter_config=config)
 
 
-def _zero_inputs(interp: Any) -> None:
-    i = 0
-    while True:
-        try:
-            details = interp.get_input_details(i)
-        except Exception:
-            return
+def _set_zero_inputs(interp: Any, num_inputs: int) -> None:
+    for i in range(num_inputs):
+        details = interp.get_input_details(i)
         interp.set_input(np.zeros(details["shape"], dtype=details["dtype"]), i)
-        i += 1
 
 
-def _works(req: Request, arena_size: int, runtime: Any) -> bool:
+def _fits(req: Request, arena_size: int, runtime: Any) -> bool:
+    """True if the interpreter can be built (and, if asked, invoked) with this arena."""
     try:
         interp = _make(req, arena_size, runtime)
+        if req.invoke:
+            _set_zero_inputs(interp, req.num_inputs)
+            interp.invoke()
     except RuntimeError:
         return False
-    if req.invoke:
-        _zero_inputs(interp)
-        try:
-            interp.invoke()
-        except RuntimeError:
-            return False
     return True
 
 
+def _probe_in_grandchild(req: Request, arena_size: int, runtime: Any) -> bool:
+    """`_fits` in a forked process: a crash (signal) means the arena does not fit."""
+    pid = os.fork()
+    if pid == 0:  # grandchild: silent, never returns
+        code = 1
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            code = 0 if _fits(req, arena_size, runtime) else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
 def _report_text(interp: Any) -> str:
-    """print_allocations() writes through C stdio (MicroPrintf -> stderr): capture fds 1 and 2."""
-    sys.stdout.flush()
+    """print_allocations() writes through C stdio (stderr): capture fd 2 meanwhile."""
     sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
+    saved = os.dup(2)
     with tempfile.TemporaryFile(mode="w+b") as f:
-        os.dup2(f.fileno(), 1)
         os.dup2(f.fileno(), 2)
         try:
             interp.print_allocations()
             ctypes.CDLL(None).fflush(None)
         finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
+            os.dup2(saved, 2)
+            os.close(saved)
         f.seek(0)
         return f.read().decode("utf-8", "replace")
 
 
-def _smallest(req: Request, runtime: Any) -> tuple[int, int]:
-    g = req.granularity
-    probes = 0
+def _report_total(text: str) -> int:
+    for line in text.splitlines():
+        words = line.split()
+        if line.startswith(REPORT_HEADER) and words[1:4] == ["Arena", "allocation", "total"]:
+            return int(words[4])
+    raise RuntimeError(f"TFLM printed no allocation total: {text.strip()[:200]!r}")
 
-    def works(size: int) -> bool:
-        nonlocal probes
-        probes += 1
-        return _works(req, size, runtime)
 
-    # hint: the recording allocator's total at a generous size
-    generous = req.arena_size or max(16 << 20, 10 * len(req.model))
-    interp = _make(req, generous, runtime)
-    hint = _parse_total(_report_text(interp))
-    del interp
-    hint = -(-hint // g) * g
-    if works(hint) and (hint <= g or not works(hint - g)):
-        return hint, probes
-    lo, hi = 0, hint  # lo fails (or is 0), hi unknown
-    while not works(hi):
-        lo, hi = hi, hi * 2
-        if hi > (4 << 30):
-            raise RuntimeError("no arena up to 4 GiB works")
-    while hi - lo > g:
-        mid = (lo + hi) // 2 // g * g
-        if mid <= lo:
-            mid = lo + g
-        if works(mid):
+def _round_up(value: int, step: int) -> int:
+    return -(-value // step) * step
+
+
+def _bisect(fits: Callable[[int], bool], lo: int, hi: int, step: int) -> int:
+    """Smallest multiple of `step` in (lo, hi] that fits; `lo` does not fit, `hi` does."""
+    while hi - lo > step:
+        mid = lo + (hi - lo) // step // 2 * step
+        if fits(mid):
             hi = mid
         else:
             lo = mid
-    return hi, probes
+    return hi
 
 
-def _parse_total(text: str) -> int:
-    for line in text.splitlines():
-        if "Arena allocation total" in line:
-            return int(line.split("total")[1].split()[0])
-    raise RuntimeError("no allocation report from TFLM")
+def find_smallest(fits: Callable[[int], bool], hint: int, ceiling: int, step: int) -> int:
+    """Smallest multiple of `step` that fits, assuming "fits" is monotonic in the size.
+
+    `hint` (a multiple of `step`) is the expected answer: it costs two probes when right
+    (hint fits, hint - step does not). Otherwise gallop away from it in doubling steps
+    and bisect. `ceiling` is known to fit; 0 is taken not to fit.
+    """
+    if fits(hint):
+        if hint <= step or not fits(hint - step):
+            return hint
+        lo, hi, gap = 0, hint - step, step
+        while hi - gap > 0:
+            if not fits(hi - gap):
+                lo = hi - gap
+                break
+            hi, gap = hi - gap, 2 * gap
+        return _bisect(fits, lo, hi, step)
+    lo, hi, gap = hint, ceiling, step
+    while lo + gap < ceiling:
+        if fits(lo + gap):
+            hi = lo + gap
+            break
+        lo, gap = lo + gap, 2 * gap
+    return _bisect(fits, lo, hi, step)
+
+
+def _smallest(req: Request, runtime: Any) -> Response:
+    step = req.granularity
+    phase("allocating tensors")
+    interp = _make(req, req.arena_size, runtime)
+    if req.invoke:
+        phase("invoking")
+        _set_zero_inputs(interp, req.num_inputs)
+        interp.invoke()
+    phase("reading the allocation report")
+    hint = _round_up(_report_total(_report_text(interp)), step)
+    del interp
+    probes = 0
+
+    def fits(size: int) -> bool:
+        nonlocal probes
+        probes += 1
+        return _probe_in_grandchild(req, size, runtime)
+
+    phase("measuring the smallest arena")
+    ceiling = _round_up(req.arena_size, step)
+    smallest = find_smallest(fits, min(hint, ceiling), ceiling, step)
+    phase("allocating tensors at the smallest arena")
+    interp = _make(req, smallest, runtime)
+    return Response(smallest=smallest, probes=probes, report_text=_report_text(interp))
+
+
+def _run(req: Request, runtime: Any) -> Response:
+    phase("allocating tensors")
+    interp = _make(req, req.arena_size, runtime)
+    if req.action == "report":
+        phase("reading the allocation report")
+        return Response(report_text=_report_text(interp))
+    phase("setting inputs")
+    for i, x in enumerate(req.inputs):
+        interp.set_input(x, i)
+    phase("invoking")
+    interp.invoke()
+    phase("reading outputs")
+    outputs = tuple(np.array(interp.get_output(i)) for i in range(req.num_outputs))
+    tensors: dict[int, np.ndarray] = {}
+    if req.preserve_all:
+        # GetTensor has no bounds check in TFLM: stay within the model's tensor count
+        for i in range(req.num_tensors):
+            tensors[i] = np.array(interp.GetTensor(i, 0)["tensor_data"])
+    return Response(outputs=outputs, tensors=tensors)
 
 
 def serve(req: Request) -> Response:
-    for lib in req.preload:
-        ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
-    runtime = _runtime()
-    arena = req.arena_size or max(16 << 20, 10 * len(req.model))
-    if req.action == "smallest":
-        smallest, probes = _smallest(req, runtime)
-        interp = _make(req, smallest, runtime)
-        return Response(True, smallest=smallest, probes=probes, report_text=_report_text(interp))
-    interp = _make(req, arena, runtime)
-    if req.action == "report":
-        return Response(True, report_text=_report_text(interp))
-    for i, x in enumerate(req.inputs):
-        interp.set_input(x, i)
-    interp.invoke()
-    outputs = []
-    i = 0
-    while True:
+    phase("loading custom-op libraries")
+    for path in req.preload:
         try:
-            outputs.append(np.array(interp.get_output(i)))
-        except Exception:
-            break
-        i += 1
-    tensors: dict[int, np.ndarray] = {}
-    if req.preserve_all:
-        n = 0
-        while True:
-            try:
-                t = interp.GetTensor(n, 0)
-            except Exception:
-                break
-            if t is None:
-                break
-            tensors[n] = np.array(t)
-            n += 1
-    return Response(True, outputs=outputs, tensors=tensors)
+            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+        except OSError as e:
+            raise RuntimeError(f"cannot load {path}: {e}") from e
+    phase("importing the tflite-micro runtime")
+    runtime = _load_runtime()
+    if req.action == "smallest":
+        return _smallest(req, runtime)
+    return _run(req, runtime)
 
 
 def main() -> None:
-    req: Request = pickle.load(sys.stdin.buffer)
+    response = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # whatever TFLM or Python prints goes to the log (stderr)
+    sys.stdout = sys.stderr
+    request: Request = pickle.load(sys.stdin.buffer)
     try:
-        resp = serve(req)
-    except Exception as e:  # reported to the parent as a clear error, not a traceback
-        resp = Response(False, error=f"{type(e).__name__}: {e}")
-    with open(req.result_path, "wb") as f:
-        pickle.dump(resp, f)
+        result = serve(request)
+    except RuntimeError as e:  # the wrapper's way of reporting a TFLM error status
+        result = Response(error=str(e))
+    except Exception as e:  # reported by the parent as one clear line
+        result = Response(error=f"{type(e).__name__}: {e}")
+    with response:
+        pickle.dump(result, response)
 
 
 if __name__ == "__main__":
-    main()
+    # Run this module's own copy under its package name, so that the pickled Response
+    # refers to tflm_patch._tflm_child.Response (the parent cannot import __main__'s).
+    from tflm_patch import _tflm_child
+
+    _tflm_child.main()

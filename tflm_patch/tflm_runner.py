@@ -1,36 +1,52 @@
 """The x86 TFLM interpreter (tflite-micro wheel), always in a child process.
 
-TFLM aborts the whole process on some degenerate quantizations (SIGABRT from
-QuantizeMultiplierGreaterThanOne, for instance) and prints through C stdio. Every
-call here therefore starts `python -m tflm_patch._tflm_child`, sends it a pickled
-request and reads a pickled response; a signal exit, a timeout or an error status
-becomes a `TflmRunError` with one clear line, including TFLM's last log line.
+TFLM aborts the whole process on some degenerate quantizations (SIGABRT from a
+failed TFLITE_CHECK such as QuantizeMultiplierGreaterThanOne's), crashes on arenas
+too small for its own allocator objects, and prints through C stdio. So every call
+here verifies the flatbuffer, then runs ``python -m tflm_patch._tflm_child`` in its
+own process group, sends it a pickled request and reads back a pickled response. A
+signal exit, a timeout or a failure status becomes a `TflmRunError` with one line
+naming the step that failed and TFLM's last log line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
 import signal
 import subprocess
 import sys
-import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from tflm_patch._tflm_child import HEADER, Request, Response
-from tflm_patch.errors import TflmRunError
+import tflm_patch
+from tflm_patch._tflm_child import (
+    PHASE_MARK,
+    REPORT_HEADER,
+    RESOURCE_VARIABLES_LINE,
+    Request,
+    Response,
+)
+from tflm_patch.errors import ModelFormatError, TflmRunError
+from tflm_patch.fbverify import verify_tflite
+from tflm_patch.schema import schema
 
 log = logging.getLogger(__name__)
-DEFAULT_TIMEOUT = 600.0
+
+DEFAULT_TIMEOUT = 600.0  # seconds for one child process
+MIN_DEFAULT_ARENA = 16 << 20  # default arena: max(16 MiB, 10 x model size)
+ARENA_ALIGNMENT = 16  # new uint8_t[] on glibc x86_64; MicroArenaBufferAlignment()
 
 
 @dataclass(frozen=True)
 class AllocationRecord:
+    """One "'<name>' used U bytes with alignment overhead (requested R bytes for C ...)" line."""
+
     name: str
     used_bytes: int
     requested_bytes: int
@@ -39,6 +55,8 @@ class AllocationRecord:
 
 @dataclass(frozen=True)
 class AllocationReport:
+    """RecordingMicroAllocator::PrintAllocations(): arena total = head + tail, and records."""
+
     total: int
     head: int
     tail: int
@@ -50,121 +68,207 @@ class AllocationReport:
 
 @dataclass(frozen=True)
 class ArenaMeasurement:
+    """Smallest working arena_size, the allocation report at that size, probes it took."""
+
     smallest: int
     report: AllocationReport
     probes: int
 
 
+@dataclass(frozen=True)
+class _ModelShape:
+    inputs: int
+    outputs: int
+    tensors: int
+
+
+def default_arena_size(model: bytes) -> int:
+    """A generous arena: max(16 MiB, 10 x the model size), a multiple of 16."""
+    size = max(MIN_DEFAULT_ARENA, 10 * len(model))
+    return -(-size // ARENA_ALIGNMENT) * ARENA_ALIGNMENT
+
+
 def parse_report(text: str) -> AllocationReport:
-    """Parse RecordingMicroAllocator::PrintAllocations() output."""
-    total = head = tail = -1
+    """Parse the lines of RecordingMicroAllocator::PrintAllocations() (other lines ignored)."""
+    totals: dict[str, int] = {}
     records = []
     for line in text.splitlines():
-        if not line.startswith(HEADER):
+        line = line.strip()
+        if not line.startswith(REPORT_HEADER):
             continue
-        body = line[len(HEADER):].strip()
-        if body.startswith("Arena allocation "):
-            kind, value = body[len("Arena allocation "):].split()[:2]
-            number = int(value)
-            if kind == "total":
-                total = number
-            elif kind == "head":
-                head = number
-            elif kind == "tail":
-                tail = number
-        elif body.startswith("'"):
-            name, rest = body[1:].split("'", 1)
-            words = rest.replace("(", " ").replace(")", " ").split()
-            used = int(words[words.index("used") + 1])
-            requested = int(words[words.index("requested") + 1])
-            count = int(words[words.index("for") + 1])
-            records.append(AllocationRecord(name, used, requested, count))
-    if min(total, head, tail) < 0:
-        raise TflmRunError(f"cannot read TFLM's allocation report: {text.strip()[:200]!r}")
-    return AllocationReport(total, head, tail, tuple(records))
+        body = line[len(REPORT_HEADER):].strip()
+        words = body.split()
+        if words[:2] == ["Arena", "allocation"] and len(words) >= 4:
+            totals[words[2]] = int(words[3])
+        elif body.startswith("'") and body.count("'") >= 2:
+            records.append(_parse_record(body))
+    missing = [k for k in ("total", "head", "tail") if k not in totals]
+    if missing:
+        raise TflmRunError(f"TFLM's allocation report has no {', '.join(missing)}: "
+                           f"{text.strip()[:200]!r}")
+    return AllocationReport(totals["total"], totals["head"], totals["tail"], tuple(records))
 
 
-def _last_log_line(stderr: str, stdout: str) -> str:
-    lines = [ln.strip() for ln in (stdout + "\n" + stderr).splitlines() if ln.strip()]
-    lines = [ln for ln in lines if not ln.startswith(("Number of resource variables", HEADER))]
-    return lines[-1] if lines else "no log output"
+def _parse_record(body: str) -> AllocationRecord:
+    # 'NAME' used U bytes with alignment overhead (requested R bytes for C WHAT)
+    name, rest = body[1:].rsplit("'", 1)
+    words = rest.replace("(", " ").replace(")", " ").split()
+    try:
+        used = int(words[words.index("used") + 1])
+        requested = int(words[words.index("requested") + 1])
+        count = int(words[words.index("for") + 1])
+    except (ValueError, IndexError):
+        raise TflmRunError(f"cannot read TFLM's allocation record: {body!r}") from None
+    return AllocationRecord(name, used, requested, count)
 
 
-def _call(req_kwargs: dict[str, Any], what: str, timeout: float) -> Response:
-    with tempfile.TemporaryDirectory(prefix="tflm_patch_") as tmp:
-        result_path = os.path.join(tmp, "response.pkl")
-        req = Request(result_path=result_path, **req_kwargs)
-        env = dict(os.environ)
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-c", "from tflm_patch._tflm_child import main; main()"],
-                input=pickle.dumps(req), capture_output=True, timeout=timeout, env=env,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise TflmRunError(f"TFLM did not finish {what} within {timeout:.0f} s") from None
-        stdout = proc.stdout.decode("utf-8", "replace")
-        stderr = proc.stderr.decode("utf-8", "replace")
-        if proc.returncode < 0:
-            sig = signal.Signals(-proc.returncode).name
-            raise TflmRunError(
-                f"TFLM aborted ({sig}) while {what}: {_last_log_line(stderr, stdout)}")
-        if proc.returncode != 0 or not os.path.exists(result_path):
-            raise TflmRunError(
-                f"TFLM child process failed (exit {proc.returncode}) while {what}: "
-                f"{_last_log_line(stderr, stdout)}")
-        with open(result_path, "rb") as f:
-            resp: Response = pickle.load(f)
-    if not resp.ok:
-        detail = _last_log_line(stderr, "")
-        raise TflmRunError(f"TFLM failed while {what}: {resp.error} ({detail})")
-    return resp
+def _model_shape(model: bytes) -> _ModelShape:
+    """Verify the flatbuffer (TFLM itself does not) and count main-subgraph I/O and tensors."""
+    try:
+        verify_tflite(model)
+    except ModelFormatError as e:
+        raise TflmRunError(f"TFLM cannot run the model: {e}") from e
+    root = schema().Model.GetRootAs(model, 0)
+    if root.SubgraphsLength() == 0:
+        raise TflmRunError("TFLM cannot run the model: it has no subgraph")
+    graph = root.Subgraphs(0)
+    return _ModelShape(graph.InputsLength(), graph.OutputsLength(), graph.TensorsLength())
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(tflm_patch.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")  # the child forks: keep it single-threaded
+    return env
+
+
+@dataclass(frozen=True)
+class _ChildLog:
+    phase: str  # the last step the child announced
+    last_line: str  # TFLM's last message, "" if none
+
+    @classmethod
+    def parse(cls, stderr: bytes) -> _ChildLog:
+        phase, last = "starting", ""
+        for raw in stderr.decode("utf-8", "replace").splitlines():
+            line = raw.strip()
+            if line.startswith(PHASE_MARK):
+                phase = line[len(PHASE_MARK):]
+            elif line and not line.startswith((RESOURCE_VARIABLES_LINE, REPORT_HEADER)):
+                last = line
+        return cls(phase, last)
+
+    def suffix(self, sig: signal.Signals | None = None) -> str:
+        if self.last_line:
+            return f": {self.last_line}"
+        if sig == signal.SIGABRT:
+            return (" (no TFLM log output; a failed internal check such as a degenerate "
+                    "quantization scale aborts TFLM this way)")
+        return " (no TFLM log output)"
+
+
+def _call(request: Request, timeout: float) -> Response:
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tflm_patch._tflm_child"], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_child_env(),
+        start_new_session=True)  # own process group: a timeout also ends probe processes
+    try:
+        out, err = proc.communicate(pickle.dumps(request), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        child = _ChildLog.parse(err)
+        raise TflmRunError(f"TFLM did not finish {child.phase} within {timeout:g} s "
+                           "(child process killed)") from None
+    child = _ChildLog.parse(err)
+    log.debug("TFLM child: %s in %.2f s, exit %d", request.action,
+              time.monotonic() - start, proc.returncode)
+    if proc.returncode < 0:
+        sig = signal.Signals(-proc.returncode)
+        verb = "aborted" if sig == signal.SIGABRT else "crashed"
+        raise TflmRunError(f"TFLM {verb} ({sig.name}) while {child.phase}{child.suffix(sig)}")
+    try:
+        response = pickle.loads(out)
+    except Exception:
+        raise TflmRunError(f"TFLM child process failed (exit {proc.returncode}) while "
+                           f"{child.phase}{child.suffix()}") from None
+    if not isinstance(response, Response):
+        raise TflmRunError(f"TFLM child process answered {type(response).__name__}")
+    if response.error:
+        log_part = f"; TFLM log: {child.last_line}" if child.last_line else ""
+        raise TflmRunError(f"TFLM failed while {child.phase}: {response.error}{log_part}")
+    return response
+
+
+def _request(action: str, model: bytes, *, arena_size: int | None = None,
+             registerers: Sequence[str] = (), preload: Sequence[str] = (),
+             inputs: Sequence[np.ndarray] | None = None, granularity: int = 16,
+             invoke: bool = True, preserve_all: bool = False) -> Request:
+    data = bytes(model)
+    shape = _model_shape(data)
+    arena = default_arena_size(data) if arena_size is None else int(arena_size)
+    if arena <= 0:
+        raise TflmRunError(f"arena_size must be positive, got {arena}")
+    arrays = () if inputs is None else tuple(np.ascontiguousarray(x) for x in inputs)
+    if inputs is not None and len(arrays) != shape.inputs:
+        raise TflmRunError(f"the model has {shape.inputs} input tensor(s) but "
+                           f"{len(arrays)} array(s) were given")
+    return Request(
+        action=action, model=data, arena_size=arena, num_inputs=shape.inputs,
+        num_outputs=shape.outputs, num_tensors=shape.tensors, inputs=arrays,
+        registerers=tuple(str(r) for r in registerers),
+        preload=tuple(os.fspath(p) for p in preload), granularity=granularity,
+        invoke=invoke, preserve_all=preserve_all)
 
 
 def run_model(model: bytes, inputs: Sequence[np.ndarray], *, arena_size: int | None = None,
               registerers: Sequence[str] = (), preload: Sequence[str] = (),
               timeout: float = DEFAULT_TIMEOUT) -> list[np.ndarray]:
-    """Invoke the model once on `inputs`; returns the output tensors."""
-    resp = _call(dict(action="run", model=bytes(model), arena_size=arena_size,
-                      inputs=[np.asarray(x) for x in inputs], registerers=list(registerers),
-                      preload=list(preload)), "running the model", timeout)
-    return resp.outputs
+    """Invoke the model once on `inputs` (one array per model input); its outputs."""
+    req = _request("run", model, arena_size=arena_size, registerers=registerers,
+                   preload=preload, inputs=inputs)
+    return list(_call(req, timeout).outputs)
 
 
 def run_all_tensors(model: bytes, inputs: Sequence[np.ndarray], *,
                     arena_size: int | None = None, registerers: Sequence[str] = (),
                     preload: Sequence[str] = (),
                     timeout: float = DEFAULT_TIMEOUT) -> dict[int, np.ndarray]:
-    """Invoke with every tensor preserved (kPreserveAllTensors); tensor index -> value."""
-    resp = _call(dict(action="run", model=bytes(model), arena_size=arena_size,
-                      inputs=[np.asarray(x) for x in inputs], registerers=list(registerers),
-                      preload=list(preload), preserve_all=True),
-                 "running the model with all tensors preserved", timeout)
-    return resp.tensors
+    """Invoke once with every tensor preserved (kPreserveAllTensors): the value of each
+    tensor of the main subgraph after the inference, by tensor index."""
+    req = _request("run", model, arena_size=arena_size, registerers=registerers,
+                   preload=preload, inputs=inputs, preserve_all=True)
+    return _call(req, timeout).tensors
 
 
 def allocation_report(model: bytes, *, arena_size: int | None = None,
                       registerers: Sequence[str] = (), preload: Sequence[str] = (),
                       timeout: float = DEFAULT_TIMEOUT) -> AllocationReport:
-    """RecordingMicroAllocator's report after AllocateTensors at `arena_size`."""
-    resp = _call(dict(action="report", model=bytes(model), arena_size=arena_size,
-                      registerers=list(registerers), preload=list(preload)),
-                 "allocating tensors", timeout)
-    return parse_report(resp.report_text)
+    """RecordingMicroAllocator's report after AllocateTensors with `arena_size`."""
+    req = _request("report", model, arena_size=arena_size, registerers=registerers,
+                   preload=preload)
+    return parse_report(_call(req, timeout).report_text)
 
 
 def smallest_arena(model: bytes, *, granularity: int = 16, registerers: Sequence[str] = (),
                    preload: Sequence[str] = (), invoke: bool = True,
                    timeout: float = DEFAULT_TIMEOUT) -> ArenaMeasurement:
-    """Smallest arena_size (a multiple of `granularity`) with which AllocateTensors (and
-    one Invoke on zero inputs, if `invoke`) succeed; bisection inside one child process,
-    started from the recording allocator's total as a hint and verified at hint - granularity.
+    """The smallest arena_size (a multiple of `granularity`) with which AllocateTensors
+    and, if `invoke`, one Invoke on zero inputs succeed, measured in one child process.
+
+    The recording allocator's total at a generous arena is the first guess; it is
+    accepted when it works and one granule less does not, otherwise the search gallops
+    from it and bisects (each probe in a forked process, so crashes count as misses).
     """
     if granularity <= 0:
-        raise ValueError("granularity must be positive")
-    resp = _call(dict(action="smallest", model=bytes(model), granularity=granularity,
-                      registerers=list(registerers), preload=list(preload), invoke=invoke),
-                 "measuring the smallest arena", timeout)
-    log.debug("smallest arena %d after %d probes", resp.smallest, resp.probes)
+        raise ValueError(f"granularity must be positive, got {granularity}")
+    start = time.monotonic()
+    req = _request("smallest", model, registerers=registerers, preload=preload,
+                   granularity=int(granularity), invoke=bool(invoke))
+    resp = _call(req, timeout)
+    log.info("smallest arena %d bytes after %d probes (%.2f s)", resp.smallest, resp.probes,
+             time.monotonic() - start)
     return ArenaMeasurement(resp.smallest, parse_report(resp.report_text), resp.probes)
