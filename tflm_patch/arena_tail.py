@@ -1,96 +1,228 @@
 """The tail of TFLM's arena: every persistent allocation, replayed in TFLM's order.
 
 TFLM allocates persistent data from the end of the arena downwards
-(`SingleArenaBufferAllocator::AllocatePersistentBuffer`: tail = AlignDown(tail -
-size, alignment)). Structs are allocated with their own alignment (`alignof`),
-kernel data (`context->AllocatePersistentBuffer`) with 16 bytes, so the padding
-depends on the order. `tail_allocations` lists the allocations in the order the
-wheel's Python interpreter makes them (RecordingMicroAllocator::Create,
-MicroInterpreter::AllocateTensors: StartModelAllocation, builtin option parsing,
-kernel Init, kernel Prepare, FinishModelAllocation, input/output TfLiteTensors);
-`predict_tail` replays them.
+(`SingleArenaBufferAllocator::AllocatePersistentBuffer`: tail = AlignDown(tail - size,
+alignment)). The allocator's own objects, the memory planner and the model structs are
+allocated with their C++ `alignof`, kernel data (`context->AllocatePersistentBuffer`,
+`MicroAllocator::AllocatePersistentBuffer`) with `MicroArenaBufferAlignment()` = 16, so the
+padding depends on the order. `tail_allocations` lists the allocations in the order the
+wheel's Python interpreter makes them:
 
-Struct sizes are facts read off TFLM's headers (commit 90b983c2b, compiled with
-TF_LITE_STATIC_MEMORY as TFLM builds) for x86_64, the wheel's target, and checked
-against the wheel's RecordingMicroAllocator for every model the tests use.
+1. `RecordingMicroAllocator::Create` (interpreter_wrapper.cc): the recording arena
+   allocator, the GreedyMemoryPlanner, the RecordingMicroAllocator itself (a device's
+   `MicroInterpreter(model, resolver, arena, size)` makes the non-recording ones);
+2. `MicroAllocator::StartModelAllocation`: MicroBuiltinDataAllocator, SubgraphAllocations,
+   the TfLiteEvalTensor array, the NodeAndRegistration array;
+3. `MicroInterpreter::PrepareNodeAndRegistrationDataFromFlatbuffer`: each operator's builtin
+   option struct (flatbuffer_conversions.cc parsers, MicroBuiltinDataAllocator);
+4. `MicroInterpreterGraph::InitSubgraphs`: every kernel's Init, then `PrepareSubgraphs`:
+   every kernel's Prepare (per-op registry `OP_TAIL` below);
+5. `MicroAllocator::FinishModelAllocation`: ScratchBufferHandle array (one per scratch
+   request), then in `CommitStaticMemoryPlan` the buffers of variable tensors; the plan is
+   made now, with the tail as it stands (`TailPrediction.before_io_tensors`);
+6. `MicroInterpreter::AllocateTensors`: the input TfLiteTensor* array, a TfLiteTensor and its
+   quantization (TfLiteAffineQuantization + zero-point TfLiteIntArray; the scale array points
+   into the flatbuffer) per input, then the same for the outputs.
+
+`predict_tail` replays them from a 16-byte-aligned arena end (the wheel's `new uint8_t[]`
+arena with an arena size that is a multiple of 16) and sums them by category; categories
+that RecordingMicroAllocator records carry its names, so they compare with its report.
+
+Struct sizes are facts of TFLM's headers (checkout 90b983c2b), printed with sizeof/alignof
+by throwaway programs outside this repository: for x86_64 with g++ and the wheel's defines
+(TF_LITE_STATIC_MEMORY, USE_TFLM_COMPRESSION: the wheel is built with
+--//:with_compression=true, see pypi_build.sh), checked against the wheel's
+RecordingMicroAllocator on every model the tests use; for cortex_m with arm-none-eabi-g++
+12.2 -mcpu=cortex-m4 -mthumb -mfloat-abi=hard (short enums, the toolchain's default) and
+TF_LITE_STATIC_MEMORY, without compression, reference kernels: computed, not measured.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from tflm_patch.errors import UnsupportedModelError
 from tflm_patch.model import Model, OperatorInfo
 
-KERNEL_ALIGNMENT = 16  # MicroArenaBufferAlignment()
+KERNEL_ALIGNMENT = 16  # MicroArenaBufferAlignment() (micro_arena_constants.h)
+INT16_LUT_ENTRIES = 513  # LUTSize<int16_t>() (kernels/internal/common.h)
+COMPRESSION_METADATA = "COMPRESSION_METADATA"  # compression_utils.h
 
 
 @dataclass(frozen=True)
-class TargetLayout:
-    """sizeof/alignof of the TFLM structs that live in the tail, for one target ABI."""
+class CType:
+    """sizeof and alignof of one C/C++ type."""
+
+    size: int
+    align: int
+
+
+@dataclass(frozen=True)
+class Target:
+    """The build whose arena is predicted: pointer size, allocator kind, struct layouts."""
 
     name: str
-    pointer: int
-    structs: dict[str, tuple[int, int]]  # name -> (sizeof, alignof)
+    pointer_size: int
+    recording_allocator: bool  # RecordingMicroAllocator (the wheel) or MicroAllocator
+    verified: bool  # checked against a measured arena
+    types: Mapping[str, CType] = field(repr=False)
 
-    def size(self, name: str) -> tuple[int, int]:
-        return self.structs[name]
+    def ctype(self, name: str) -> CType:
+        return self.types[name]
+
+    def sizeof(self, name: str) -> int:
+        return self.types[name].size
 
 
-# x86_64, TF_LITE_STATIC_MEMORY (as printed by sizeof/alignof against TFLM 90b983c2b).
-X86_64 = TargetLayout(
-    "x86_64",
-    8,
-    {
-        "RecordingSingleArenaBufferAllocator": (104, 8),
-        "GreedyMemoryPlanner": (72, 8),
-        "RecordingMicroAllocator": (272, 8),  # 248 at 90b983c2b; the wheel reports 272
-        "MicroBuiltinDataAllocator": (16, 8),  # vtable pointer + allocator pointer
-        "SubgraphAllocations": (24, 8),  # 16 at 90b983c2b; the wheel requests 24
-        "TfLiteEvalTensor": (24, 8),
-        "NodeAndRegistration": (64, 8),
-        "TfLiteTensor": (64, 8),
-        "TfLiteAffineQuantization": (24, 8),
-        "TfLiteIntArray": (4, 4),
-        "ScratchBufferHandle": (8, 8),
-        # kernel OpData (allocated with KERNEL_ALIGNMENT; only the size matters)
-        "OpDataConv": (80, 8),  # 72 at 90b983c2b; the wheel (1fae604) has one more field
-        "OpDataFullyConnected": (72, 8),  # likewise 64 at 90b983c2b
-        "OpDataPooling": (32, 4),
-        "OpDataAdd": (60, 4),
-        "OpDataMul": (36, 4),
-        "OpDataReduce": (44, 4),
-        "OpDataPad": (56, 4),
-        "SoftmaxParams": (80, 8),
-        "OpDataQuantizeReference": (32, 8),
-        "DequantizeOpData": (32, 8),
-        # builtin option structs (MicroBuiltinDataAllocator, alignof)
-        "TfLiteConvParams": (28, 4),
-        "TfLiteDepthwiseConvParams": (28, 4),
-        "TfLitePoolParams": (40, 4),
-        "TfLiteAddParams": (8, 4),
-        "TfLiteMulParams": (4, 4),
-        "TfLiteReshapeParams": (36, 4),
-        "TfLiteSoftmaxParams": (4, 4),
-        "TfLiteReducerParams": (1, 1),
-        "TfLiteFullyConnectedParams": (16, 4),
-        "TfLiteConcatenationParams": (8, 4),
-        "TfLiteStridedSliceParams": (24, 4),
-        "TfLiteShapeParams": (4, 4),
-        "TfLitePackParams": (8, 4),
-    },
-)
+# Names are the C++ type names; "OpData (file)" for the kernels' file-local OpData structs.
+_X86_64_TYPES = {
+    # allocator objects
+    "RecordingSingleArenaBufferAllocator": CType(104, 8),
+    "SingleArenaBufferAllocator": CType(72, 8),
+    "GreedyMemoryPlanner": CType(72, 8),
+    "RecordingMicroAllocator": CType(272, 8),  # 248 without USE_TFLM_COMPRESSION
+    "MicroAllocator": CType(72, 8),
+    "MicroBuiltinDataAllocator": CType(16, 8),  # micro_allocator.cc, anonymous namespace
+    # model structs
+    "SubgraphAllocations": CType(24, 8),  # + CompressedTensorList with compression
+    "TfLiteEvalTensor": CType(24, 8),
+    "NodeAndRegistration": CType(64, 8),
+    "TfLiteTensor": CType(64, 8),
+    "TfLiteAffineQuantization": CType(24, 8),
+    "TfLiteIntArray": CType(4, 4),  # header only; TfLiteIntArrayGetSizeInBytes(n) = 4 + 4n
+    "ScratchBufferHandle": CType(8, 8),
+    # kernel data allocated in Init (only the size matters: 16-byte aligned)
+    "OpDataConv": CType(80, 8),  # 72 without compression (weights/bias scratch indices)
+    "OpDataFullyConnected": CType(72, 8),  # 64 without compression
+    "OpDataPooling": CType(32, 4),
+    "OpDataAdd": CType(60, 4),
+    "OpDataSub": CType(52, 4),
+    "OpDataMul": CType(36, 4),
+    "OpDataReduce": CType(44, 4),
+    "OpData (pad.h)": CType(56, 4),
+    "SoftmaxParams": CType(80, 8),
+    "OpDataQuantizeReference": CType(32, 8),
+    "DequantizeOpData": CType(32, 8),
+    "ReluOpData": CType(28, 4),
+    "Relu6OpData": CType(8, 4),
+    "OpDataLogistic": CType(16, 4),
+    "OpData (tanh.cc)": CType(16, 4),
+    "HardSwishParams": CType(20, 4),
+    "LeakyReluOpData": CType(24, 4),
+    "OpData (concatenation.cc)": CType(80, 8),
+    "StridedSliceParams": CType(84, 4),
+    # builtin option structs (builtin_op_data.h)
+    "TfLiteConvParams": CType(28, 4),
+    "TfLiteDepthwiseConvParams": CType(28, 4),
+    "TfLitePoolParams": CType(40, 4),
+    "TfLiteAddParams": CType(8, 4),
+    "TfLiteSubParams": CType(8, 4),
+    "TfLiteMulParams": CType(4, 4),
+    "TfLiteReshapeParams": CType(36, 4),
+    "TfLiteSoftmaxParams": CType(4, 4),
+    "TfLiteReducerParams": CType(1, 1),
+    "TfLiteFullyConnectedParams": CType(16, 4),
+    "TfLiteConcatenationParams": CType(8, 4),
+    "TfLiteStridedSliceParams": CType(24, 4),
+    "TfLiteShapeParams": CType(4, 4),
+    "TfLitePackParams": CType(8, 4),
+    "TfLiteSqueezeParams": CType(36, 4),
+    "TfLiteLeakyReluParams": CType(4, 4),
+    "TfLiteResizeNearestNeighborParams": CType(2, 1),
+}
 
-TARGETS = {"x86_64": X86_64}
+_CORTEX_M_TYPES = {
+    "RecordingSingleArenaBufferAllocator": CType(52, 4),
+    "SingleArenaBufferAllocator": CType(36, 4),
+    "GreedyMemoryPlanner": CType(44, 4),
+    "RecordingMicroAllocator": CType(124, 4),
+    "MicroAllocator": CType(36, 4),
+    "MicroBuiltinDataAllocator": CType(8, 4),
+    "SubgraphAllocations": CType(8, 4),
+    "TfLiteEvalTensor": CType(12, 4),
+    "NodeAndRegistration": CType(32, 4),
+    "TfLiteTensor": CType(32, 4),
+    "TfLiteAffineQuantization": CType(12, 4),
+    "TfLiteIntArray": CType(4, 4),
+    "ScratchBufferHandle": CType(4, 4),
+    "OpDataConv": CType(56, 4),
+    "OpDataFullyConnected": CType(48, 4),
+    "OpDataPooling": CType(32, 4),
+    "OpDataAdd": CType(60, 4),
+    "OpDataSub": CType(52, 4),
+    "OpDataMul": CType(36, 4),
+    "OpDataReduce": CType(44, 4),
+    "OpData (pad.h)": CType(56, 4),
+    "SoftmaxParams": CType(56, 8),
+    "OpDataQuantizeReference": CType(32, 8),
+    "DequantizeOpData": CType(32, 8),
+    "ReluOpData": CType(28, 4),
+    "Relu6OpData": CType(8, 4),
+    "OpDataLogistic": CType(16, 4),
+    "OpData (tanh.cc)": CType(16, 4),
+    "HardSwishParams": CType(20, 4),
+    "LeakyReluOpData": CType(24, 4),
+    "OpData (concatenation.cc)": CType(24, 4),
+    "StridedSliceParams": CType(84, 4),
+    "TfLiteConvParams": CType(28, 4),
+    "TfLiteDepthwiseConvParams": CType(28, 4),
+    "TfLitePoolParams": CType(40, 4),
+    "TfLiteAddParams": CType(2, 1),  # short enums
+    "TfLiteSubParams": CType(2, 1),
+    "TfLiteMulParams": CType(1, 1),
+    "TfLiteReshapeParams": CType(36, 4),
+    "TfLiteSoftmaxParams": CType(4, 4),
+    "TfLiteReducerParams": CType(1, 1),
+    "TfLiteFullyConnectedParams": CType(5, 1),
+    "TfLiteConcatenationParams": CType(8, 4),
+    "TfLiteStridedSliceParams": CType(24, 4),
+    "TfLiteShapeParams": CType(1, 1),
+    "TfLitePackParams": CType(8, 4),
+    "TfLiteSqueezeParams": CType(36, 4),
+    "TfLiteLeakyReluParams": CType(4, 4),
+    "TfLiteResizeNearestNeighborParams": CType(2, 1),
+}
+
+X86_64 = Target("x86_64", 8, recording_allocator=True, verified=True, types=_X86_64_TYPES)
+CORTEX_M = Target("cortex_m", 4, recording_allocator=False, verified=False,
+                  types=_CORTEX_M_TYPES)
+TARGETS: dict[str, Target] = {t.name: t for t in (X86_64, CORTEX_M)}
+
+
+def get_target(name: str) -> Target:
+    if name not in TARGETS:
+        raise UnsupportedModelError(
+            f"no struct layout for target {name!r} (known: {', '.join(TARGETS)})")
+    return TARGETS[name]
+
+
+# ------------------------------------------------------------------------------ results
+# Categories named as RecordingMicroAllocator::PrintAllocations names them ...
+EVAL_TENSORS = "TfLiteEvalTensor data"
+PERSISTENT_TENSORS = "Persistent TfLiteTensor data"
+PERSISTENT_QUANT = "Persistent TfLiteTensor quantization data"
+PERSISTENT_BUFFERS = "Persistent buffer data"
+VARIABLE_BUFFERS = "TfLiteTensor variable buffer data"
+NODES = "NodeAndRegistration struct"
+RECORDED_CATEGORIES = (EVAL_TENSORS, PERSISTENT_TENSORS, PERSISTENT_QUANT, PERSISTENT_BUFFERS,
+                       VARIABLE_BUFFERS, NODES)
+# ... and the allocations it does not record.
+ALLOCATORS = "allocator objects"
+BUILTIN_DATA = "builtin option structs"
+SUBGRAPHS = "subgraph allocations"
+SCRATCH_HANDLES = "scratch buffer handles"
 
 
 @dataclass(frozen=True)
 class Allocation:
+    """One AllocatePersistentBuffer call (an array of `count` structs counts as one call)."""
+
     category: str
     size: int
     alignment: int
-    count: int = 1  # structs in the allocation (RecordingMicroAllocator counts these)
+    count: int = 1  # what RecordingMicroAllocator counts (structs for the arrays)
+    what: str = ""
 
 
 @dataclass(frozen=True)
@@ -105,215 +237,251 @@ class TailItem:
 class TailPrediction:
     total: int
     items: tuple[TailItem, ...]
-    before_io_tensors: int  # tail when the memory plan is committed (before input/output tensors)
+    before_io_tensors: int = 0  # the tail while CommitStaticMemoryPlan plans (step 5)
 
     def item(self, category: str) -> TailItem | None:
         return next((i for i in self.items if i.category == category), None)
 
 
-# Categories named as RecordingMicroAllocator prints them
-EVAL_TENSORS = "TfLiteEvalTensor data"
-PERSISTENT_TENSORS = "Persistent TfLiteTensor data"
-PERSISTENT_QUANT = "Persistent TfLiteTensor quantization data"
-PERSISTENT_BUFFERS = "Persistent buffer data"
-NODES = "NodeAndRegistration struct"
-ALLOCATORS = "allocator objects"
-BUILTIN_DATA = "builtin option structs"
-SUBGRAPHS = "subgraph allocations"
-SCRATCH_HANDLES = "scratch buffer handles"
+# ----------------------------------------------------------------------- per-op registry
+PrepareFn = Callable[[Model, OperatorInfo, Target], list[int]]
 
 
-# ----------------------------------------------------------------- per-op registries
-# Builtin option struct parsed from the flatbuffer (flatbuffer_conversions.cc), or None.
-_BUILTIN_DATA: dict[str, str | None] = {
-    "CONV_2D": "TfLiteConvParams",
-    "DEPTHWISE_CONV_2D": "TfLiteDepthwiseConvParams",
-    "AVERAGE_POOL_2D": "TfLitePoolParams",
-    "MAX_POOL_2D": "TfLitePoolParams",
-    "ADD": "TfLiteAddParams",
-    "MUL": "TfLiteMulParams",
-    "RESHAPE": "TfLiteReshapeParams",
-    "SOFTMAX": "TfLiteSoftmaxParams",
-    "MEAN": "TfLiteReducerParams",
-    "SUM": "TfLiteReducerParams",
-    "FULLY_CONNECTED": "TfLiteFullyConnectedParams",
-    "CONCATENATION": "TfLiteConcatenationParams",
-    "STRIDED_SLICE": "TfLiteStridedSliceParams",
-    "SHAPE": "TfLiteShapeParams",
-    "PACK": "TfLitePackParams",
-    "PAD": None,
-    "PADV2": None,
-    "TRANSPOSE": None,
-    "QUANTIZE": None,
-    "DEQUANTIZE": None,
-    "RELU": None,
-    "RELU6": None,
-    "LOGISTIC": None,
-    "HARD_SWISH": None,
-}
-
-# Kernel Init: the OpData struct allocated with context->AllocatePersistentBuffer, or None.
-_INIT_DATA: dict[str, str | None] = {
-    "CONV_2D": "OpDataConv",
-    "DEPTHWISE_CONV_2D": "OpDataConv",
-    "AVERAGE_POOL_2D": "OpDataPooling",
-    "MAX_POOL_2D": "OpDataPooling",
-    "ADD": "OpDataAdd",
-    "MUL": "OpDataMul",
-    "MEAN": "OpDataReduce",
-    "SUM": "OpDataReduce",
-    "FULLY_CONNECTED": "OpDataFullyConnected",
-    "SOFTMAX": "SoftmaxParams",
-    "PAD": "OpDataPad",
-    "PADV2": "OpDataPad",
-    "QUANTIZE": "OpDataQuantizeReference",
-    "DEQUANTIZE": "DequantizeOpData",
-    "RESHAPE": None,
-    "TRANSPOSE": None,
-}
+def _no_prepare(_model: Model, _op: OperatorInfo, _target: Target) -> list[int]:
+    return []
 
 
-def _per_channel_arrays(channels: int) -> list[int]:
-    # per_channel_output_multiplier and per_channel_output_shift, int32 each
+@dataclass(frozen=True)
+class OpTail:
+    """What one operator puts in the tail.
+
+    builtin_data: C type its flatbuffer options parser allocates (MicroBuiltinDataAllocator,
+    alignof), or None; init_data: C type its kernel's Init allocates with
+    context->AllocatePersistentBuffer, or None (no Init, or Init allocates nothing);
+    prepare: the sizes its kernel's Prepare allocates with AllocatePersistentBuffer, in order.
+    """
+
+    builtin_data: str | None
+    init_data: str | None
+    prepare: PrepareFn = _no_prepare
+
+
+def _per_channel(channels: int) -> list[int]:
+    # per_channel_output_multiplier, per_channel_output_shift: int32 each
     return [4 * channels, 4 * channels]
 
 
-def _conv_prepare(model: Model, op: OperatorInfo) -> list[int]:
-    return _per_channel_arrays(model.tensors[op.inputs[1]].shape[0])
+def _conv_prepare(model: Model, op: OperatorInfo, _t: Target) -> list[int]:
+    # conv_common.cc ConvPrepare: filter->dims->data[kConvQuantizedDimension = 0]
+    return _per_channel(model.tensors[op.inputs[1]].shape[0])
 
 
-def _depthwise_prepare(model: Model, op: OperatorInfo) -> list[int]:
-    return _per_channel_arrays(model.tensors[op.inputs[1]].shape[3])
+def _depthwise_prepare(model: Model, op: OperatorInfo, _t: Target) -> list[int]:
+    # depthwise_conv_common.cc: filter->dims->data[kDepthwiseConvQuantizedDimension = 3]
+    return _per_channel(model.tensors[op.inputs[1]].shape[3])
 
 
-def _fc_prepare(model: Model, op: OperatorInfo) -> list[int]:
+def _fully_connected_prepare(model: Model, op: OperatorInfo, _t: Target) -> list[int]:
+    # fully_connected_common.cc: only for quantized inputs whose filter TfLiteTensor has
+    # affine quantization (scale and zero point present) with more than one scale
+    if model.tensors[op.inputs[0]].dtype == "float32":
+        return []
     q = model.tensors[op.inputs[1]].quantization
-    if q is not None and q.per_channel:
-        return _per_channel_arrays(len(q.scale))
-    return []
+    if q is None or not q.zero_point or len(q.scale) <= 1:
+        return []
+    return _per_channel(len(q.scale))
 
 
-def _softmax_prepare(model: Model, op: OperatorInfo) -> list[int]:
+def _softmax_prepare(model: Model, op: OperatorInfo, _t: Target) -> list[int]:
+    # softmax_common.cc InitializeLutForInt16: exp and 1/(1+x) int16 tables
     if model.tensors[op.inputs[0]].dtype == "int16":
-        raise UnsupportedModelError("SOFTMAX on int16 (lookup tables) is not modelled")
+        return [2 * INT16_LUT_ENTRIES, 2 * INT16_LUT_ENTRIES]
     return []
 
 
-# Kernel Prepare: persistent allocations (sizes, 16-byte aligned), in order.
-_PREPARE: dict[str, Callable[[Model, OperatorInfo], list[int]]] = {
-    "CONV_2D": _conv_prepare,
-    "DEPTHWISE_CONV_2D": _depthwise_prepare,
-    "FULLY_CONNECTED": _fc_prepare,
-    "SOFTMAX": _softmax_prepare,
+def _reshape_prepare(model: Model, op: OperatorInfo, _t: Target) -> list[int]:
+    # reshape_common.cc: a -1 in the output shape moves the dims to the tail
+    # (CreateWritableTensorDimsWithCopy: TfLiteIntArrayGetSizeInBytes(rank))
+    shape = model.tensors[op.outputs[0]].shape
+    return [4 + 4 * len(shape)] if -1 in shape else []
+
+
+OP_TAIL: dict[str, OpTail] = {
+    "ADD": OpTail("TfLiteAddParams", "OpDataAdd"),
+    "SUB": OpTail("TfLiteSubParams", "OpDataSub"),
+    "MUL": OpTail("TfLiteMulParams", "OpDataMul"),
+    "AVERAGE_POOL_2D": OpTail("TfLitePoolParams", "OpDataPooling"),
+    "MAX_POOL_2D": OpTail("TfLitePoolParams", "OpDataPooling"),
+    "CONV_2D": OpTail("TfLiteConvParams", "OpDataConv", _conv_prepare),
+    "DEPTHWISE_CONV_2D": OpTail("TfLiteDepthwiseConvParams", "OpDataConv", _depthwise_prepare),
+    "FULLY_CONNECTED": OpTail("TfLiteFullyConnectedParams", "OpDataFullyConnected",
+                              _fully_connected_prepare),
+    "SOFTMAX": OpTail("TfLiteSoftmaxParams", "SoftmaxParams", _softmax_prepare),
+    "MEAN": OpTail("TfLiteReducerParams", "OpDataReduce"),
+    "SUM": OpTail("TfLiteReducerParams", "OpDataReduce"),
+    "PAD": OpTail(None, "OpData (pad.h)"),
+    "PADV2": OpTail(None, "OpData (pad.h)"),
+    "RESHAPE": OpTail("TfLiteReshapeParams", None, _reshape_prepare),
+    "TRANSPOSE": OpTail(None, None),
+    "QUANTIZE": OpTail(None, "OpDataQuantizeReference"),
+    "DEQUANTIZE": OpTail(None, "DequantizeOpData"),
+    "RELU": OpTail(None, "ReluOpData"),
+    "RELU6": OpTail(None, "Relu6OpData"),
+    "LOGISTIC": OpTail(None, "OpDataLogistic"),
+    "TANH": OpTail(None, "OpData (tanh.cc)"),
+    "HARD_SWISH": OpTail(None, "HardSwishParams"),
+    "LEAKY_RELU": OpTail("TfLiteLeakyReluParams", "LeakyReluOpData"),
+    "CONCATENATION": OpTail("TfLiteConcatenationParams", "OpData (concatenation.cc)"),
+    "STRIDED_SLICE": OpTail("TfLiteStridedSliceParams", "StridedSliceParams"),
+    "SQUEEZE": OpTail("TfLiteSqueezeParams", None),
+    "SHAPE": OpTail("TfLiteShapeParams", None),
+    "PACK": OpTail("TfLitePackParams", None),
+    "RESIZE_NEAREST_NEIGHBOR": OpTail("TfLiteResizeNearestNeighborParams", None),
 }
 
 
-def supported_ops() -> frozenset[str]:
-    return frozenset(_BUILTIN_DATA) & frozenset(_INIT_DATA) | frozenset(
-        k for k in _BUILTIN_DATA if k in _INIT_DATA
-    )
+def register_op(name: str, entry: OpTail) -> None:
+    """Add (or replace) the tail entry of an operator, e.g. a custom op's kernel."""
+    OP_TAIL[name] = entry
 
 
-def _check_op(op: OperatorInfo) -> None:
-    if op.name not in _BUILTIN_DATA or op.name not in _INIT_DATA:
+def op_tail(op: OperatorInfo) -> OpTail:
+    entry = OP_TAIL.get(op.name)
+    if entry is None:
         raise UnsupportedModelError(
-            f"the arena model does not know the persistent data of operator {op.index} "
-            f"({op.name}); cannot predict the TFLM arena"
-        )
+            f"operator {op.index} ({op.name}): the arena prediction does not know its "
+            "persistent data (no entry in arena_tail.OP_TAIL)")
+    return entry
 
 
 def op_persistent_allocations(model: Model, op: OperatorInfo,
                               target: str = "x86_64") -> list[int]:
-    """Bytes the kernel of `op` allocates with context->AllocatePersistentBuffer (Init, then
-    Prepare), in order; each is 16-byte aligned in the arena."""
-    _check_op(op)
-    layout = _layout(target)
-    init = _INIT_DATA[op.name]
-    sizes = [layout.size(init)[0]] if init else []
-    prepare = _PREPARE.get(op.name)
-    return sizes + (prepare(model, op) if prepare else [])
+    """Bytes `op`'s kernel allocates with AllocatePersistentBuffer, Init then Prepare, in
+    order; each is placed 16-byte aligned in the tail."""
+    entry = op_tail(op)
+    t = get_target(target)
+    init = [t.sizeof(entry.init_data)] if entry.init_data else []
+    return init + entry.prepare(model, op, t)
 
 
-def _layout(target: str) -> TargetLayout:
-    if target not in TARGETS:
+# ------------------------------------------------------------------------ the sequence
+def _check_model(model: Model) -> None:
+    if model.num_subgraphs != 1:
         raise UnsupportedModelError(
-            f"no struct layout for target {target!r} (known: {', '.join(TARGETS)})")
-    return TARGETS[target]
+            f"the model has {model.num_subgraphs} subgraphs; the arena prediction handles one")
+    for meta in model.obj.metadata or []:
+        name = meta.name.decode() if isinstance(meta.name, bytes) else meta.name
+        if name == COMPRESSION_METADATA:
+            raise UnsupportedModelError(
+                "the model has compressed tensors; the arena prediction does not model "
+                "TFLM's compression data")
+    for op in model.operators:
+        op_tail(op)
+
+
+def _struct(t: Target, category: str, name: str, count: int = 1) -> Allocation:
+    c = t.ctype(name)
+    return Allocation(category, c.size * count, c.align, count, name)
+
+
+def _allocator_objects(t: Target) -> list[Allocation]:
+    if t.recording_allocator:  # RecordingMicroAllocator::Create
+        names = ("RecordingSingleArenaBufferAllocator", "GreedyMemoryPlanner",
+                 "RecordingMicroAllocator")
+    else:  # MicroAllocator::Create(arena, size, kGreedy)
+        names = ("SingleArenaBufferAllocator", "GreedyMemoryPlanner", "MicroAllocator")
+    return [_struct(t, ALLOCATORS, n) for n in names]
+
+
+def _kernel(size: int, what: str) -> Allocation:
+    return Allocation(PERSISTENT_BUFFERS, size, KERNEL_ALIGNMENT, 1, what)
+
+
+def _variable_buffers(model: Model) -> list[Allocation]:
+    # MicroAllocator::AllocateVariables: TfLiteEvalTensorByteLength, 16-byte aligned, for
+    # the variable tensors the offline plan (if any) leaves to the online planner
+    from tflm_patch.arena_head import TYPE_SIZE, offline_offsets
+
+    offsets = offline_offsets(model)
+    out = []
+    for tensor in model.tensors:
+        if tensor.is_variable and (offsets is None or offsets[tensor.index] == -1):
+            size = tensor.numel * TYPE_SIZE[tensor.dtype]
+            out.append(Allocation(VARIABLE_BUFFERS, size, KERNEL_ALIGNMENT, 1, tensor.name))
+    return out
+
+
+def _io_tensors(model: Model, t: Target, tensors: tuple[int, ...]) -> list[Allocation]:
+    # MicroInterpreter::AllocateTensors + MicroAllocator::AllocatePersistentTfLiteTensor
+    allocs = [_kernel(t.pointer_size * len(tensors), "TfLiteTensor* array")]
+    for i in tensors:
+        allocs.append(_struct(t, PERSISTENT_TENSORS, "TfLiteTensor"))
+        q = model.tensors[i].quantization
+        if q is not None and q.scale and q.zero_point:
+            allocs.append(_struct(t, PERSISTENT_QUANT, "TfLiteAffineQuantization"))
+            int_array = t.ctype("TfLiteIntArray")
+            allocs.append(Allocation(PERSISTENT_QUANT, int_array.size + 4 * len(q.scale),
+                                     int_array.align, 1, "zero_point TfLiteIntArray"))
+    return allocs
 
 
 def tail_allocations(model: Model, target: str = "x86_64") -> tuple[list[Allocation], int]:
-    """All tail allocations in TFLM's order, and how many precede the input/output tensors."""
-    if model.num_subgraphs != 1:
-        raise UnsupportedModelError("models with several subgraphs are not supported")
-    lay = _layout(target)
-    allocs: list[Allocation] = []
-
-    def struct(category: str, name: str, count: int = 1) -> None:
-        size, align = lay.size(name)
-        allocs.append(Allocation(category, size * count, align, count))
-
-    # RecordingMicroAllocator::Create (interpreter_wrapper.cc)
-    struct(ALLOCATORS, "RecordingSingleArenaBufferAllocator")
-    struct(ALLOCATORS, "GreedyMemoryPlanner")
-    struct(ALLOCATORS, "RecordingMicroAllocator")
-    # MicroAllocator::StartModelAllocation
-    struct(ALLOCATORS, "MicroBuiltinDataAllocator")
-    struct(SUBGRAPHS, "SubgraphAllocations", model.num_subgraphs)
-    struct(EVAL_TENSORS, "TfLiteEvalTensor", len(model.tensors))
-    struct(NODES, "NodeAndRegistration", len(model.operators))
-    for op in model.operators:
-        _check_op(op)
-    # MicroInterpreter::PrepareNodeAndRegistrationDataFromFlatbuffer: builtin options
-    for op in model.operators:
-        name = _BUILTIN_DATA[op.name]
-        if name:
-            struct(BUILTIN_DATA, name)
-    # kernel Init for every op, then kernel Prepare for every op
-    for op in model.operators:
-        init = _INIT_DATA[op.name]
-        if init:
-            allocs.append(Allocation(PERSISTENT_BUFFERS, lay.size(init)[0], KERNEL_ALIGNMENT))
-    for op in model.operators:
-        prepare = _PREPARE.get(op.name)
-        for size in prepare(model, op) if prepare else []:
-            allocs.append(Allocation(PERSISTENT_BUFFERS, size, KERNEL_ALIGNMENT))
-    # FinishModelAllocation: scratch buffer handles (one per request)
+    """All tail allocations in TFLM's order, and how many precede the input/output tensors
+    (i.e. exist while CommitStaticMemoryPlan plans)."""
     from tflm_patch.arena_head import scratch_requests
 
+    _check_model(model)
+    t = get_target(target)
+    allocs = _allocator_objects(t)
+    # StartModelAllocation
+    allocs.append(_struct(t, ALLOCATORS, "MicroBuiltinDataAllocator"))
+    allocs.append(_struct(t, SUBGRAPHS, "SubgraphAllocations", model.num_subgraphs))
+    allocs.append(_struct(t, EVAL_TENSORS, "TfLiteEvalTensor", len(model.tensors)))
+    allocs.append(_struct(t, NODES, "NodeAndRegistration", len(model.operators)))
+    # builtin options, then Init of every kernel, then Prepare of every kernel
+    for op in model.operators:
+        builtin = op_tail(op).builtin_data
+        if builtin:
+            allocs.append(_struct(t, BUILTIN_DATA, builtin))
+    for op in model.operators:
+        init = op_tail(op).init_data
+        if init:
+            allocs.append(_kernel(t.sizeof(init), f"{op.name} {op.index} Init"))
+    for op in model.operators:
+        for size in op_tail(op).prepare(model, op, t):
+            allocs.append(_kernel(size, f"{op.name} {op.index} Prepare"))
+    # FinishModelAllocation
     n_scratch = sum(len(scratch_requests(model, op, target)) for op in model.operators)
     if n_scratch:
-        struct(SCRATCH_HANDLES, "ScratchBufferHandle", n_scratch)
+        allocs.append(_struct(t, SCRATCH_HANDLES, "ScratchBufferHandle", n_scratch))
+    allocs += _variable_buffers(model)
     planned = len(allocs)
-    # MicroInterpreter::AllocateTensors: input, then output TfLiteTensor pointers and tensors
-    for io in (model.inputs, model.outputs):
-        allocs.append(Allocation(PERSISTENT_BUFFERS, lay.pointer * len(io), KERNEL_ALIGNMENT))
-        for t in io:
-            struct(PERSISTENT_TENSORS, "TfLiteTensor")
-            q = model.tensors[t].quantization
-            if q is not None and q.scale and q.zero_point:
-                struct(PERSISTENT_QUANT, "TfLiteAffineQuantization")
-                int_size, int_align = lay.size("TfLiteIntArray")
-                allocs.append(Allocation(PERSISTENT_QUANT, int_size + 4 * len(q.scale),
-                                         int_align))
+    allocs += _io_tensors(model, t, model.inputs)
+    allocs += _io_tensors(model, t, model.outputs)
     return allocs, planned
 
 
+def replay(allocs: list[Allocation], start: int = 0) -> list[int]:
+    """Tail bytes used after each allocation, from a 16-byte-aligned arena end."""
+    used = start
+    out = []
+    for a in allocs:
+        used = -(-(used + a.size) // a.alignment) * a.alignment
+        out.append(used)
+    return out
+
+
 def predict_tail(model: Model, target: str = "x86_64") -> TailPrediction:
-    """Replay the tail allocations from a 16-aligned arena end; bytes per category."""
+    """Replay the tail allocations; bytes, requested bytes and counts per category."""
     allocs, planned = tail_allocations(model, target)
-    used = 0
-    before_io = 0
-    totals: dict[str, list[int]] = {}
-    for i, a in enumerate(allocs):
-        if i == planned:
-            before_io = used
-        new_used = -(-(used + a.size) // a.alignment) * a.alignment
-        entry = totals.setdefault(a.category, [0, 0, 0])
-        entry[0] += a.size
-        entry[1] += new_used - used
-        entry[2] += a.count
-        used = new_used
-    if planned == len(allocs):
-        before_io = used
-    items = tuple(TailItem(c, v[0], v[1], v[2]) for c, v in totals.items())
-    return TailPrediction(used, items, before_io)
+    used = replay(allocs)
+    totals: dict[str, tuple[int, int, int]] = {}
+    previous = 0
+    for a, u in zip(allocs, used, strict=True):
+        size, aligned, count = totals.get(a.category, (0, 0, 0))
+        totals[a.category] = (size + a.size, aligned + u - previous, count + a.count)
+        previous = u
+    items = tuple(TailItem(c, *v) for c, v in totals.items())
+    total = used[-1] if used else 0
+    before_io = used[planned - 1] if planned else 0
+    return TailPrediction(total, items, before_io)
