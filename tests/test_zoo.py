@@ -1,79 +1,296 @@
-"""The project's seeded int8 test models: built, int8, runnable in TFLM, reproducible."""
+"""The project's seeded int8 test models: built, int8, the expected ops, runnable in TFLM with
+the same int8 outputs as TFLite's reference kernels, reproducible, cached correctly."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tflm_patch.model import load_model, require_int8
-from tflm_patch.tflm_runner import run_model
-from tflm_patch.zoo import ZOO_NAMES, build_model, ensure_zoo
+from tflm_patch import zoo
+from tflm_patch.errors import ZooError
+from tflm_patch.model import Model, OperatorInfo, load_model, require_int8
+from tflm_patch.zoo import ZOO_NAMES, build_model, ensure_model, ensure_zoo
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+# What each architecture must convert to, counted from its definition (batch norms folded:
+# no MUL/ADD of their own; full int8: no QUANTIZE/DEQUANTIZE; SAME pads fused: no PAD).
+EXPECTED: dict[str, tuple[tuple[int, ...], dict[str, int]]] = {
+    # stem + 16 expansions + 17 projections + the final 1x1 (1280); 17 blocks; residuals in
+    # the stages of 2, 3, 4, 3, 3 blocks: 1 + 2 + 3 + 2 + 2
+    "mbv2_035_144": ((1, 144, 144, 3), {"CONV_2D": 35, "DEPTHWISE_CONV_2D": 17, "ADD": 10,
+                                        "MEAN": 1, "FULLY_CONNECTED": 1}),
+    # stem + 13 pointwise, 13 depthwise
+    "mbv1_025_96": ((1, 96, 96, 3), {"CONV_2D": 14, "DEPTHWISE_CONV_2D": 13, "MEAN": 1,
+                                     "FULLY_CONNECTED": 1}),
+    "pools_dilated": ((1, 64, 64, 3), {"CONV_2D": 3, "MAX_POOL_2D": 2, "AVERAGE_POOL_2D": 2,
+                                       "DEPTHWISE_CONV_2D": 1, "RESHAPE": 1,
+                                       "FULLY_CONNECTED": 1}),
+    # stem, dw, pw + 5 blocks x (expand, project); 1 + 5 depthwise; 2 blocks keep their shape
+    "mcunet_dw57": ((1, 112, 112, 3), {"CONV_2D": 12, "DEPTHWISE_CONV_2D": 6, "ADD": 2,
+                                       "MEAN": 1, "FULLY_CONNECTED": 1}),
+    "odd_stride2": ((1, 97, 97, 3), {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 2, "MEAN": 1,
+                                     "FULLY_CONNECTED": 1}),
+}
+
+# The x86 TFLM interpreter in its own process (TFLM aborts the process on some bad models):
+# three seeded random int8 inputs, the int8 outputs as JSON on the last line.
+TFLM_SCRIPT = """
+import json, sys
+import numpy as np
+from tflite_micro.python.tflite_micro import runtime
+data = open(sys.argv[1], "rb").read()
+it = runtime.Interpreter.from_bytes(data, custom_op_registerers=[], arena_size=16 << 20)
+shape = it.get_input_details(0)["shape"]
+outs = []
+for seed in (0, 1, 2):
+    it.set_input(np.random.default_rng(seed).integers(-128, 128, shape, dtype=np.int8), 0)
+    it.invoke()
+    outs.append(it.get_output(0).astype(int).ravel().tolist())
+print(json.dumps(outs))
+"""
 
 
 @pytest.fixture(scope="session")
-def zoo() -> dict[str, Path]:
+def zoo_paths() -> dict[str, Path]:
     return ensure_zoo()
 
 
+def _model(zoo_paths: dict[str, Path], name: str) -> Model:
+    return load_model(zoo_paths[name])
+
+
+def _weights_of(m: Model, kind: str) -> list[tuple[OperatorInfo, tuple[int, ...]]]:
+    return [(o, m.tensors[o.inputs[1]].shape) for o in m.operators if o.name == kind]
+
+
+def test_zoo_lists_the_five_models() -> None:
+    assert set(ZOO_NAMES) == set(EXPECTED)
+    assert all(zoo.ZOO[n].description for n in ZOO_NAMES)
+
+
 @pytest.mark.parametrize("name", ZOO_NAMES)
-def test_zoo_model_is_int8_and_runs_in_tflm(zoo: dict[str, Path], name: str) -> None:
-    m = load_model(zoo[name])
+def test_model_is_full_int8_per_channel(zoo_paths: dict[str, Path], name: str) -> None:
+    m = _model(zoo_paths, name)
     require_int8(m)
-    inp = m.tensors[m.inputs[0]]
-    assert inp.dtype == "int8" and m.tensors[m.outputs[0]].dtype == "int8"
+    assert m.tensors[m.inputs[0]].dtype == "int8"
+    assert m.tensors[m.outputs[0]].dtype == "int8"
     for op in m.operators:
-        if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-            w = m.tensors[op.inputs[1]]
-            assert w.dtype == "int8" and w.quantization is not None
-            assert w.quantization.per_channel
-    x = np.random.default_rng(1).integers(-128, 128, inp.shape, dtype=np.int8)
-    (out,) = run_model(m.raw, [x])
-    assert out.dtype == np.int8 and out.shape == m.tensors[m.outputs[0]].shape
-    # a different input gives a different output: the network is not degenerate
-    (out2,) = run_model(m.raw, [np.full(inp.shape, 100, np.int8)])
-    assert not np.array_equal(out, out2)
+        if op.name not in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            continue
+        w = m.tensors[op.inputs[1]]
+        q = w.quantization
+        axis = 0 if op.name == "CONV_2D" else 3  # OHWI vs 1HWC
+        assert w.dtype == "int8" and q is not None
+        assert q.quantized_dimension == axis and len(q.scale) == w.shape[axis] > 1, op.index
+        assert set(q.zero_point) == {0}
+        assert m.tensors[op.inputs[2]].dtype == "int32"
 
 
-def _kernels(m, name: str) -> set[tuple[int, int]]:  # type: ignore[no-untyped-def]
-    return {m.tensors[o.inputs[1]].shape[1:3] for o in m.operators if o.name == name}
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_model_has_expected_input_and_ops(zoo_paths: dict[str, Path], name: str) -> None:
+    m = _model(zoo_paths, name)
+    shape, ops = EXPECTED[name]
+    assert m.tensors[m.inputs[0]].shape == shape
+    assert dict(Counter(o.name for o in m.operators)) == ops
 
 
-def test_mbv2_has_residual_adds(zoo: dict[str, Path]) -> None:
-    m = load_model(zoo["mbv2_035_144"])
-    names = [o.name for o in m.operators]
-    assert names.count("ADD") == 10 and "DEPTHWISE_CONV_2D" in names
-    assert m.tensors[m.inputs[0]].shape == (1, 144, 144, 3)
+def _tflite_reference(data: bytes, shape: tuple[int, ...]) -> list[list[int]]:
+    """Outputs of TensorFlow Lite's reference kernels for the inputs of TFLM_SCRIPT."""
+    import tensorflow as tf
+
+    if not hasattr(tf.lite, "Interpreter"):
+        pytest.skip("this TensorFlow has no tf.lite.Interpreter: no reference to compare with")
+    it = tf.lite.Interpreter(
+        model_content=data,
+        experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_REF,
+    )
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+    outs = []
+    for seed in (0, 1, 2):
+        it.set_tensor(inp, np.random.default_rng(seed).integers(-128, 128, shape, dtype=np.int8))
+        it.invoke()
+        outs.append(it.get_tensor(out).astype(int).ravel().tolist())
+    return outs
 
 
-def test_pools_dilated_ops(zoo: dict[str, Path]) -> None:
-    m = load_model(zoo["pools_dilated"])
-    names = {o.name for o in m.operators}
-    assert {"MAX_POOL_2D", "AVERAGE_POOL_2D"} <= names
-    assert "SPACE_TO_BATCH_ND" not in names  # the dilation is native, not emulated
-    convs = [o for o in m.operators if o.name == "CONV_2D"]
-    assert any(o.options.dilationHFactor == 2 and o.options.dilationWFactor == 2 for o in convs)
-    valid = load_model(zoo["pools_dilated"]).operators[0].options.padding
-    assert valid == 1  # Padding.VALID
+@pytest.mark.tflm
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_model_runs_in_tflm_like_tflite_reference(zoo_paths: dict[str, Path], name: str) -> None:
+    r = subprocess.run([sys.executable, "-c", TFLM_SCRIPT, str(zoo_paths[name])],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"TFLM failed on {name} (exit {r.returncode}): {r.stderr[-2000:]}"
+    tflm = json.loads(r.stdout.strip().splitlines()[-1])
+    m = _model(zoo_paths, name)
+    assert tflm == _tflite_reference(m.raw, m.tensors[m.inputs[0]].shape)
+    # not degenerate: different inputs give different outputs, and they are not all clipped
+    assert tflm[0] != tflm[1] != tflm[2]
+    assert any(-128 < v < 127 for out in tflm for v in out)
 
 
-def test_mcunet_has_5x5_and_7x7_depthwise(zoo: dict[str, Path]) -> None:
-    m = load_model(zoo["mcunet_dw57"])
-    assert {(5, 5), (7, 7), (3, 3)} <= _kernels(m, "DEPTHWISE_CONV_2D")
-    assert "ADD" in {o.name for o in m.operators}
+def test_mbv2_residual_adds_join_equal_shapes(zoo_paths: dict[str, Path]) -> None:
+    m = _model(zoo_paths, "mbv2_035_144")
+    for op in (o for o in m.operators if o.name == "ADD"):
+        a, b = (m.tensors[i].shape for i in op.inputs)
+        assert a == b == m.tensors[op.outputs[0]].shape
 
 
-def test_odd_stride2_first_conv(zoo: dict[str, Path]) -> None:
-    m = load_model(zoo["odd_stride2"])
+def test_pools_dilated_ops(zoo_paths: dict[str, Path]) -> None:
+    m = _model(zoo_paths, "pools_dilated")
     first = m.operators[0]
-    assert first.name == "CONV_2D"
-    assert first.options.strideH == first.options.strideW == 2 and first.options.padding == 0
-    h = m.tensors[m.inputs[0]].shape[1]
-    assert h % 2 == 1
-    assert m.tensors[first.outputs[0]].shape[1] == (h + 1) // 2
+    assert first.name == "CONV_2D" and first.options.padding == 1  # Padding.VALID
+    assert m.tensors[first.outputs[0]].shape == (1, 62, 62, 16)
+    dilated = [o for o, _ in _weights_of(m, "CONV_2D") if o.options.dilationHFactor == 2]
+    assert len(dilated) == 1 and dilated[0].options.dilationWFactor == 2
+    # 3x3 dilated by 2 covers 5x5: VALID on 31x31 gives 27x27
+    assert m.tensors[dilated[0].outputs[0]].shape == (1, 27, 27, 24)
 
 
-def test_build_is_reproducible(zoo: dict[str, Path]) -> None:
-    """A fresh build gives the cached bytes exactly (seeds + reset layer-name counters)."""
-    assert build_model("odd_stride2") == zoo["odd_stride2"].read_bytes()
+def test_mcunet_has_5x5_and_7x7_depthwise_at_both_strides(zoo_paths: dict[str, Path]) -> None:
+    m = _model(zoo_paths, "mcunet_dw57")
+    kinds = {(shape[1], shape[2], o.options.strideH) for o, shape in
+             _weights_of(m, "DEPTHWISE_CONV_2D")}
+    assert {(5, 5, 1), (5, 5, 2), (7, 7, 1), (7, 7, 2)} <= kinds
+
+
+def test_odd_stride2_first_conv(zoo_paths: dict[str, Path]) -> None:
+    m = _model(zoo_paths, "odd_stride2")
+    first = m.operators[0]
+    assert first.name == "CONV_2D" and first.options.padding == 0  # Padding.SAME
+    assert first.options.strideH == first.options.strideW == 2
+    assert m.tensors[m.inputs[0]].shape[1:3] == (97, 97)
+    assert m.tensors[first.outputs[0]].shape[1:3] == (49, 49)  # ceil(97 / 2)
+
+
+def test_build_is_byte_reproducible(zoo_paths: dict[str, Path]) -> None:
+    """A fresh build of the smallest model (new TensorFlow process) equals the cached bytes."""
+    assert build_model("pools_dilated") == zoo_paths["pools_dilated"].read_bytes()
+
+
+def test_importing_the_zoo_does_not_import_tensorflow() -> None:
+    code = "import sys, tflm_patch.zoo; sys.exit(int('tensorflow' in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_make_zoo_help_and_report(zoo_paths: dict[str, Path]) -> None:
+    r = subprocess.run([sys.executable, str(TOOLS / "make_zoo.py"), "--help"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and all(n in r.stdout for n in ZOO_NAMES)
+    assert "--out" in r.stdout and "--force" in r.stdout
+    r = subprocess.run([sys.executable, str(TOOLS / "make_zoo.py"), "--out",
+                        str(zoo_paths["odd_stride2"].parent), "odd_stride2"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    size = zoo_paths["odd_stride2"].stat().st_size
+    assert f"{size:,} B" in r.stdout and "input 1x97x97x3" in r.stdout
+    assert "CONV_2D 3, DEPTHWISE_CONV_2D 2" in r.stdout
+    r = subprocess.run([sys.executable, str(TOOLS / "make_zoo.py"), "no_such_model"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "unknown model 'no_such_model'" in r.stderr
+
+
+# ------------------------------------------------------- the cache, with a fake builder
+
+
+@pytest.fixture
+def fake_builds(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Replace the TensorFlow child by one writing b"fake <name> <n>"; records each call."""
+    calls: list[list[str]] = []
+
+    def fake(names: list[str], out_dir: Path) -> Iterator[tuple[str, float]]:
+        calls.append(list(names))
+        for name in names:
+            (out_dir / f"{name}.tflite").write_bytes(f"fake {name} {len(calls)}".encode())
+            yield name, 0.5
+
+    monkeypatch.setattr(zoo, "_run_builder", fake)
+    monkeypatch.setattr(zoo, "_tensorflow_installed", lambda: True)
+    return calls
+
+
+def test_cache_builds_missing_then_reuses(fake_builds: list[list[str]], tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TFLM_PATCH_ZOO_DIR", str(tmp_path))
+    assert zoo.zoo_dir() == tmp_path
+    paths = ensure_zoo(["odd_stride2", "pools_dilated"])
+    assert fake_builds == [["odd_stride2", "pools_dilated"]]  # one child for both
+    assert paths["odd_stride2"].read_bytes() == b"fake odd_stride2 1"
+    stamp = json.loads((tmp_path / "odd_stride2.json").read_text())
+    assert stamp["bytes"] == 18 and stamp["key"] == zoo.model_key("odd_stride2")
+    assert ensure_model("odd_stride2") == tmp_path / "odd_stride2.tflite"
+    assert len(fake_builds) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".lock", "odd_stride2.json", "odd_stride2.tflite", "pools_dilated.json",
+        "pools_dilated.tflite"]  # no temporary files left
+
+
+def test_cache_rebuilds_stale_key(fake_builds: list[list[str]], tmp_path: Path) -> None:
+    ensure_model("odd_stride2", directory=tmp_path)
+    stamp = tmp_path / "odd_stride2.json"
+    stamp.write_text(stamp.read_text().replace(zoo.model_key("odd_stride2"), "0" * 64))
+    ensure_model("odd_stride2", directory=tmp_path)
+    assert fake_builds == [["odd_stride2"], ["odd_stride2"]]
+    assert (tmp_path / "odd_stride2.tflite").read_bytes() == b"fake odd_stride2 2"
+
+
+def test_cache_rebuilds_changed_file(fake_builds: list[list[str]], tmp_path: Path) -> None:
+    path = ensure_model("odd_stride2", directory=tmp_path)
+    path.write_bytes(b"fake odd_stride2 X")  # same size, other bytes
+    ensure_model("odd_stride2", directory=tmp_path)
+    assert len(fake_builds) == 2 and path.read_bytes() == b"fake odd_stride2 2"
+
+
+def test_cache_force_rebuilds(fake_builds: list[list[str]], tmp_path: Path) -> None:
+    ensure_model("odd_stride2", directory=tmp_path)
+    ensure_model("odd_stride2", directory=tmp_path, force=True)
+    assert len(fake_builds) == 2
+
+
+def test_unknown_model_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ZooError, match=r"unknown zoo model 'nope'; choose from: mbv2_035_144"):
+        ensure_model("nope", directory=tmp_path)
+    with pytest.raises(ZooError, match="unknown zoo model"):
+        build_model("nope")
+
+
+def test_without_tensorflow_stale_models_are_kept_missing_ones_fail(
+    fake_builds: list[list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ensure_model("odd_stride2", directory=tmp_path)
+    stamp = tmp_path / "odd_stride2.json"
+    stamp.write_text(stamp.read_text().replace(zoo.model_key("odd_stride2"), "0" * 64))
+    monkeypatch.setattr(zoo, "_tensorflow_installed", lambda: False)
+    assert ensure_model("odd_stride2", directory=tmp_path).read_bytes() == b"fake odd_stride2 1"
+    assert "TensorFlow is not installed to rebuild it" in caplog.text
+    with pytest.raises(ZooError, match="zoo model mcunet_dw57 must be built and TensorFlow "
+                       r"is not installed \(pip install tensorflow-cpu==2.21.0\)"):
+        ensure_model("mcunet_dw57", directory=tmp_path)
+    assert len(fake_builds) == 1
+
+
+# ------------------------------------------------- the child process, failing on purpose
+
+
+def test_failing_build_child_names_model_and_cause(monkeypatch: pytest.MonkeyPatch) -> None:
+    code = "print('built odd_stride2 0.1', flush=True); raise RuntimeError('converter broke')"
+    monkeypatch.setattr(zoo, "_child_command", lambda out, names: [sys.executable, "-c", code])
+    with pytest.raises(ZooError, match=r"^building zoo model mcunet_dw57 failed \(exit 1\): "
+                       r"RuntimeError: converter broke$"):
+        list(zoo._run_builder(["odd_stride2", "mcunet_dw57"], Path(".")))
+
+
+def test_hanging_build_child_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    code = "import time; time.sleep(60)"
+    monkeypatch.setattr(zoo, "_child_command", lambda out, names: [sys.executable, "-c", code])
+    monkeypatch.setattr(zoo, "BUILD_TIMEOUT", 1.0)
+    with pytest.raises(ZooError, match=r"odd_stride2 failed \(timed out after 1 s\)"):
+        build_model("odd_stride2")

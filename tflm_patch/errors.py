@@ -15,3 +15,7 @@ class UnsupportedModelError(TflmPatchError):
 
 class TflmRunError(TflmPatchError):
     """The x86 TFLM interpreter failed (error status, abort or crash in a child process)."""
+
+
+class ZooError(TflmPatchError):
+    """A model of the project's test zoo is unknown or could not be built."""

@@ -1,42 +1,82 @@
 """The project's own test models: seeded Keras networks converted to full-int8 TFLite.
 
-They let the project test everything without ../shared. Each model is built
-reproducibly (fixed seeds, fixed representative dataset) and cached under
-`zoo_dir()`; a stamp file holds a key (this file's source + TensorFlow's version +
-the name), so a change of the generator rebuilds. TensorFlow is imported only when a
-model is built.
+They let the project test everything without ../shared. A model is built by
+TensorFlow in a child process with a fixed environment (oneDNN off, one thread,
+fixed hash seed), so that its bytes depend neither on the caller's state nor on
+the number of cores: the same name gives a byte-identical .tflite on every build
+with the same software. Models are cached under `zoo_dir()`, each `<name>.tflite`
+with a `<name>.json` stamp whose key hashes this file's source, the TensorFlow,
+Keras and NumPy versions and the name: a change of the generator rebuilds.
+Importing this module does not import TensorFlow.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
-import io
+import importlib.util
 import json
 import logging
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
+
+from tflm_patch.errors import ZooError
 
 log = logging.getLogger(__name__)
 
 SEED = 20211029  # MCUNetV2's arXiv date
-REPRESENTATIVE_SAMPLES = 16
+SMOOTH_SAMPLES = 16  # representative inputs like images: smooth random fields in [-1, 1]
+NOISE_SAMPLES = 16  # and like the tests' random int8 inputs: uniform noise in [-1, 1]
+BUILD_TIMEOUT = 1800.0  # seconds for one child process building models
+TENSORFLOW_PIN = "tensorflow-cpu==2.21.0"
+
+# The child's environment: TensorFlow's float kernels decide the batch-norm statistics
+# and the calibration ranges, so they are pinned to the code paths that do not depend on
+# the CPU's vector extensions (oneDNN dispatches at run time) or on the thread count.
+_CHILD_ENV = {
+    "TF_ENABLE_ONEDNN_OPTS": "0",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "PYTHONHASHSEED": "0",
+    "CUDA_VISIBLE_DEVICES": "-1",
+    "KERAS_BACKEND": "tensorflow",
+}
+_BUILT = "built"  # protocol line of the child: "built NAME SECONDS"
 
 
 @dataclass(frozen=True)
 class ZooSpec:
     name: str
-    description: str
-    input_shape: tuple[int, int, int]
-    build: Callable[[Any], Any]  # (tf module) -> keras.Model
+    description: str  # one line, for --help and the README
+    input_shape: tuple[int, int, int]  # H, W, C (batch 1)
+    build: Callable[[Any], Any]  # (tensorflow module) -> keras.Model, float, untrained
+
+
+@dataclass(frozen=True)
+class ZooStamp:
+    """`<name>.json` beside `<name>.tflite`: what was built, from what, how fast."""
+
+    name: str
+    key: str
+    bytes: int
+    sha256: str
+    build_seconds: float
+    tensorflow: str
+
+
+# ------------------------------------------------------------------------ the networks
 
 
 def _bn_relu(tf: Any, x: Any, relu6: bool = True) -> Any:
@@ -49,7 +89,7 @@ def _mbv2(tf: Any) -> Any:
         input_shape=(144, 144, 3), alpha=0.35, include_top=False, weights=None
     )
     x = tf.keras.layers.GlobalAveragePooling2D()(base.output)
-    out = tf.keras.layers.Dense(10)(x)
+    out = tf.keras.layers.Dense(10)(x)  # no softmax: see ZOO
     return tf.keras.Model(base.input, out)
 
 
@@ -128,6 +168,8 @@ def _odd_stride2(tf: Any) -> Any:
     return tf.keras.Model(inp, out)
 
 
+# No model ends in a softmax: after random weights TFLM aborts on its requantization
+# (QuantizeMultiplierGreaterThanOne), and the zoo models must run in TFLM.
 ZOO: dict[str, ZooSpec] = {
     s.name: s
     for s in (
@@ -146,63 +188,57 @@ ZOO: dict[str, ZooSpec] = {
 ZOO_NAMES: tuple[str, ...] = tuple(ZOO)
 
 
-def zoo_dir() -> Path:
-    env = os.environ.get("TFLM_PATCH_ZOO_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "tflm_patch" / "zoo"
-
-
-def _key(name: str) -> str:
-    h = hashlib.sha256(Path(__file__).read_bytes())
-    try:
-        h.update(metadata.version("tensorflow-cpu").encode())
-    except metadata.PackageNotFoundError:
-        h.update(metadata.version("tensorflow").encode())
-    h.update(name.encode())
-    return h.hexdigest()
-
-
-def _calibrate_batchnorm(tf: Any, model: Any, batch: np.ndarray, rng: np.random.Generator) -> None:
-    """Data-dependent init: each BN normalizes what really reaches it (in order), with a
-    random per-channel gain and offset, so that the signal neither dies nor explodes
-    through a deep random network and the int8 outputs depend on the input."""
-    for layer in model.layers:
-        if layer.__class__.__name__ != "BatchNormalization":
-            continue
-        probe = tf.keras.Model(model.inputs, layer.input)
-        x = np.asarray(probe(batch, training=False))
-        axes = tuple(range(x.ndim - 1))
-        mean, var = x.mean(axis=axes), x.var(axis=axes) + 1e-3
-        gamma = rng.uniform(0.6, 1.4, mean.shape)
-        beta = rng.uniform(-0.2, 0.2, mean.shape)
-        layer.set_weights([a.astype(np.float32) for a in (gamma, beta, mean, var)])
+# ------------------------------------------------------------- building (child process)
 
 
 def _sample_image(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
     """A smooth random image in [-1, 1] (random walks along both axes plus noise)."""
     walk = np.cumsum(np.cumsum(rng.normal(0, 1, shape), axis=0), axis=1)
     walk = walk / (np.abs(walk).max() + 1e-6)
-    img = 0.8 * walk + 0.2 * rng.uniform(-1, 1, shape)
-    return img[None].astype(np.float32)
+    return (0.8 * walk + 0.2 * rng.uniform(-1, 1, shape)).astype(np.float32)
 
 
-def build_model(name: str) -> bytes:
-    """Build one zoo model (imports TensorFlow): a full-int8 .tflite as bytes."""
-    if name not in ZOO:
-        raise KeyError(f"unknown zoo model {name!r}; choose from {', '.join(ZOO)}")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
+def representative_inputs(name: str) -> np.ndarray:
+    """The seeded float inputs (N, H, W, C) that set a model's batch norms and ranges."""
+    shape = _spec(name).input_shape
+    rng = np.random.default_rng(SEED)
+    smooth = [_sample_image(rng, shape) for _ in range(SMOOTH_SAMPLES)]
+    noise = [rng.uniform(-1, 1, shape).astype(np.float32) for _ in range(NOISE_SAMPLES)]
+    return np.stack(smooth + noise)
 
-    spec = ZOO[name]
+
+def _calibrate_batchnorm(tf: Any, model: Any, batch: np.ndarray, rng: np.random.Generator) -> None:
+    """Data-dependent init in one forward pass: each BN normalizes what really reaches it
+    (layers in graph order), with a random per-channel gain and offset, so that the signal
+    neither dies nor explodes through a deep random network and the int8 outputs depend
+    on the input."""
+    values: dict[int, Any] = {id(model.inputs[0]): tf.constant(batch)}
+    for layer in model.layers:
+        if layer.__class__.__name__ == "InputLayer":
+            continue
+        src = layer.input
+        x = [values[id(t)] for t in src] if isinstance(src, list) else values[id(src)]
+        if layer.__class__.__name__ == "BatchNormalization":
+            a = np.asarray(x, np.float64)
+            axes = tuple(range(a.ndim - 1))
+            mean, var = a.mean(axis=axes), a.var(axis=axes) + 1e-3
+            gamma = rng.uniform(0.6, 1.4, mean.shape)
+            beta = rng.uniform(-0.2, 0.2, mean.shape)
+            layer.set_weights([v.astype(np.float32) for v in (gamma, beta, mean, var)])
+        values[id(layer.output)] = layer(x, training=False)
+
+
+def _convert(tf: Any, spec: ZooSpec) -> bytes:
+    """The seeded Keras model of `spec`, full-int8 TFLite (BNs folded into the convs)."""
     tf.keras.backend.clear_session()  # layer-name counters go into tensor names: reset them
     tf.keras.utils.set_random_seed(SEED)
     model = spec.build(tf)
-    rng = np.random.default_rng(SEED)
-    samples = [_sample_image(rng, spec.input_shape) for _ in range(REPRESENTATIVE_SAMPLES)]
-    _calibrate_batchnorm(tf, model, np.concatenate(samples), rng)
+    samples = representative_inputs(spec.name)
+    _calibrate_batchnorm(tf, model, samples, np.random.default_rng(SEED + 1))
 
-    def representative() -> Iterable[list[np.ndarray]]:
+    def representative() -> Iterator[list[np.ndarray]]:
         for s in samples:
-            yield [s]
+            yield [s[None]]
 
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -210,49 +246,240 @@ def build_model(name: str) -> bytes:
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = tf.int8
     conv.inference_output_type = tf.int8
-    with contextlib.redirect_stdout(io.StringIO()) as chatter:  # TF prints its SavedModel
-        data = bytes(conv.convert())
-    log.debug("TensorFlow converter output:\n%s", chatter.getvalue())
-    return data
+    return bytes(conv.convert())
+
+
+def _child_main(argv: list[str]) -> int:
+    """In the child: build each named model into OUT_DIR/<name>.tflite, report on stdout."""
+    out_dir, names = Path(argv[0]), argv[1:]
+    report = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # TensorFlow's own chatter (Python and C++) goes to stderr
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    for name in names:
+        start = time.perf_counter()
+        (out_dir / f"{name}.tflite").write_bytes(_convert(tf, ZOO[name]))
+        print(_BUILT, name, f"{time.perf_counter() - start:.2f}", file=report, flush=True)
+    return 0
+
+
+def _child_command(out_dir: Path, names: list[str]) -> list[str]:
+    code = "import sys; from tflm_patch.zoo import _child_main; sys.exit(_child_main(sys.argv[1:]))"
+    return [sys.executable, "-c", code, str(out_dir), *names]
+
+
+def _child_env() -> dict[str, str]:
+    env = {**os.environ, **_CHILD_ENV}
+    root = str(Path(__file__).resolve().parents[1])  # this tflm_patch, even if not installed
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _tensorflow_installed() -> bool:
+    return importlib.util.find_spec("tensorflow") is not None
+
+
+def _require_tensorflow(names: list[str]) -> None:
+    if not _tensorflow_installed():
+        raise ZooError(f"zoo model {names[0]} must be built and TensorFlow is not installed "
+                       f"(pip install {TENSORFLOW_PIN})")
+
+
+def _last_line(stream: IO[bytes]) -> str:
+    stream.seek(0)
+    text = stream.read().decode(errors="replace")
+    log.debug("TensorFlow child output (tail):\n%s", "\n".join(text.splitlines()[-30:]))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def _run_builder(names: list[str], out_dir: Path) -> Iterator[tuple[str, float]]:
+    """Build `names` into `out_dir` in one TensorFlow child; yields (name, seconds) as each
+    model is written. Raises ZooError naming the model that failed."""
+    pending = list(names)
+    timed_out = threading.Event()
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(_child_command(out_dir, names), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=err, env=_child_env(), text=True)
+
+        def kill() -> None:
+            timed_out.set()
+            proc.kill()
+
+        timer = threading.Timer(BUILD_TIMEOUT, kill)
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                parts = line.split()
+                if len(parts) == 3 and parts[0] == _BUILT and parts[1] in pending:
+                    pending.remove(parts[1])
+                    yield parts[1], float(parts[2])
+            rc = proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if pending:
+            why = f"timed out after {BUILD_TIMEOUT:.0f} s" if timed_out.is_set() else f"exit {rc}"
+            raise ZooError(f"building zoo model {pending[0]} failed ({why}): {_last_line(err)}")
+        if rc != 0:  # every model was written and reported: only the exit went wrong
+            log.warning("the zoo builder exited with %d after building: %s", rc, _last_line(err))
+
+
+# ----------------------------------------------------------------------------- the cache
+
+
+def zoo_dir() -> Path:
+    """$TFLM_PATCH_ZOO_DIR, else ~/.cache/tflm_patch/zoo."""
+    env = os.environ.get("TFLM_PATCH_ZOO_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "tflm_patch" / "zoo"
+
+
+def _version(*dists: str) -> str:
+    for dist in dists:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            return f"{dist}=={metadata.version(dist)}"
+    return f"{dists[0]} absent"
+
+
+def _tensorflow_version() -> str:
+    return _version("tensorflow-cpu", "tensorflow", "tf-nightly", "tensorflow-intel")
+
+
+def model_key(name: str) -> str:
+    """sha256 of what a model's bytes depend on: this source, TF/Keras/NumPy, the name."""
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    for part in (_tensorflow_version(), _version("keras"), _version("numpy"), name):
+        h.update(b"\0" + part.encode())
+    return h.hexdigest()
+
+
+def _spec(name: str) -> ZooSpec:
+    try:
+        return ZOO[name]
+    except KeyError:
+        raise ZooError(f"unknown zoo model {name!r}; choose from: {', '.join(ZOO)}") from None
+
+
+def _read_stamp(path: Path) -> ZooStamp | None:
+    try:
+        return ZooStamp(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _intact(directory: Path, name: str) -> ZooStamp | None:
+    """The stamp, if the model file is there with exactly the bytes the stamp names."""
+    stamp = _read_stamp(directory / f"{name}.json")
+    if stamp is None:
+        return None
+    try:
+        data = (directory / f"{name}.tflite").read_bytes()
+    except OSError:
+        return None
+    return stamp if hashlib.sha256(data).hexdigest() == stamp.sha256 else None
+
+
+def _fresh(directory: Path, name: str) -> bool:
+    stamp = _intact(directory, name)
+    return stamp is not None and stamp.key == model_key(name)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
 
 
-def ensure_model(name: str, *, force: bool = False) -> Path:
-    """Path of a zoo model, built (and cached) when missing or stale."""
-    if name not in ZOO:
-        raise KeyError(f"unknown zoo model {name!r}; choose from {', '.join(ZOO)}")
-    path = zoo_dir() / f"{name}.tflite"
-    stamp = zoo_dir() / f"{name}.json"
-    key = _key(name)
-    if not force and path.exists() and stamp.exists():
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """One builder per cache folder at a time (other processes wait, then find it fresh)."""
+    with open(directory / ".lock", "a") as f:
         try:
-            if json.loads(stamp.read_text()).get("key") == key:
-                return path
-        except (OSError, ValueError):
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process that builds zoo models in %s", directory)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build_into(directory: Path, names: list[str]) -> None:
+    _require_tensorflow(names)
+    log.info("building zoo model%s %s with TensorFlow (seeded, in a child process)...",
+             "s" if len(names) > 1 else "", ", ".join(names))
+    work = Path(tempfile.mkdtemp(dir=directory, prefix=".build-"))
+    try:
+        for name, seconds in _run_builder(names, work):
+            data = (work / f"{name}.tflite").read_bytes()
+            os.replace(work / f"{name}.tflite", directory / f"{name}.tflite")
+            stamp = ZooStamp(name, model_key(name), len(data), hashlib.sha256(data).hexdigest(),
+                             round(seconds, 2), _tensorflow_version())
+            _atomic_write(directory / f"{name}.json", json.dumps(asdict(stamp)).encode())
+            log.info("built zoo model %s: %d bytes in %.1f s", name, len(data), seconds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _without_tensorflow(directory: Path, names: list[str]) -> list[str]:
+    """Stale but intact models are used as they are when TensorFlow is missing to rebuild."""
+    if _tensorflow_installed():
+        return names
+    kept = [n for n in names if _intact(directory, n) is not None]
+    for name in kept:
+        log.warning("zoo model %s was built by another generator or TensorFlow; TensorFlow is "
+                    "not installed to rebuild it, so it is used as it is", name)
+    return [n for n in names if n not in kept]
+
+
+def ensure_zoo(
+    names: Iterable[str] | None = None, *, force: bool = False, directory: Path | None = None
+) -> dict[str, Path]:
+    """Paths of zoo models (default: all), building those missing or stale (or all, with
+    `force`) in one TensorFlow child process. `directory` defaults to `zoo_dir()`."""
+    wanted = list(names or ZOO_NAMES)
+    for name in wanted:
+        _spec(name)
+    directory = Path(directory) if directory is not None else zoo_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    todo = [n for n in dict.fromkeys(wanted) if force or not _fresh(directory, n)]
+    if todo:
+        with _locked(directory):
+            if not force:  # another process may have built them while we waited
+                todo = _without_tensorflow(directory, [n for n in todo
+                                                       if not _fresh(directory, n)])
+            if todo:
+                _build_into(directory, todo)
+    return {n: directory / f"{n}.tflite" for n in wanted}
+
+
+def ensure_model(name: str, *, force: bool = False, directory: Path | None = None) -> Path:
+    """Path of one zoo model, built (and cached) when missing or stale."""
+    return ensure_zoo([name], force=force, directory=directory)[name]
+
+
+def read_stamp(name: str, directory: Path | None = None) -> ZooStamp | None:
+    """The stamp of a cached model (size, sha256, build seconds), or None."""
+    return _read_stamp((directory or zoo_dir()) / f"{_spec(name).name}.json")
+
+
+def build_model(name: str) -> bytes:
+    """Build one zoo model now (TensorFlow, in a child process), bypassing the cache."""
+    _require_tensorflow([_spec(name).name])
+    with tempfile.TemporaryDirectory(prefix="tflm_patch_zoo_") as work:
+        for _ in _run_builder([name], Path(work)):
             pass
-    log.info("building zoo model %s (TensorFlow, seeded)...", name)
-    start = time.perf_counter()
-    data = build_model(name)
-    _atomic_write(path, data)
-    seconds = time.perf_counter() - start
-    _atomic_write(stamp, json.dumps({"key": key, "bytes": len(data),
-                                     "sha256": hashlib.sha256(data).hexdigest(),
-                                     "build_seconds": round(seconds, 1)}).encode())
-    log.info("built %s: %d bytes in %.1f s", name, len(data), seconds)
-    return path
-
-
-def ensure_zoo(names: Iterable[str] | None = None, *, force: bool = False) -> dict[str, Path]:
-    return {n: ensure_model(n, force=force) for n in (names or ZOO_NAMES)}
+        return (Path(work) / f"{name}.tflite").read_bytes()
