@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tflm_patch.zoo import full_int8
+
 SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
 SHARED_NAMES = (
     "person_detect",
@@ -64,10 +66,4 @@ def tiny_int8_bytes() -> bytes:
         for _ in range(8):
             yield [rng.uniform(-1, 1, (1, 16, 16, 3)).astype(np.float32)]
 
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = representative
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    return bytes(conv.convert())
+    return full_int8(tf.lite.TFLiteConverter.from_keras_model(model), representative)

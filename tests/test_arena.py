@@ -9,7 +9,6 @@ from conftest import SHARED_NAMES, shared_model_path
 
 from tflm_patch.arena import predict_arena
 from tflm_patch.arena_tail import predict_tail
-from tflm_patch.errors import UnsupportedModelError
 from tflm_patch.model import load_model
 from tflm_patch.tflm_runner import allocation_report, smallest_arena
 from tflm_patch.zoo import ZOO_NAMES, ensure_model
@@ -44,17 +43,3 @@ def test_tail_categories_equal_recording_allocator(spec: str) -> None:
         assert item is not None, rec.name
         assert (item.aligned_size, item.size, item.count) == (
             rec.used_bytes, rec.requested_bytes, rec.count), rec.name
-
-
-def test_unknown_op_is_refused_clearly(tiny_int8_bytes: bytes) -> None:
-    import copy
-
-    from tflm_patch.model import model_from_object
-
-    m = load_model(tiny_int8_bytes)
-    obj = copy.deepcopy(m.obj)
-    code = obj.operatorCodes[obj.subgraphs[0].operators[0].opcodeIndex]
-    code.builtinCode = code.deprecatedBuiltinCode = 32  # CUSTOM
-    code.customCode = "MY_OP"
-    with pytest.raises(UnsupportedModelError, match="MY_OP"):
-        predict_arena(model_from_object(obj))

@@ -27,6 +27,7 @@ from tflm_patch.arena_head import (
 from tflm_patch.errors import UnsupportedModelError
 from tflm_patch.model import Model, load_model, model_from_object, model_to_bytes
 from tflm_patch.schema import schema
+from tflm_patch.zoo import full_int8
 
 # --------------------------------------------------------------------------- planner alone
 
@@ -215,13 +216,8 @@ def _convert(fn: Any, shape: tuple[int, ...]) -> bytes:
             yield [rng.uniform(-1, 1, shape).astype(np.float32)]
 
     concrete = fn.get_concrete_function(tf.TensorSpec(shape, tf.float32))
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([concrete], fn)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = representative
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    return bytes(conv.convert())
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], fn)
+    return full_int8(converter, representative)
 
 
 def _filter(shape: tuple[int, ...]) -> object:

@@ -22,6 +22,7 @@ from tflm_patch.tflm_runner import (
     run_model,
     smallest_arena,
 )
+from tflm_patch.zoo import full_int8
 
 pytestmark = pytest.mark.tflm
 
@@ -131,13 +132,7 @@ def aborting_model() -> bytes:
         for _ in range(4):
             yield [rng.uniform(-1, 1, (1, 8)).astype(np.float32)]
 
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = representative
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    data = bytes(conv.convert())
+    data = full_int8(tf.lite.TFLiteConverter.from_keras_model(model), representative)
     m = load_model(data)
     softmax = next(op for op in m.operators if op.name == "SOFTMAX")
     assert m.tensors[softmax.inputs[0]].quantization.scale[0] < 2.0**-26

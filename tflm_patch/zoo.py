@@ -228,6 +228,19 @@ def _calibrate_batchnorm(tf: Any, model: Any, batch: np.ndarray, rng: np.random.
         values[id(layer.output)] = layer(x, training=False)
 
 
+def full_int8(converter: Any, representative: Callable[[], Iterable[list[np.ndarray]]]) -> bytes:
+    """Convert with TFLiteConverter to full int8: int8 kernels only, int8 input and output,
+    activation ranges calibrated on `representative` (a generator function of input lists)."""
+    import tensorflow as tf
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return bytes(converter.convert())
+
+
 def _convert(tf: Any, spec: ZooSpec) -> bytes:
     """The seeded Keras model of `spec`, full-int8 TFLite (BNs folded into the convs)."""
     tf.keras.backend.clear_session()  # layer-name counters go into tensor names: reset them
@@ -240,13 +253,7 @@ def _convert(tf: Any, spec: ZooSpec) -> bytes:
         for s in samples:
             yield [s[None]]
 
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = representative
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    return bytes(conv.convert())
+    return full_int8(tf.lite.TFLiteConverter.from_keras_model(model), representative)
 
 
 def _child_main(argv: list[str]) -> int:
