@@ -42,6 +42,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from tflm_patch.arena_head import align_up
 from tflm_patch.errors import UnsupportedModelError
 from tflm_patch.model import Model, OperatorInfo
 
@@ -466,7 +467,7 @@ def replay(allocs: list[Allocation], start: int = 0) -> list[int]:
     used = start
     out = []
     for a in allocs:
-        used = -(-(used + a.size) // a.alignment) * a.alignment
+        used = align_up(used + a.size, a.alignment)
         out.append(used)
     return out
 

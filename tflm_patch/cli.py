@@ -70,7 +70,7 @@ class ArenaFigures:
     measurement_error: str | None
 
 
-def _arena_figures(model: Model, raw: bytes, measure: bool) -> ArenaFigures:
+def _arena_figures(model: Model, measure: bool) -> ArenaFigures:
     from tflm_patch.arena import predict_arena
 
     ph = pt = ptot = None
@@ -87,7 +87,7 @@ def _arena_figures(model: Model, raw: bytes, measure: bool) -> ArenaFigures:
 
         log.info("measuring the smallest arena on x86 TFLM (bisection in a child process)...")
         try:
-            meas = smallest_arena(raw)
+            meas = smallest_arena(model.raw)
             mt, mh, mtl = meas.smallest, meas.report.head, meas.report.tail
         except TflmPatchError as e:
             merr = str(e)
@@ -102,7 +102,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     model = load_model(path)
     require_int8(model)
     result = analyze(model)
-    arena = _arena_figures(model, model.raw, measure=not args.no_measure)
+    arena = _arena_figures(model, measure=not args.no_measure)
 
     if args.json:
         doc = {

@@ -137,8 +137,8 @@ class Model:
         """A constant tensor as a numpy array of its shape."""
         t = self.tensors[tensor_index]
         data = self.buffer_bytes(tensor_index)
-        np_type = _TENSOR_TYPES[_type_code(t.dtype)][1]
-        if data is None or np_type is None or _TENSOR_TYPES[_type_code(t.dtype)][2] < 8:
+        _, np_type, bits = _TENSOR_TYPES[_type_code(t.dtype)]
+        if data is None or np_type is None or bits < 8:
             raise UnsupportedModelError(
                 f"tensor {t.index} ({t.name}) has no readable constant data"
             )
@@ -304,7 +304,6 @@ def _operator_info(index: int, op: Any, opcodes: Sequence[Any]) -> OperatorInfo:
 
 def model_to_bytes(obj: Any) -> bytes:
     """Serialize a schema ModelT, constant buffers 16-byte aligned, identifier TFL3."""
-    fb = schema()
     originals = obj.buffers
     obj.buffers = [_AlignedBuffer.wrap(b) for b in (originals or [])]
     try:
@@ -314,7 +313,6 @@ def model_to_bytes(obj: Any) -> bytes:
         out = bytes(builder.Output())
     finally:
         obj.buffers = originals
-    del fb
     return out
 
 
