@@ -41,10 +41,14 @@ class ArenaPrediction:
         return max(self.after_allocation, self.during_planning)
 
 
-def predict_arena(model: Model, target: str = "x86_64") -> ArenaPrediction:
+def predict_arena(model: Model, target: str = "x86_64",
+                  tail: TailPrediction | None = None) -> ArenaPrediction:
+    """`tail`: predict_tail(model, target) when the caller has it (it does not depend on
+    the scratch sizes, so the patch planner computes it once per stage)."""
+    head = plan_head(model, target)
     return ArenaPrediction(
-        plan_head(model, target),
-        predict_tail(model, target),
-        planning_head_bytes(model, target),
+        head,
+        tail if tail is not None else predict_tail(model, target),
+        planning_head_bytes(model, target, head),
         target,
     )

@@ -353,6 +353,14 @@ def _transpose_conv_scratch(model: Model, op: OperatorInfo, _ptr: int) -> list[i
     return sizes
 
 
+def _patch_exec_scratch(_model: Model, op: OperatorInfo, _ptr: int) -> list[int]:
+    # docs/patch_exec.md: one buffer of the header's scratch_bytes, none when it is 0
+    from tflm_patch.patch_format import scratch_bytes
+
+    n = scratch_bytes(op.custom_options or b"")
+    return [n] if n else []
+
+
 def _no_scratch(_model: Model, _op: OperatorInfo, _ptr: int) -> list[int]:
     return []
 
@@ -458,6 +466,7 @@ SCRATCH_REGISTRY: dict[str, ScratchFn] = {
     "MIRROR_PAD": _mirror_pad_scratch,
     "ADD_N": _add_n_scratch,
     "TRANSPOSE_CONV": _transpose_conv_scratch,
+    "PATCH_EXEC": _patch_exec_scratch,
 }
 
 
@@ -609,7 +618,8 @@ PLANNER_BYTES_PER_BUFFER = 40
 MAX_SCRATCH_BUFFERS_PER_OP = 12
 
 
-def planning_head_bytes(model: Model, target: str = "x86_64") -> int:
+def planning_head_bytes(model: Model, target: str = "x86_64",
+                        plan: HeadPlan | None = None) -> int:
     """Non-persistent bytes CommitStaticMemoryPlan needs while it plans (not the head).
 
     From the 16-aligned arena start: the scratch-request array sized for all requests
@@ -623,7 +633,8 @@ def planning_head_bytes(model: Model, target: str = "x86_64") -> int:
     arena.predict_arena against the measured smallest arena (tests/test_arena.py).
     """
     pointer = _pointer_size(target)
-    plan = plan_head(model, target)
+    if plan is None:
+        plan = plan_head(model, target)
     scratch = sum(1 for b in plan.buffers if b.op is not None)
     end = SCRATCH_REQUEST_SIZE[target] * (scratch + MAX_SCRATCH_BUFFERS_PER_OP)
     end = align_up(end, SIZE_T_SIZE[target]) + SIZE_T_SIZE[target] * model.num_subgraphs

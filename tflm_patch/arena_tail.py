@@ -95,6 +95,7 @@ _X86_64_TYPES = {
     "ScratchBufferHandle": CType(8, 8),
     # kernel data allocated in Init (only the size matters: 16-byte aligned)
     "OpDataConv": CType(80, 8),  # 72 without compression (weights/bias scratch indices)
+    "OpDataPatchExec": CType(16, 8),  # ours: docs/patch_exec.md (options ptr, size, scratch)
     "OpDataFullyConnected": CType(72, 8),  # 64 without compression
     "OpDataPooling": CType(32, 4),
     "OpDataAdd": CType(60, 4),
@@ -148,6 +149,7 @@ _CORTEX_M_TYPES = {
     "TfLiteIntArray": CType(4, 4),
     "ScratchBufferHandle": CType(4, 4),
     "OpDataConv": CType(56, 4),
+    "OpDataPatchExec": CType(12, 4),
     "OpDataFullyConnected": CType(48, 4),
     "OpDataPooling": CType(32, 4),
     "OpDataAdd": CType(60, 4),
@@ -338,6 +340,8 @@ OP_TAIL: dict[str, OpTail] = {
     "SHAPE": OpTail("TfLiteShapeParams", None),
     "PACK": OpTail("TfLitePackParams", None),
     "RESIZE_NEAREST_NEIGHBOR": OpTail("TfLiteResizeNearestNeighborParams", None),
+    # our custom operator (docs/patch_exec.md): no builtin data, OpData from Init
+    "PATCH_EXEC": OpTail(None, "OpDataPatchExec"),
 }
 
 

@@ -1,0 +1,399 @@
+"""The PATCH_EXEC options blob, version 1 (docs/patch_exec.md): encode, decode, validate.
+
+`encode(options)` writes the little-endian blob; `decode(blob)` parses it and checks every
+rule of the document, raising `OptionsError` that names the field. The numpy reference
+(`patch_ref.py`) runs only decoded (hence validated) options; the C++ core implements the
+same checks.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from tflm_patch.errors import TflmPatchError
+from tflm_patch.receptive_field import _window_axis
+
+MAGIC = b"TPEX"
+VERSION = 1
+HEADER_BYTES = 32
+TENSOR_BYTES = 16
+RANGE_BYTES = 4
+LAYER_BYTES = 80
+NONE = 0xFFFF
+EXTERNAL = 0xFFFFFFFF  # slot_offset of the stage input and output
+MAX_LAYERS = 128
+MAX_GRID = 256
+NUM_P = 12
+SLOT_ALIGNMENT = 4
+
+CONV, DEPTHWISE, AVERAGE_POOL, MAX_POOL, PAD, ADD = 1, 2, 3, 4, 5, 6
+KIND_NAMES = {CONV: "CONV_2D", DEPTHWISE: "DEPTHWISE_CONV_2D", AVERAGE_POOL: "AVERAGE_POOL_2D",
+              MAX_POOL: "MAX_POOL_2D", PAD: "PAD", ADD: "ADD"}
+CONV_KINDS = (CONV, DEPTHWISE)
+POOL_KINDS = (AVERAGE_POOL, MAX_POOL)
+WINDOW_KINDS = CONV_KINDS + POOL_KINDS
+
+_HEADER = struct.Struct("<4sHHIHHHHIHHI")
+_TENSOR = struct.Struct("<HHHHII")
+_RANGE = struct.Struct("<HH")
+_LAYER = struct.Struct("<BBHH" + "H" * 13 + "i" * NUM_P)
+assert _HEADER.size == HEADER_BYTES and _TENSOR.size == TENSOR_BYTES
+assert _LAYER.size == LAYER_BYTES
+
+
+class OptionsError(TflmPatchError):
+    """A PATCH_EXEC options blob breaks a rule of docs/patch_exec.md."""
+
+
+Range = tuple[int, int]  # [lo, hi)
+
+
+@dataclass(frozen=True)
+class StageTensor:
+    """One stage tensor: its size, its scratch slot and its range per band."""
+
+    height: int
+    width: int
+    channels: int
+    rows: tuple[Range, ...]  # one per grid row band
+    cols: tuple[Range, ...]  # one per grid column band
+    slot_offset: int = EXTERNAL
+    slot_bytes: int = 0
+
+    @property
+    def external(self) -> bool:
+        return self.slot_offset == EXTERNAL
+
+    def patch_bytes(self, i: int, j: int) -> int:
+        (r0, r1), (c0, c1) = self.rows[i], self.cols[j]
+        return (r1 - r0) * (c1 - c0) * self.channels
+
+    def max_patch_bytes(self) -> int:
+        return (max(hi - lo for lo, hi in self.rows) * max(hi - lo for lo, hi in self.cols)
+                * self.channels)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer; field meanings per kind as in docs/patch_exec.md."""
+
+    kind: int
+    input0: int
+    input1: int = NONE
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    dilation: tuple[int, int] = (1, 1)
+    pad_top: int = 0
+    pad_left: int = 0
+    depth_multiplier: int = 1
+    weights: int = NONE
+    bias: int = NONE
+    multipliers: int = NONE
+    shifts: int = NONE
+    p: tuple[int, ...] = field(default=(0,) * NUM_P)
+
+    @property
+    def name(self) -> str:
+        return KIND_NAMES.get(self.kind, f"kind {self.kind}")
+
+    @property
+    def act_min(self) -> int:
+        return self.p[2]
+
+    @property
+    def act_max(self) -> int:
+        return self.p[3]
+
+
+@dataclass(frozen=True)
+class PatchOptions:
+    tensors: tuple[StageTensor, ...]
+    layers: tuple[Layer, ...]
+    grid: tuple[int, int]
+    scratch_bytes: int
+    num_inputs: int
+
+    @property
+    def output(self) -> StageTensor:
+        return self.tensors[-1]
+
+    def lifetimes(self) -> list[tuple[int, int]]:
+        """(first, last) layer index of every tensor's life (producer .. last reader)."""
+        return lifetimes(self.layers)
+
+
+def lifetimes(layers: tuple[Layer, ...] | list[Layer]) -> list[tuple[int, int]]:
+    life = [(-1, -1)] + [(k, k) for k in range(len(layers))]
+    for k, layer in enumerate(layers):
+        for t in (layer.input0, layer.input1):
+            if t != NONE:
+                life[t] = (life[t][0], max(life[t][1], k))
+    return life
+
+
+def blob_size(num_layers: int, grid: tuple[int, int]) -> int:
+    t = num_layers + 1
+    return HEADER_BYTES + TENSOR_BYTES * t + RANGE_BYTES * t * (grid[0] + grid[1]) \
+        + LAYER_BYTES * num_layers
+
+
+# ---------------------------------------------------------------------------- encode
+def encode(options: PatchOptions) -> bytes:
+    """The blob; raises OptionsError when the options break a rule (checked by decoding)."""
+    n, m = options.grid
+    parts = [_HEADER.pack(MAGIC, VERSION, HEADER_BYTES, blob_size(len(options.layers), (n, m)),
+                          len(options.tensors), len(options.layers), n, m,
+                          options.scratch_bytes, options.num_inputs, 0, 0)]
+    for t in options.tensors:
+        parts.append(_TENSOR.pack(t.height, t.width, t.channels, 0, t.slot_offset, t.slot_bytes))
+    for t in options.tensors:
+        for lo, hi in (*t.rows, *t.cols):
+            parts.append(_RANGE.pack(lo, hi))
+    for ly in options.layers:
+        parts.append(_LAYER.pack(ly.kind, 0, ly.input0, ly.input1, *ly.kernel, *ly.stride,
+                                 *ly.dilation, ly.pad_top, ly.pad_left, ly.depth_multiplier,
+                                 ly.weights, ly.bias, ly.multipliers, ly.shifts, *ly.p))
+    blob = b"".join(parts)
+    decode(blob)  # never hand out a blob the kernel would reject
+    return blob
+
+
+# ---------------------------------------------------------------------------- decode
+def scratch_bytes(blob: bytes) -> int:
+    """The header's scratch_bytes (the blob fully validated first)."""
+    return decode(blob).scratch_bytes
+
+
+def decode(blob: bytes) -> PatchOptions:
+    """Parse and validate a blob (every rule of docs/patch_exec.md)."""
+    blob = bytes(blob)
+    if len(blob) < HEADER_BYTES:
+        raise OptionsError(f"options are {len(blob)} bytes, shorter than the "
+                           f"{HEADER_BYTES}-byte header")
+    (magic, version, header_bytes, total, num_t, num_l, n, m, scratch, num_inputs, r0,
+     r1) = _HEADER.unpack_from(blob, 0)
+    if magic != MAGIC:
+        raise OptionsError(f"bad magic {magic!r} (expected {MAGIC!r}): not PATCH_EXEC options")
+    if version != VERSION:
+        raise OptionsError(f"options format version {version} is not supported "
+                           f"(this build reads version {VERSION})")
+    if header_bytes != HEADER_BYTES or r0 or r1:
+        raise OptionsError(f"header_bytes {header_bytes} != {HEADER_BYTES} or reserved "
+                           "fields not 0")
+    if not 1 <= num_l <= MAX_LAYERS:
+        raise OptionsError(f"num_layers {num_l} outside [1, {MAX_LAYERS}]")
+    if num_t != num_l + 1:
+        raise OptionsError(f"num_tensors {num_t} != num_layers + 1 = {num_l + 1}")
+    if not (1 <= n <= MAX_GRID and 1 <= m <= MAX_GRID):
+        raise OptionsError(f"grid {n}x{m} outside [1, {MAX_GRID}]")
+    expect = blob_size(num_l, (n, m))
+    if total != expect or len(blob) != expect:
+        raise OptionsError(f"total_bytes {total}, blob length {len(blob)}, expected {expect} "
+                           f"for {num_l} layers and a {n}x{m} grid")
+    if num_inputs < 1:
+        raise OptionsError("num_inputs is 0 (input 0 is the stage input)")
+    tensors = _decode_tensors(blob, num_t, n, m)
+    layers = _decode_layers(blob, HEADER_BYTES + num_t * (TENSOR_BYTES + RANGE_BYTES * (n + m)),
+                            num_l)
+    options = PatchOptions(tuple(tensors), tuple(layers), (n, m), scratch, num_inputs)
+    validate(options)
+    return options
+
+
+def _decode_tensors(blob: bytes, num_t: int, n: int, m: int) -> list[StageTensor]:
+    heads = [_TENSOR.unpack_from(blob, HEADER_BYTES + TENSOR_BYTES * k) for k in range(num_t)]
+    pos = HEADER_BYTES + TENSOR_BYTES * num_t
+    tensors: list[StageTensor] = []
+    for h, w, c, reserved, offset, nbytes in heads:
+        if reserved:
+            raise OptionsError(f"tensor {len(tensors)}: reserved field is {reserved}")
+        ranges = [_RANGE.unpack_from(blob, pos + RANGE_BYTES * k) for k in range(n + m)]
+        pos += RANGE_BYTES * (n + m)
+        tensors.append(StageTensor(h, w, c, tuple(ranges[:n]), tuple(ranges[n:]), offset,
+                                   nbytes))
+    return tensors
+
+
+def _decode_layers(blob: bytes, pos: int, num_l: int) -> list[Layer]:
+    layers = []
+    for k in range(num_l):
+        v = _LAYER.unpack_from(blob, pos + LAYER_BYTES * k)
+        kind, reserved, in0, in1, kh, kw, sh, sw, dh, dw, pt, pl, dm, wi, bi, mi, si = v[:17]
+        if reserved:
+            raise OptionsError(f"layer {k}: reserved byte is {reserved}")
+        layers.append(Layer(kind, in0, in1, (kh, kw), (sh, sw), (dh, dw), pt, pl, dm, wi, bi,
+                            mi, si, tuple(v[17:])))
+    return layers
+
+
+# -------------------------------------------------------------------------- validate
+def validate(o: PatchOptions) -> None:
+    n, m = o.grid
+    out = o.output
+    if n > out.height or m > out.width:
+        raise OptionsError(f"grid {n}x{m} is finer than the {out.height}x{out.width} output")
+    for k, t in enumerate(o.tensors):
+        _check_tensor(o, k, t)
+    _check_tiling(out.rows, out.height, "row")
+    _check_tiling(out.cols, out.width, "column")
+    for k, layer in enumerate(o.layers):
+        _check_layer(o, k, layer)
+    _check_slots(o)
+
+
+def _check_tensor(o: PatchOptions, k: int, t: StageTensor) -> None:
+    where = f"tensor {k}"
+    if min(t.height, t.width, t.channels) < 1:
+        raise OptionsError(f"{where}: size {t.height}x{t.width}x{t.channels} has a zero")
+    for what, ranges, size in (("row", t.rows, t.height), ("column", t.cols, t.width)):
+        for b, (lo, hi) in enumerate(ranges):
+            if not 0 <= lo <= hi <= size:
+                raise OptionsError(f"{where}: {what} range {b} [{lo}, {hi}) is outside "
+                                   f"[0, {size})")
+    edge = k in (0, len(o.tensors) - 1)
+    if edge:
+        if t.slot_offset != EXTERNAL or t.slot_bytes != 0:
+            raise OptionsError(f"{where} is the stage {'input' if k == 0 else 'output'}: "
+                               "it has no scratch slot")
+        return
+    if t.slot_offset == EXTERNAL or t.slot_offset + t.slot_bytes > o.scratch_bytes:
+        raise OptionsError(f"{where}: slot [{t.slot_offset}, +{t.slot_bytes}) is outside the "
+                           f"{o.scratch_bytes}-byte scratch")
+    if t.slot_bytes < t.max_patch_bytes():
+        raise OptionsError(f"{where}: slot of {t.slot_bytes} bytes < the largest patch "
+                           f"{t.max_patch_bytes()}")
+
+
+def _check_tiling(ranges: tuple[Range, ...], size: int, what: str) -> None:
+    expect = 0
+    for b, (lo, hi) in enumerate(ranges):
+        if lo != expect or hi <= lo:
+            raise OptionsError(f"output {what} band {b} [{lo}, {hi}) does not continue the "
+                               f"tiling at {expect}")
+        expect = hi
+    if expect != size:
+        raise OptionsError(f"output {what} bands end at {expect}, not at {size}")
+
+
+def _check_layer(o: PatchOptions, k: int, ly: Layer) -> None:
+    where = f"layer {k} ({ly.name})"
+    if ly.kind not in KIND_NAMES:
+        raise OptionsError(f"layer {k}: unknown kind {ly.kind}")
+    if not ly.input0 < k + 1:
+        raise OptionsError(f"{where}: input0 {ly.input0} is not produced before it")
+    if ly.kind == ADD:
+        if not ly.input1 < k + 1:
+            raise OptionsError(f"{where}: input1 {ly.input1} is not produced before it")
+    elif ly.input1 != NONE:
+        raise OptionsError(f"{where}: input1 must be NONE")
+    consts = (ly.weights, ly.bias, ly.multipliers, ly.shifts)
+    for name, idx in zip(("weights", "bias", "multipliers", "shifts"), consts, strict=True):
+        if idx != NONE and not 0 < idx < o.num_inputs:
+            raise OptionsError(f"{where}: {name} input {idx} outside [1, {o.num_inputs})")
+    if ly.kind in CONV_KINDS and NONE in (ly.weights, ly.multipliers, ly.shifts):
+        raise OptionsError(f"{where}: needs weights, multipliers and shifts")
+    if ly.kind not in CONV_KINDS and consts != (NONE,) * 4:
+        raise OptionsError(f"{where}: has constant inputs but is not a convolution")
+    if min(*ly.kernel, *ly.stride, *ly.dilation, ly.depth_multiplier) < 1:
+        raise OptionsError(f"{where}: kernel, stride, dilation and depth multiplier must "
+                           "be >= 1")
+    if ly.kind != DEPTHWISE and ly.depth_multiplier != 1:
+        raise OptionsError(f"{where}: depth multiplier must be 1")
+    _check_params(where, ly)
+    _check_shapes(o, k, ly, where)
+    _check_halo(o, k, ly, where)
+
+
+def _check_params(where: str, ly: Layer) -> None:
+    p = ly.p
+    if ly.kind != PAD and not -128 <= p[2] <= p[3] <= 127:
+        raise OptionsError(f"{where}: activation range [{p[2]}, {p[3]}] is not within int8")
+    if ly.kind == PAD and not -128 <= p[0] <= 127:
+        raise OptionsError(f"{where}: pad value {p[0]} is not int8")
+    if ly.kind in (*CONV_KINDS, ADD) and not (-255 <= p[0] <= 255 and -255 <= p[1] <= 255):
+        raise OptionsError(f"{where}: offsets {p[0]}, {p[1]} outside [-255, 255]")
+    if ly.kind == ADD:
+        if not -255 <= p[4] <= 255 or not 0 <= p[5] <= 30:
+            raise OptionsError(f"{where}: input2 offset {p[4]} or left shift {p[5]} out of "
+                               "range")
+        for mult, shift in ((p[6], p[7]), (p[8], p[9]), (p[10], p[11])):
+            if mult < 0 or not -31 <= shift <= 31:
+                raise OptionsError(f"{where}: multiplier {mult} / shift {shift} out of range")
+    used = {CONV: 4, DEPTHWISE: 4, AVERAGE_POOL: 4, MAX_POOL: 4, PAD: 1, ADD: 12}[ly.kind]
+    if ly.kind in POOL_KINDS and (p[0] or p[1]):
+        raise OptionsError(f"{where}: unused parameters are not 0")
+    if any(p[used:]):
+        raise OptionsError(f"{where}: unused parameters are not 0")
+
+
+def _check_shapes(o: PatchOptions, k: int, ly: Layer, where: str) -> None:
+    src, dst = o.tensors[ly.input0], o.tensors[k + 1]
+    if ly.kind in WINDOW_KINDS:
+        for axis, (n_in, n_out) in enumerate(((src.height, dst.height),
+                                              (src.width, dst.width))):
+            pad = (ly.pad_top, ly.pad_left)[axis]
+            if (n_out - 1) * ly.stride[axis] - pad >= n_in:
+                raise OptionsError(f"{where}: {n_out} outputs along axis {axis} start past "
+                                   f"the {n_in} inputs")
+        expect_c = src.channels * ly.depth_multiplier if ly.kind == DEPTHWISE else (
+            dst.channels if ly.kind == CONV else src.channels)
+        if dst.channels != expect_c:
+            raise OptionsError(f"{where}: {dst.channels} output channels, expected {expect_c}")
+    elif ly.kind == PAD:
+        if (dst.height - src.height - ly.pad_top < 0 or dst.width - src.width - ly.pad_left < 0
+                or dst.channels != src.channels):
+            raise OptionsError(f"{where}: output {dst.height}x{dst.width}x{dst.channels} is "
+                               f"not the padded {src.height}x{src.width}x{src.channels}")
+    else:
+        other = o.tensors[ly.input1]
+        shapes = {(t.height, t.width, t.channels) for t in (src, other, dst)}
+        if len(shapes) != 1:
+            raise OptionsError(f"{where}: input and output shapes differ: {sorted(shapes)}")
+
+
+def needed_range(ly: Layer, axis: int, out: Range, n_in: int) -> Range | None:
+    """The in-image input positions [lo, hi) along `axis` that output range `out` reads,
+    or None when it reads none."""
+    o0, o1 = out
+    if o1 <= o0:
+        return None
+    if ly.kind in WINDOW_KINDS:
+        pad = (ly.pad_top, ly.pad_left)[axis]
+        return _window_axis(o0, o1, n_in, ly.kernel[axis], ly.stride[axis],
+                            ly.dilation[axis], pad)
+    shift = (ly.pad_top, ly.pad_left)[axis] if ly.kind == PAD else 0
+    lo, hi = max(o0 - shift, 0), min(o1 - shift, n_in)
+    return (lo, hi) if lo < hi else None
+
+
+def _check_halo(o: PatchOptions, k: int, ly: Layer, where: str) -> None:
+    dst = o.tensors[k + 1]
+    inputs = [ly.input0] + ([ly.input1] if ly.kind == ADD else [])
+    for t in inputs:
+        src = o.tensors[t]
+        for axis, (out_ranges, in_ranges, n_in) in enumerate(
+                ((dst.rows, src.rows, src.height), (dst.cols, src.cols, src.width))):
+            for b, (out_r, in_r) in enumerate(zip(out_ranges, in_ranges, strict=True)):
+                need = needed_range(ly, axis, out_r, n_in)
+                if need is not None and not (in_r[0] <= need[0] and need[1] <= in_r[1]):
+                    what = "row" if axis == 0 else "column"
+                    raise OptionsError(
+                        f"{where}: {what} band {b} reads [{need[0]}, {need[1]}) of tensor {t} "
+                        f"but only [{in_r[0]}, {in_r[1]}) is kept (halo too small)")
+
+
+def _check_slots(o: PatchOptions) -> None:
+    life = o.lifetimes()
+    inner = range(1, len(o.tensors) - 1)
+    for a in inner:
+        for b in inner:
+            if b <= a:
+                continue
+            ta, tb = o.tensors[a], o.tensors[b]
+            if life[a][1] < life[b][0] or life[b][1] < life[a][0]:
+                continue
+            if ta.slot_offset < tb.slot_offset + tb.slot_bytes and \
+                    tb.slot_offset < ta.slot_offset + ta.slot_bytes:
+                raise OptionsError(f"tensors {a} and {b} are live together but their scratch "
+                                   "slots overlap")

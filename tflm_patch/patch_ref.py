@@ -1,0 +1,172 @@
+"""Numpy reference of PATCH_EXEC: runs the stage patch by patch, bit-exact.
+
+It executes a PATCH_EXEC operator of a model from its options and constant inputs only
+(never from the original operators), with one int8 scratch array of exactly
+`scratch_bytes`: every intermediate tensor lives in its slot, so a slot layout that lets
+two live tensors overlap corrupts the result, and every read is checked against the
+range the options keep (`HaloError`). The window arithmetic is `ref_ops` (TFLM's
+reference kernels) applied to the kept range with the padding shifted accordingly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tflm_patch import patch_format as pf
+from tflm_patch import ref_ops
+from tflm_patch.errors import TflmPatchError, UnsupportedModelError
+from tflm_patch.model import Model, OperatorInfo
+
+
+class HaloError(TflmPatchError):
+    """A layer would read outside the range the options keep of its input."""
+
+
+@dataclass
+class _View:
+    """The part of a stage tensor one patch holds: data[rows, cols, C], origin (r0, c0)."""
+
+    data: np.ndarray
+    r0: int
+    c0: int
+
+
+def _constants(model: Model, op: OperatorInfo, o: pf.PatchOptions, ly: pf.Layer,
+               k: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+    def get(idx: int, dtype: str, what: str) -> np.ndarray:
+        t = model.tensors[op.inputs[idx]]
+        if not t.is_constant or t.dtype != dtype:
+            raise UnsupportedModelError(f"PATCH_EXEC layer {k}: {what} (input {idx}) is not a "
+                                        f"constant {dtype} tensor")
+        return model.constant(op.inputs[idx])
+
+    src, dst = o.tensors[ly.input0], o.tensors[k + 1]
+    w = get(ly.weights, "int8", "weights")
+    if ly.kind == pf.CONV:
+        expect: tuple[int, ...] = (dst.channels, ly.kernel[0], ly.kernel[1], src.channels)
+    else:
+        expect = (1, ly.kernel[0], ly.kernel[1], dst.channels)
+    if w.shape != expect:
+        raise UnsupportedModelError(f"PATCH_EXEC layer {k}: weights shape {w.shape}, "
+                                    f"expected {expect}")
+    b = get(ly.bias, "int32", "bias").reshape(-1) if ly.bias != pf.NONE else None
+    mult = get(ly.multipliers, "int32", "multipliers").reshape(-1)
+    shift = get(ly.shifts, "int32", "shifts").reshape(-1)
+    checks: tuple[tuple[np.ndarray | None, str], ...] = (
+        (b, "bias"), (mult, "multipliers"), (shift, "shifts"))
+    for arr, what in checks:
+        if arr is not None and arr.size != dst.channels:
+            raise UnsupportedModelError(f"PATCH_EXEC layer {k}: {what} has {arr.size} values "
+                                        f"for {dst.channels} channels")
+    if (mult < 0).any() or (shift < -31).any() or (shift > 30).any():
+        raise UnsupportedModelError(f"PATCH_EXEC layer {k}: multiplier/shift out of range")
+    return w, b, mult, shift
+
+
+def _crop(view: _View, rows: pf.Range, cols: pf.Range, what: str) -> np.ndarray:
+    h, w = view.data.shape[0], view.data.shape[1]
+    y0, y1 = rows[0] - view.r0, rows[1] - view.r0
+    x0, x1 = cols[0] - view.c0, cols[1] - view.c0
+    if not (0 <= y0 <= y1 <= h and 0 <= x0 <= x1 <= w):
+        raise HaloError(f"{what} reads rows [{rows[0]}, {rows[1]}) x columns [{cols[0]}, "
+                        f"{cols[1]}) but holds rows [{view.r0}, {view.r0 + h}) x columns "
+                        f"[{view.c0}, {view.c0 + w})")
+    return view.data[y0:y1, x0:x1, :]
+
+
+def _window_input(ly: pf.Layer, view: _View, src: pf.StageTensor, out_r: pf.Range,
+                  out_c: pf.Range, what: str) -> tuple[np.ndarray, int, int]:
+    """The kept input the window reads for this output range, and the padding of its
+    first output in that crop (TFLM's padding shifted to the crop's origin)."""
+    need_r = pf.needed_range(ly, 0, out_r, src.height)
+    need_c = pf.needed_range(ly, 1, out_c, src.width)
+    if need_r is None or need_c is None:
+        raise HaloError(f"{what}: the output range reads only padding")
+    x = _crop(view, need_r, need_c, what)
+    pad_top = need_r[0] - (out_r[0] * ly.stride[0] - ly.pad_top)
+    pad_left = need_c[0] - (out_c[0] * ly.stride[1] - ly.pad_left)
+    return x[np.newaxis], pad_top, pad_left
+
+
+def run_layer(ly: pf.Layer, k: int, o: pf.PatchOptions, views: dict[int, _View],
+              out_r: pf.Range, out_c: pf.Range,
+              consts: tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray] | None
+              ) -> np.ndarray:
+    """Layer k over output rows out_r x cols out_c: int8 [rows, cols, C]."""
+    what = f"layer {k} ({ly.name})"
+    src = o.tensors[ly.input0]
+    oh, ow = out_r[1] - out_r[0], out_c[1] - out_c[0]
+    if ly.kind == pf.ADD:
+        p = ly.p
+        params = ref_ops.AddParams(p[0], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11],
+                                   p[1], p[2], p[3])
+        a = _crop(views[ly.input0], out_r, out_c, what)
+        b = _crop(views[ly.input1], out_r, out_c, what)
+        return ref_ops.add(a, b, params)
+    if ly.kind == pf.PAD:
+        out = np.full((oh, ow, src.channels), ly.p[0], dtype=np.int8)
+        need_r = pf.needed_range(ly, 0, out_r, src.height)
+        need_c = pf.needed_range(ly, 1, out_c, src.width)
+        if need_r is not None and need_c is not None:
+            x = _crop(views[ly.input0], need_r, need_c, what)
+            y0, x0 = need_r[0] + ly.pad_top - out_r[0], need_c[0] + ly.pad_left - out_c[0]
+            out[y0:y0 + x.shape[0], x0:x0 + x.shape[1]] = x
+        return out
+    x, pad_top, pad_left = _window_input(ly, views[ly.input0], src, out_r, out_c, what)
+    if ly.kind in pf.POOL_KINDS:
+        pp = ref_ops.PoolParams(ly.kernel[0], ly.kernel[1], ly.stride[0], ly.stride[1],
+                                pad_top, pad_left, oh, ow, ly.act_min, ly.act_max)
+        fn = ref_ops.average_pool if ly.kind == pf.AVERAGE_POOL else ref_ops.max_pool
+        return fn(x, pp)[0]
+    assert consts is not None
+    w, b, mult, shift = consts
+    cp = ref_ops.ConvParams(ly.p[0], ly.p[1], tuple(int(v) for v in mult),
+                            tuple(int(v) for v in shift), ly.stride[0], ly.stride[1],
+                            ly.dilation[0], ly.dilation[1], pad_top, pad_left, oh, ow,
+                            ly.act_min, ly.act_max)
+    if ly.kind == pf.CONV:
+        return ref_ops.conv2d(x, w, b, cp)[0]
+    dp = ref_ops.DepthwiseConvParams(**{**cp.__dict__, "depth_multiplier":
+                                        ly.depth_multiplier})
+    return ref_ops.depthwise_conv2d(x, w, b, dp)[0]
+
+
+def run_patch_exec(model: Model, op: OperatorInfo, stage_input: np.ndarray) -> np.ndarray:
+    """Run one PATCH_EXEC operator of `model` on its input activation."""
+    o = pf.decode(op.custom_options or b"")
+    if len(op.inputs) != o.num_inputs or len(op.outputs) != 1:
+        raise UnsupportedModelError(f"PATCH_EXEC operator {op.index}: {len(op.inputs)} inputs, "
+                                    f"the options say {o.num_inputs}")
+    first, out_t = o.tensors[0], o.output
+    x = np.asarray(stage_input)
+    if x.dtype != np.int8 or x.shape != (1, first.height, first.width, first.channels):
+        raise UnsupportedModelError(f"PATCH_EXEC operator {op.index}: input {x.dtype} "
+                                    f"{x.shape}, the options say int8 "
+                                    f"(1, {first.height}, {first.width}, {first.channels})")
+    consts = [(_constants(model, op, o, ly, k) if ly.kind in pf.CONV_KINDS else None)
+              for k, ly in enumerate(o.layers)]
+    scratch = np.zeros(o.scratch_bytes, dtype=np.int8)
+    output = np.zeros((1, out_t.height, out_t.width, out_t.channels), dtype=np.int8)
+    n, m = o.grid
+    last = len(o.tensors) - 1
+    for i in range(n):
+        for j in range(m):
+            r, c = first.rows[i], first.cols[j]
+            views = {0: _View(x[0, r[0]:r[1], c[0]:c[1], :], r[0], c[0])}
+            for k, ly in enumerate(o.layers):
+                t = o.tensors[k + 1]
+                out_r, out_c = t.rows[i], t.cols[j]
+                if out_r[1] <= out_r[0] or out_c[1] <= out_c[0]:
+                    continue
+                result = run_layer(ly, k, o, views, out_r, out_c, consts[k])
+                if k + 1 == last:
+                    output[0, out_r[0]:out_r[1], out_c[0]:out_c[1], :] = result
+                    continue
+                size = result.size
+                slot = scratch[t.slot_offset:t.slot_offset + size].reshape(result.shape)
+                slot[...] = result
+                views[k + 1] = _View(slot, out_r[0], out_c[0])
+    return output
+

@@ -1,0 +1,237 @@
+"""The patch planner: which stage to patch, with which grid.
+
+For every candidate stage (stage.candidate_stages) and every n x m grid it predicts the
+whole patched model's TFLM arena with the arena model (the patched model is built for
+real: stage input/output and scratch in the head, the tail with PATCH_EXEC's OpData and
+without the stage's per-channel data) and the MACs patch by patch. Objectives:
+
+- default: the smallest arena whose MAC overhead is <= max_overhead (ties: fewer MACs);
+- budget: the fewest MACs whose arena fits the budget (ties: smaller arena).
+
+A plan is only ever returned when its arena is smaller than the unpatched model's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tflm_patch import patch_format as pf
+from tflm_patch.analysis import op_macs
+from tflm_patch.arena import predict_arena
+from tflm_patch.arena_tail import predict_tail
+from tflm_patch.errors import TflmPatchError, UnsupportedModelError
+from tflm_patch.model import Model, model_from_object, require_int8
+from tflm_patch.rewrite import CUSTOM_CODE, replace_stage
+from tflm_patch.schedule import Schedule, make_schedule, stage_options
+from tflm_patch.stage import StageGraph, build_stage, candidate_stages, stage_check
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_OVERHEAD = 0.20
+DEFAULT_MAX_GRID = 8
+
+
+class PlanError(TflmPatchError):
+    """No plan meets the request (impossible budget, forced stage that cannot work)."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    first: int
+    last: int
+    grid: tuple[int, int]
+    scratch_bytes: int
+    arena: int  # predicted smallest arena of the whole patched model
+    macs: int  # whole model, after patching
+    stage_macs: int  # the stage, patch by patch
+    stage_macs_before: int
+
+    def overhead(self, macs_before: int) -> float:
+        return self.macs / macs_before - 1.0 if macs_before else 0.0
+
+    @property
+    def label(self) -> str:
+        return f"ops {self.first}..{self.last} grid {self.grid[0]}x{self.grid[1]}"
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    budget: int | None = None
+    max_overhead: float = DEFAULT_MAX_OVERHEAD
+    split_op: int | None = None  # force the stage's last operator
+    grid: tuple[int, int] | None = None  # force the grid
+    max_grid: int = DEFAULT_MAX_GRID
+    target: str = "x86_64"
+
+
+@dataclass
+class PlanResult:
+    arena_before: int
+    macs_before: int
+    candidates: list[Candidate]
+    chosen: Candidate | None
+    message: str  # why this choice, or why the model stays as it is
+    request: PlanRequest
+    seconds: float = 0.0
+    stage_notes: list[str] = field(default_factory=list)
+
+    def overhead(self, c: Candidate) -> float:
+        return c.overhead(self.macs_before)
+
+    def pareto(self) -> list[Candidate]:
+        """Candidates no other beats on both arena and MACs, by arena."""
+        front: list[Candidate] = []
+        for c in sorted(self.candidates, key=lambda c: (c.arena, c.macs)):
+            if not front or c.macs < front[-1].macs:
+                front.append(c)
+        return front
+
+    def to_json(self, c: Candidate) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "target": self.request.target,
+            "stage": {"first_op": c.first, "last_op": c.last},
+            "grid": list(c.grid),
+            "scratch_bytes": c.scratch_bytes,
+            "predicted": {"arena_before": self.arena_before, "arena_after": c.arena,
+                          "macs_before": self.macs_before, "macs_after": c.macs,
+                          "mac_overhead": round(self.overhead(c), 6)},
+        }
+
+
+def _grids(graph: StageGraph, request: PlanRequest) -> Iterable[tuple[int, int]]:
+    h, w, _ = graph.shapes[-1]
+    if request.grid is not None:
+        n, m = request.grid
+        if n > h or m > w:
+            raise PlanError(f"grid {n}x{m} is finer than the stage output {h}x{w}")
+        return [request.grid]
+    return [(n, m) for n in range(1, min(h, request.max_grid) + 1)
+            for m in range(1, min(w, request.max_grid) + 1)]
+
+
+class StageEvaluator:
+    """Arena and MACs of one stage under any grid, the patched model built once."""
+
+    def __init__(self, model: Model, graph: StageGraph, target: str, macs_before: int):
+        self.model, self.graph, self.target = model, graph, target
+        self.macs_outside = macs_before - graph.macs
+        base = make_schedule(graph, (1, 1))
+        obj = replace_stage(model, graph, base)
+        self.patched = model_from_object(obj)
+        self.op_index = graph.first
+        self.op = self.patched.operators[self.op_index]
+        assert self.op.name == CUSTOM_CODE
+        self.layers = pf.decode(self.op.custom_options or b"").layers
+        self.num_inputs = len(self.op.inputs)
+        self.tail = predict_tail(self.patched, target)
+
+    def evaluate(self, grid: tuple[int, int]) -> tuple[Candidate, Schedule]:
+        sched = make_schedule(self.graph, grid)
+        blob = pf.encode(stage_options(self.graph, sched, self.layers, self.num_inputs))
+        ops = list(self.patched.operators)
+        ops[self.op_index] = replace(self.op, custom_options=blob)
+        model = replace(self.patched, operators=tuple(ops))
+        arena = predict_arena(model, self.target, self.tail).total
+        g = self.graph
+        return Candidate(g.first, g.last, grid, sched.scratch_bytes, arena,
+                         self.macs_outside + sched.macs, sched.macs, g.macs), sched
+
+
+def _stages(model: Model, request: PlanRequest) -> list[tuple[int, int]]:
+    stages = list(candidate_stages(model))
+    if request.split_op is None:
+        return stages
+    k = request.split_op
+    if not 0 <= k < len(model.operators):
+        raise PlanError(f"--split-op {k}: the model has operators 0..{len(model.operators) - 1}")
+    forced = [s for s in stages if s[1] == k]
+    if forced:
+        return forced
+    # explain why not: the op itself, or the earliest stage that could end there
+    firsts = sorted({s[0] for s in stages if s[0] <= k}) or [0]
+    _, reason = stage_check(model, firsts[-1], k)
+    raise PlanError(f"--split-op {k}: cannot end a PATCH_EXEC stage at operator {k} "
+                    f"({model.operators[k].name}): {reason or 'no valid stage ends there'}")
+
+
+def plan(model: Model, request: PlanRequest | None = None,
+         progress: Callable[[int, int], None] | None = None) -> PlanResult:
+    """Search stages and grids; choose by the request's objective."""
+    request = request or PlanRequest()
+    start = time.perf_counter()
+    require_int8(model)
+    if any(op.name == CUSTOM_CODE for op in model.operators):
+        raise UnsupportedModelError("the model already has a PATCH_EXEC operator (it was "
+                                    "patched before); patch the original model instead")
+    arena_before = predict_arena(model, request.target).total
+    macs_before = sum(op_macs(model, op) for op in model.operators)
+    stages = _stages(model, request)
+    candidates: list[Candidate] = []
+    notes: list[str] = []
+    for done, (first, last) in enumerate(stages):
+        if progress is not None:
+            progress(done, len(stages))
+        graph = build_stage(model, first, last)
+        ev = StageEvaluator(model, graph, request.target, macs_before)
+        for grid in _grids(graph, request):
+            candidates.append(ev.evaluate(grid)[0])
+    if progress is not None:
+        progress(len(stages), len(stages))
+    result = PlanResult(arena_before, macs_before, candidates, None, "", request,
+                        stage_notes=notes)
+    result.chosen, result.message = choose(result)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def choose(result: PlanResult) -> tuple[Candidate | None, str]:
+    req = result.request
+    before = result.arena_before
+    if not result.candidates:
+        return None, "no run of operators PATCH_EXEC can execute: the model stays as it is"
+    better = [c for c in result.candidates if c.arena < before]
+    if req.budget is not None:
+        if before <= req.budget:
+            return None, (f"the unpatched model already fits the budget ({before:,} <= "
+                          f"{req.budget:,} bytes): the model stays as it is")
+        fits = [c for c in better if c.arena <= req.budget]
+        if not fits:
+            best = min(result.candidates, key=lambda c: c.arena)
+            raise PlanError(f"impossible budget: {req.budget:,} bytes; the smallest arena "
+                            f"any plan reaches is {best.arena:,} bytes ({best.label}), "
+                            f"unpatched {before:,}")
+        c = min(fits, key=lambda c: (c.macs, c.arena))
+        return c, (f"fewest MACs within the {req.budget:,}-byte budget")
+    allowed = [c for c in better if result.overhead(c) <= req.max_overhead + 1e-12]
+    if not allowed:
+        if not better:
+            best = min(result.candidates, key=lambda c: c.arena)
+            return None, (f"no plan makes the arena smaller than the unpatched "
+                          f"{before:,} bytes (best: {best.arena:,} with {best.label}): the "
+                          "model stays as it is")
+        cheapest = min(better, key=lambda c: result.overhead(c))
+        return None, (f"every plan that shrinks the arena costs more than "
+                      f"{req.max_overhead:.0%} extra MACs (the cheapest: "
+                      f"{result.overhead(cheapest):.1%}, {cheapest.label}); raise "
+                      "--max-overhead or give --budget: the model stays as it is")
+    c = min(allowed, key=lambda c: (c.arena, c.macs))
+    return c, f"smallest arena with MAC overhead <= {req.max_overhead:.0%}"
+
+
+def build_plan(model: Model, c: Candidate) -> tuple[StageGraph, Schedule]:
+    graph = build_stage(model, c.first, c.last)
+    return graph, make_schedule(graph, c.grid)
+
+
+def patched_model_object(model: Model, result: PlanResult) -> Any:
+    """The rewritten ModelT for the chosen candidate (with the plan metadata)."""
+    c = result.chosen
+    if c is None:
+        raise PlanError(result.message)
+    graph, sched = build_plan(model, c)
+    return replace_stage(model, graph, sched, result.to_json(c))

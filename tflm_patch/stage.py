@@ -1,0 +1,292 @@
+"""Stages: runs of operators one PATCH_EXEC can replace.
+
+A stage is a run of consecutive operators (execution order) that all pass `op_support`,
+reads exactly one activation from before it (the stage input) and leaves exactly one
+tensor for the ops after it (the stage output). Checks return `(ok, reason)`; the reason
+is what the user sees when a forced `--split-op` cannot be honoured.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from tflm_patch import patch_format as pf
+from tflm_patch import ref_ops
+from tflm_patch.analysis import op_macs
+from tflm_patch.errors import UnsupportedModelError
+from tflm_patch.geometry import spatial_support
+from tflm_patch.model import Model, OperatorInfo
+from tflm_patch.ref_params import (
+    add_params,
+    conv_params,
+    depthwise_params,
+    pad_params,
+    pool_params,
+)
+
+log = logging.getLogger(__name__)
+
+STAGE_OPS = {"CONV_2D": pf.CONV, "DEPTHWISE_CONV_2D": pf.DEPTHWISE,
+             "AVERAGE_POOL_2D": pf.AVERAGE_POOL, "MAX_POOL_2D": pf.MAX_POOL,
+             "PAD": pf.PAD, "PADV2": pf.PAD, "ADD": pf.ADD}
+FUSED_OK = {0: "NONE", 1: "RELU", 2: "RELU_N1_TO_1", 3: "RELU6"}
+
+
+def op_support(model: Model, op: OperatorInfo) -> tuple[bool, str]:
+    """(ok, reason): can PATCH_EXEC execute this operator?"""
+    where = f"operator {op.index} ({op.name})"
+    if op.name not in STAGE_OPS:
+        return False, (f"{where}: PATCH_EXEC executes only "
+                       f"{', '.join(sorted(STAGE_OPS))}")
+    for t in (*model.activation_inputs(op), *op.outputs):
+        if model.tensors[t].dtype != "int8":
+            return False, f"{where}: tensor {t} is {model.tensors[t].dtype}, not int8"
+    ok, reason = spatial_support(model, op)
+    if not ok:
+        return False, reason
+    if op.name in ("PAD", "PADV2") and model.constant(op.inputs[1]).reshape(-1, 2)[3].any():
+        return False, f"{where}: pads the channel dimension"
+    fused = getattr(op.options, "fusedActivationFunction", 0) if op.options is not None else 0
+    if int(fused) not in FUSED_OK:
+        return False, f"{where}: fused activation {fused} is not NONE/RELU/RELU6/RELU_N1_TO_1"
+    acts = model.activation_inputs(op)
+    if op.name == "ADD" and len(acts) != 2:
+        return False, f"{where}: ADD of a constant is not a residual ADD"
+    if op.name != "ADD" and len(acts) != 1:
+        return False, f"{where}: {len(acts)} activation inputs"
+    if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+        if len(op.inputs) > 2 and op.inputs[2] >= 0 and not model.tensors[op.inputs[2]].is_constant:
+            return False, f"{where}: the bias is not constant"
+        if not model.tensors[op.inputs[1]].is_constant:
+            return False, f"{where}: the filter is not constant"
+    try:
+        layer_params(model, op)
+    except UnsupportedModelError as e:
+        return False, str(e)
+    return True, ""
+
+
+def layer_params(model: Model, op: OperatorInfo) -> object:
+    fn = {"CONV_2D": conv_params, "DEPTHWISE_CONV_2D": depthwise_params,
+          "AVERAGE_POOL_2D": pool_params, "MAX_POOL_2D": pool_params, "PAD": pad_params,
+          "PADV2": pad_params, "ADD": add_params}[op.name]
+    return fn(model, op)
+
+
+@dataclass(frozen=True)
+class LayerConstants:
+    """The constant inputs of one conv layer: existing model tensors and new arrays."""
+
+    weights: int  # model tensor index
+    bias: int | None  # model tensor index
+    multipliers: np.ndarray  # int32 [C]
+    shifts: np.ndarray  # int32 [C]
+
+
+@dataclass(frozen=True, eq=False)  # hashed by identity (schedule caches per graph)
+class StageGraph:
+    """A stage of a model, as PATCH_EXEC layers.
+
+    tensors[k]: the model tensor of stage tensor k (0 = stage input, k + 1 = output of
+    layer k; folded PADs have no layer and no tensor). `layers` carry NONE in their
+    constant-input fields; the converter fills them in once it knows the operator's
+    input list.
+    """
+
+    first: int
+    last: int
+    tensors: tuple[int, ...]
+    shapes: tuple[tuple[int, int, int], ...]  # (h, w, c) of each stage tensor
+    layers: tuple[pf.Layer, ...]
+    constants: tuple[LayerConstants | None, ...]
+    macs_per_pixel: tuple[int, ...]  # per layer, per output pixel (all channels)
+
+    @property
+    def ops(self) -> range:
+        return range(self.first, self.last + 1)
+
+    @property
+    def input(self) -> int:
+        return self.tensors[0]
+
+    @property
+    def output(self) -> int:
+        return self.tensors[-1]
+
+    @property
+    def macs(self) -> int:
+        return sum(m * s[0] * s[1] for m, s in zip(self.macs_per_pixel, self.shapes[1:],
+                                                   strict=True))
+
+    def describe(self, model: Model) -> str:
+        return (f"ops {self.first}..{self.last} ({model.operators[self.first].name} .. "
+                f"{model.operators[self.last].name}), {_hwc(self.shapes[0])} -> "
+                f"{_hwc(self.shapes[-1])}")
+
+
+def _hwc(s: tuple[int, int, int]) -> str:
+    return f"{s[0]}x{s[1]}x{s[2]}"
+
+
+def stage_check(model: Model, first: int, last: int,
+                support: list[tuple[bool, str]] | None = None) -> tuple[bool, str]:
+    """(ok, reason): can operators first..last (inclusive) be one PATCH_EXEC?
+    `support`: op_support of every operator, when the caller has it already."""
+    n_ops = len(model.operators)
+    if not 0 <= first <= last < n_ops:
+        return False, f"operators {first}..{last} are not within the model's 0..{n_ops - 1}"
+    produced: set[int] = set()
+    outside_inputs: set[int] = set()
+    for i in range(first, last + 1):
+        op = model.operators[i]
+        ok, reason = support[i] if support is not None else op_support(model, op)
+        if not ok:
+            return False, reason
+        for t in model.activation_inputs(op):
+            if t not in produced:
+                outside_inputs.add(t)
+        produced.update(op.outputs)
+    if len(outside_inputs) != 1:
+        return False, (f"operators {first}..{last} read {len(outside_inputs)} activations "
+                       "from before the stage (PATCH_EXEC takes exactly one)")
+    stage_in = next(iter(outside_inputs))
+    stage_out = model.operators[last].outputs[0]
+    later = {t for op in model.operators[last + 1:] for t in model.activation_inputs(op)}
+    later |= set(model.outputs)
+    leaking = sorted(t for t in produced if t != stage_out and t in later)
+    if leaking:
+        return False, (f"tensor {leaking[0]} ({model.tensors[leaking[0]].name}) made inside "
+                       f"operators {first}..{last} is read after them; the stage must end "
+                       "where one tensor is live")
+    if stage_in in later:
+        return False, (f"the stage input (tensor {stage_in}) is read again after operator "
+                       f"{last}")
+    if stage_out not in later:
+        return False, f"the stage output (tensor {stage_out}) is never read"
+    return True, ""
+
+
+def _foldable_pad(model: Model, op: OperatorInfo, consumers: dict[int, list[int]],
+                  stage_out: int) -> bool:
+    """A PAD whose value is the zero point, read only by one conv/depthwise conv: the
+    conv can read the unpadded tensor with a larger padding (skipped taps contribute
+    (zero point + input offset) * w = 0, exactly what the explicit pad did)."""
+    if op.name not in ("PAD", "PADV2") or op.outputs[0] == stage_out:
+        return False
+    readers = consumers.get(op.outputs[0], [])
+    if len(readers) != 1:
+        return False
+    reader = model.operators[readers[0]]
+    if reader.name not in ("CONV_2D", "DEPTHWISE_CONV_2D") or reader.inputs[0] != op.outputs[0]:
+        return False
+    q = model.tensors[op.outputs[0]].quantization
+    value = pad_params(model, op).pad_value
+    return q is not None and bool(q.zero_point) and value == q.zero_point[0]
+
+
+def build_stage(model: Model, first: int, last: int, *, fold_pads: bool = True) -> StageGraph:
+    """The stage of operators first..last; UnsupportedModelError with the reason if not.
+
+    fold_pads: a zero-point PAD feeding a single convolution becomes that convolution's
+    padding (the padded copy is never made)."""
+    ok, reason = stage_check(model, first, last)
+    if not ok:
+        raise UnsupportedModelError(reason)
+    ops = [model.operators[i] for i in range(first, last + 1)]
+    stage_in = model.activation_inputs(ops[0])[0]
+    stage_out = ops[-1].outputs[0]
+    consumers = model.consumers()
+    index = {stage_in: 0}
+    extra_pad: dict[int, tuple[int, int, int]] = {}  # PAD output -> (PAD input, top, left)
+    layers: list[pf.Layer] = []
+    constants: list[LayerConstants | None] = []
+    macs: list[int] = []
+    tensors = [stage_in]
+    for op in ops:
+        if fold_pads and _foldable_pad(model, op, consumers, stage_out):
+            pads = model.constant(op.inputs[1]).reshape(-1, 2)
+            extra_pad[op.outputs[0]] = (op.inputs[0], int(pads[1][0]), int(pads[2][0]))
+            continue
+        layer, consts = _layer(model, op, index, extra_pad)
+        index[op.outputs[0]] = len(layers) + 1
+        layers.append(layer)
+        constants.append(consts)
+        tensors.append(op.outputs[0])
+        out = model.tensors[op.outputs[0]].shape
+        macs.append(op_macs(model, op) // (out[1] * out[2]))
+    shapes = tuple(_shape3(model, t) for t in tensors)
+    return StageGraph(first, last, tuple(tensors), shapes, tuple(layers), tuple(constants),
+                      tuple(macs))
+
+
+def _shape3(model: Model, tensor: int) -> tuple[int, int, int]:
+    s = model.tensors[tensor].shape
+    return int(s[1]), int(s[2]), int(s[3])
+
+
+def _layer(model: Model, op: OperatorInfo, index: dict[int, int],
+           folded: dict[int, tuple[int, int, int]]
+           ) -> tuple[pf.Layer, LayerConstants | None]:
+    kind = STAGE_OPS[op.name]
+    acts = model.activation_inputs(op)
+    p = layer_params(model, op)
+    src, more_top, more_left = folded.get(acts[0], (acts[0], 0, 0))
+    in0 = index[src]
+    zeros = [0] * pf.NUM_P
+    if isinstance(p, ref_ops.ConvParams):  # conv and depthwise
+        f_shape = model.tensors[op.inputs[1]].shape
+        dm = p.depth_multiplier if isinstance(p, ref_ops.DepthwiseConvParams) else 1
+        zeros[0:4] = [p.input_offset, p.output_offset, p.act_min, p.act_max]
+        bias = op.inputs[2] if len(op.inputs) > 2 and op.inputs[2] >= 0 else None
+        consts = LayerConstants(op.inputs[1], bias,
+                                np.asarray(p.output_multiplier, dtype=np.int32),
+                                np.asarray(p.output_shift, dtype=np.int32))
+        return pf.Layer(kind, in0, kernel=(int(f_shape[1]), int(f_shape[2])),
+                        stride=(p.stride_height, p.stride_width),
+                        dilation=(p.dilation_height, p.dilation_width),
+                        pad_top=p.pad_top + more_top, pad_left=p.pad_left + more_left,
+                        depth_multiplier=dm,
+                        p=tuple(zeros)), consts
+    if isinstance(p, ref_ops.PoolParams):
+        zeros[2:4] = [p.act_min, p.act_max]
+        return pf.Layer(kind, in0, kernel=(p.filter_height, p.filter_width),
+                        stride=(p.stride_height, p.stride_width), pad_top=p.pad_top,
+                        pad_left=p.pad_left, p=tuple(zeros)), None
+    if isinstance(p, ref_ops.PadParams):
+        zeros[0] = p.pad_value
+        return pf.Layer(kind, in0, pad_top=p.paddings[1][0], pad_left=p.paddings[2][0],
+                        p=tuple(zeros)), None
+    assert isinstance(p, ref_ops.AddParams)
+    zeros[:] = [p.input1_offset, p.output_offset, p.act_min, p.act_max, p.input2_offset,
+                p.left_shift, p.input1_multiplier, p.input1_shift, p.input2_multiplier,
+                p.input2_shift, p.output_multiplier, p.output_shift]
+    return pf.Layer(kind, in0, input1=index[acts[1]], p=tuple(zeros)), None
+
+
+def candidate_stages(model: Model) -> Iterator[tuple[int, int]]:
+    """(first, last) of every stage the planner considers: in each run of supported
+    operators, the earliest valid start and every valid end after it."""
+    support = [op_support(model, op) for op in model.operators]
+    supported = [ok for ok, _ in support]
+    i = 0
+    n = len(supported)
+    while i < n:
+        if not supported[i]:
+            i += 1
+            continue
+        run_end = i
+        while run_end + 1 < n and supported[run_end + 1]:
+            run_end += 1
+        first = next((s for s in range(i, run_end + 1)
+                      if any(stage_check(model, s, e, support)[0]
+                             for e in range(s, run_end + 1))),
+                     None)
+        if first is not None:
+            for last in range(first, run_end + 1):
+                if stage_check(model, first, last, support)[0]:
+                    yield first, last
+        i = run_end + 1

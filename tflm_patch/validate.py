@@ -1,0 +1,154 @@
+"""Run a patched model and compare it with the original, byte for byte.
+
+The original runs on x86 TFLM. The patched model runs split at its PATCH_EXEC
+operators: every run of other operators is cut out as a small model and run on x86
+TFLM, every PATCH_EXEC by the numpy reference (`patch_ref`). (Once the C++ kernel is
+built, `executor="tflm"` runs the whole patched model in TFLM instead.)
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tflm_patch import tflm_runner
+from tflm_patch.errors import TflmPatchError
+from tflm_patch.model import Model, load_model, model_to_bytes
+from tflm_patch.patch_ref import run_patch_exec
+from tflm_patch.rewrite import CUSTOM_CODE, prune
+
+log = logging.getLogger(__name__)
+
+
+def segment_model(model: Model, ops: Sequence[int], inputs: Sequence[int],
+                  outputs: Sequence[int]) -> bytes:
+    """A standalone model of operators `ops` with the given graph inputs and outputs."""
+    obj = copy.deepcopy(model.obj)
+    sg = obj.subgraphs[0]
+    sg.operators = [sg.operators[i] for i in ops]
+    sg.inputs, sg.outputs = list(inputs), list(outputs)
+    obj.signatureDefs = None
+    obj.metadata = None  # offline plans etc. describe the whole model
+    obj.metadataBuffer = None
+    prune(obj)
+    return model_to_bytes(obj)
+
+
+def _segments(model: Model) -> list[tuple[str, list[int]]]:
+    """Consecutive operators grouped: ("tflm", [ops]) or ("patch", [op])."""
+    segs: list[tuple[str, list[int]]] = []
+    for op in model.operators:
+        if op.name == CUSTOM_CODE:
+            segs.append(("patch", [op.index]))
+        elif segs and segs[-1][0] == "tflm":
+            segs[-1][1].append(op.index)
+        else:
+            segs.append(("tflm", [op.index]))
+    return segs
+
+
+def run_patched(model: Model, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Outputs of a patched model: TFLM between PATCH_EXECs, the numpy reference for them."""
+    if len(inputs) != len(model.inputs):
+        raise TflmPatchError(f"the model has {len(model.inputs)} input(s), got {len(inputs)}")
+    env: dict[int, np.ndarray] = {}
+    for t, x in zip(model.inputs, inputs, strict=True):
+        env[t] = np.asarray(x).reshape(model.tensors[t].shape)
+    segs = _segments(model)
+    for k, (kind, ops) in enumerate(segs):
+        if kind == "patch":
+            op = model.operators[ops[0]]
+            env[op.outputs[0]] = run_patch_exec(model, op, env[op.inputs[0]])
+            continue
+        produced = {t for i in ops for t in model.operators[i].outputs}
+        seg_in = []
+        for i in ops:
+            for t in model.activation_inputs(model.operators[i]):
+                if t not in produced and t not in seg_in:
+                    seg_in.append(t)
+        later = {t for _, rest in segs[k + 1:] for i in rest
+                 for t in model.activation_inputs(model.operators[i])} | set(model.outputs)
+        seg_out = [t for i in ops for t in model.operators[i].outputs if t in later]
+        data = segment_model(model, ops, seg_in, seg_out)
+        results = tflm_runner.run_model(data, [env[t] for t in seg_in])
+        for t, value in zip(seg_out, results, strict=True):
+            env[t] = np.asarray(value).reshape(model.tensors[t].shape)
+    return [env[t] for t in model.outputs]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    label: str
+    original: list[np.ndarray]
+    patched: list[np.ndarray]
+
+    @property
+    def max_abs_diff(self) -> int:
+        return max((int(np.max(np.abs(a.astype(np.int64) - b.astype(np.int64))))
+                    if a.size else 0) for a, b in zip(self.original, self.patched, strict=True))
+
+    @property
+    def identical(self) -> bool:
+        return all(a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+                   for a, b in zip(self.original, self.patched, strict=True))
+
+
+def compare(original: Model, patched: Model, inputs: Sequence[np.ndarray],
+            label: str) -> Comparison:
+    want = tflm_runner.run_model(original.raw, inputs)
+    got = run_patched(patched, inputs)
+    want = [np.asarray(w).reshape(original.tensors[t].shape)
+            for w, t in zip(want, original.outputs, strict=True)]
+    return Comparison(label, want, got)
+
+
+def random_inputs(model: Model, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for t in model.inputs:
+        info = model.tensors[t]
+        if info.dtype != "int8":
+            raise TflmPatchError(f"input tensor {t} is {info.dtype}; random inputs are int8")
+        arrays.append(rng.integers(-128, 128, size=info.shape, dtype=np.int8))
+    return arrays
+
+
+def load_input(model: Model, path: str | Path) -> list[np.ndarray]:
+    """One input array from a file: .npy (any shape with the right size, int8), or an
+    image (8-bit; pixel bytes reinterpreted as int8, as TFLM's generate_cc_arrays does)."""
+    p = Path(path)
+    if len(model.inputs) != 1:
+        raise TflmPatchError(f"--input gives one array; the model has {len(model.inputs)} inputs")
+    info = model.tensors[model.inputs[0]]
+    if not p.is_file():
+        raise TflmPatchError(f"{p}: no such file")
+    if p.suffix == ".npy":
+        arr = np.load(p)
+    else:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(p) as img:
+                arr = np.frombuffer(img.tobytes(), np.uint8).view(np.int8)
+        except (UnidentifiedImageError, OSError) as e:
+            raise TflmPatchError(f"{p}: not an image or .npy file ({e})") from None
+    if arr.size != info.numel:
+        raise TflmPatchError(f"{p}: {arr.size} values, the input tensor {info.shape} needs "
+                             f"{info.numel}")
+    if arr.dtype != np.int8:
+        raise TflmPatchError(f"{p}: {arr.dtype} data; the model input is int8")
+    return [arr.reshape(info.shape)]
+
+
+def load_pair(original: str | Path, patched: str | Path) -> tuple[Model, Model]:
+    a, b = load_model(original), load_model(patched)
+    if [a.tensors[t].shape for t in a.inputs] != [b.tensors[t].shape for t in b.inputs] or \
+            [a.tensors[t].shape for t in a.outputs] != [b.tensors[t].shape for t in b.outputs]:
+        raise TflmPatchError("the two models have different input/output shapes: not an "
+                             "original and its patched version")
+    return a, b
