@@ -223,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tflm-patch",
         description="Patch-based inference (MCUNetV2) for TensorFlow Lite Micro int8 models: "
-        "find where a model's SRAM goes and what TFLM really needs.",
+        "find where a model's SRAM goes (analyze), plan a patch schedule (plan), rewrite the "
+        "memory-heavy stage into one PATCH_EXEC operator (convert) and check the result bit "
+        "for bit (validate).",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
     p.add_argument("-v", "--verbose", action="store_true", help="log details (debug)")
@@ -252,6 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("names", nargs="*", help="models to build (default: all)")
     z.add_argument("--list", action="store_true", help="list the models and what they test")
     z.set_defaults(func=cmd_zoo)
+
+    from tflm_patch.cli_patch import add_parsers
+
+    add_parsers(sub)
     return p
 
 

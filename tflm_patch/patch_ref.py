@@ -102,9 +102,9 @@ def run_layer(ly: pf.Layer, k: int, o: pf.PatchOptions, views: dict[int, _View],
         p = ly.p
         params = ref_ops.AddParams(p[0], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11],
                                    p[1], p[2], p[3])
-        a = _crop(views[ly.input0], out_r, out_c, what)
-        b = _crop(views[ly.input1], out_r, out_c, what)
-        return ref_ops.add(a, b, params)
+        x1 = _crop(views[ly.input0], out_r, out_c, what)
+        x2 = _crop(views[ly.input1], out_r, out_c, what)
+        return ref_ops.add(x1, x2, params)
     if ly.kind == pf.PAD:
         out = np.full((oh, ow, src.channels), ly.p[0], dtype=np.int8)
         need_r = pf.needed_range(ly, 0, out_r, src.height)

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_OVERHEAD = 0.20
 DEFAULT_MAX_GRID = 8
+DEFAULT_MIN_SAVING = 0.10
 
 
 class PlanError(TflmPatchError):
@@ -66,6 +67,8 @@ class PlanRequest:
     grid: tuple[int, int] | None = None  # force the grid
     max_grid: int = DEFAULT_MAX_GRID
     target: str = "x86_64"
+    # a plan must cut the arena by at least this fraction to be worth a custom operator
+    min_saving: float = DEFAULT_MIN_SAVING
 
 
 @dataclass
@@ -110,8 +113,9 @@ def _grids(graph: StageGraph, request: PlanRequest) -> Iterable[tuple[int, int]]
         if n > h or m > w:
             raise PlanError(f"grid {n}x{m} is finer than the stage output {h}x{w}")
         return [request.grid]
+    # 1x1 is not patching (the whole stage at once): not a plan of this planner
     return [(n, m) for n in range(1, min(h, request.max_grid) + 1)
-            for m in range(1, min(w, request.max_grid) + 1)]
+            for m in range(1, min(w, request.max_grid) + 1) if n * m > 1]
 
 
 class StageEvaluator:
@@ -194,12 +198,20 @@ def choose(result: PlanResult) -> tuple[Candidate | None, str]:
     before = result.arena_before
     if not result.candidates:
         return None, "no run of operators PATCH_EXEC can execute: the model stays as it is"
-    better = [c for c in result.candidates if c.arena < before]
+    smaller = [c for c in result.candidates if c.arena < before]
+    if req.split_op is not None and req.grid is not None:  # fully forced: honour it if smaller
+        if not smaller:
+            c = result.candidates[0]
+            return None, (f"{c.label} gives a predicted arena of {c.arena:,} bytes, not "
+                          f"smaller than the unpatched {before:,}")
+        return smaller[0], "the forced stage and grid"
+    limit = before * (1.0 - req.min_saving)
+    better = [c for c in smaller if c.arena <= limit]
     if req.budget is not None:
         if before <= req.budget:
             return None, (f"the unpatched model already fits the budget ({before:,} <= "
                           f"{req.budget:,} bytes): the model stays as it is")
-        fits = [c for c in better if c.arena <= req.budget]
+        fits = [c for c in smaller if c.arena <= req.budget]
         if not fits:
             best = min(result.candidates, key=lambda c: c.arena)
             raise PlanError(f"impossible budget: {req.budget:,} bytes; the smallest arena "
@@ -211,9 +223,9 @@ def choose(result: PlanResult) -> tuple[Candidate | None, str]:
     if not allowed:
         if not better:
             best = min(result.candidates, key=lambda c: c.arena)
-            return None, (f"no plan makes the arena smaller than the unpatched "
-                          f"{before:,} bytes (best: {best.arena:,} with {best.label}): the "
-                          "model stays as it is")
+            return None, (f"no plan makes the arena at least {req.min_saving:.0%} smaller "
+                          f"than the unpatched {before:,} bytes (best: {best.arena:,} with "
+                          f"{best.label}): the model stays as it is")
         cheapest = min(better, key=lambda c: result.overhead(c))
         return None, (f"every plan that shrinks the arena costs more than "
                       f"{req.max_overhead:.0%} extra MACs (the cheapest: "
