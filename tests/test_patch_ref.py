@@ -8,8 +8,8 @@ from functools import cache
 
 import numpy as np
 import pytest
-
 from conftest import shared_model_path
+
 from tflm_patch import patch_format as pf
 from tflm_patch.geometry import tensor_rects
 from tflm_patch.model import Model, load_model, model_from_object

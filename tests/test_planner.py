@@ -1,0 +1,119 @@
+"""Planner: acceptance figures on the real models, never-worse on every model, objectives."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import pytest
+from conftest import shared_model_path
+
+from tflm_patch.arena import predict_arena
+from tflm_patch.errors import UnsupportedModelError
+from tflm_patch.model import Model, load_model
+from tflm_patch.planner import PlanError, PlanRequest, PlanResult, patched_model_object, plan
+from tflm_patch.rewrite import plan_metadata, to_checked_bytes
+from tflm_patch.zoo import ZOO_NAMES, ensure_model
+
+
+@cache
+def _plan(name: str, shared: bool = False) -> tuple[Model, PlanResult]:
+    path = shared_model_path(name) if shared else ensure_model(name)
+    model = load_model(path)
+    return model, plan(model)
+
+
+def test_person_detect_acceptance() -> None:
+    _, r = _plan("person_detect", True)
+    c = r.chosen
+    assert r.arena_before == 85_264
+    assert c is not None and c.arena <= 55_000
+    assert r.overhead(c) <= 0.20
+
+
+def test_mobilenet_v2_nchw_plan() -> None:
+    model, r = _plan("mobilenet_v2_int8_224_nchw", True)
+    c = r.chosen
+    assert r.arena_before == 2_607_152
+    assert c is not None and r.overhead(c) <= 0.20
+    assert model.operators[c.first - 1].name == "TRANSPOSE"  # starts after the prefix
+    assert r.arena_before / c.arena >= 5.0
+
+
+@pytest.mark.parametrize("name", ["hello_world_int8", "micro_speech_quantized"])
+def test_small_models_are_left_alone(name: str) -> None:
+    _, r = _plan(name, True)
+    assert r.chosen is None
+    assert "stays as it is" in r.message
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_zoo_plan_is_smaller_and_within_overhead(name: str) -> None:
+    _, r = _plan(name)
+    c = r.chosen
+    assert c is not None
+    assert c.arena <= 0.9 * r.arena_before
+    assert r.overhead(c) <= 0.20
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_chosen_arena_equals_prediction_of_written_model(name: str) -> None:
+    """The planner's shortcut (patched model built once per stage, options swapped per
+    grid) predicts exactly what the arena model says of the file convert writes."""
+    model, r = _plan(name)
+    data = to_checked_bytes(patched_model_object(model, r))
+    patched = load_model(data)
+    assert predict_arena(patched).total == r.chosen.arena  # type: ignore[union-attr]
+    meta = plan_metadata(patched)
+    assert meta is not None and meta["predicted"]["arena_after"] == r.chosen.arena  # type: ignore[union-attr]
+    assert meta["grid"] == list(r.chosen.grid)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_pareto_front_is_not_dominated(name: str) -> None:
+    _, r = _plan(name)
+    front = r.pareto()
+    assert front
+    for p in front:
+        assert not any(c.arena <= p.arena and c.macs <= p.macs and
+                       (c.arena, c.macs) != (p.arena, p.macs) for c in r.candidates)
+
+
+def test_budget_picks_fewest_macs_that_fit() -> None:
+    model, r = _plan("mbv1_025_96")
+    budget = sorted(c.arena for c in r.candidates)[len(r.candidates) // 2]
+    rb = plan(model, PlanRequest(budget=budget))
+    assert rb.chosen is not None and rb.chosen.arena <= budget
+    fits = [c for c in r.candidates if c.arena <= budget]
+    assert rb.chosen.macs == min(c.macs for c in fits)
+
+
+def test_impossible_budget_names_the_smallest() -> None:
+    model, r = _plan("mbv1_025_96")
+    smallest = min(c.arena for c in r.candidates)
+    with pytest.raises(PlanError, match=f"impossible budget.*{smallest:,}"):
+        plan(model, PlanRequest(budget=smallest - 1))
+
+
+def test_budget_already_met_leaves_model() -> None:
+    model, r = _plan("odd_stride2")
+    rb = plan(model, PlanRequest(budget=r.arena_before))
+    assert rb.chosen is None and "already fits" in rb.message
+
+
+def test_forced_split_op_at_unsupported_op() -> None:
+    model = load_model(ensure_model("odd_stride2"))
+    mean = next(op.index for op in model.operators if op.name == "MEAN")
+    with pytest.raises(PlanError, match=r"MEAN.*PATCH_EXEC executes only"):
+        plan(model, PlanRequest(split_op=mean))
+
+
+def test_forced_split_op_and_grid() -> None:
+    model = load_model(ensure_model("odd_stride2"))
+    r = plan(model, PlanRequest(split_op=3, grid=(2, 3)))
+    assert r.chosen is not None
+    assert (r.chosen.first, r.chosen.last, r.chosen.grid) == (0, 3, (2, 3))
+
+
+def test_float_model_is_refused(float_model_bytes: bytes) -> None:
+    with pytest.raises(UnsupportedModelError, match="float model"):
+        plan(load_model(float_model_bytes))
