@@ -200,9 +200,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from tflm_patch.cli import resolve_model_arg
     from tflm_patch.validate import compare, load_input, load_pair, random_inputs
 
-    original, patched = load_pair(args.original, args.patched)
+    original, patched = load_pair(resolve_model_arg(args.original),
+                                  resolve_model_arg(args.patched))
     cases = []
     for f in args.input or []:
         cases.append((Path(f).name, load_input(original, f)))
@@ -279,7 +281,7 @@ def add_parsers(sub: Any) -> None:
         description="Run ORIGINAL on x86 TFLM and PATCHED split at its PATCH_EXEC operators "
         "(TFLM for the rest, the numpy reference for PATCH_EXEC); print a verdict and the "
         "max abs difference per input. Exit code 1 on any mismatch.")
-    v.add_argument("original", help="the original .tflite")
+    v.add_argument("original", help="the original .tflite, or zoo:NAME")
     v.add_argument("patched", help="the patched .tflite (from convert)")
     v.add_argument("--input", action="append", metavar="FILE",
                    help="an input: .npy or an 8-bit image (repeatable)")
