@@ -428,8 +428,18 @@ def test_offline_input_with_online_rest(tmp_path: Path) -> None:
 
 def test_unknown_operator_is_refused() -> None:
     model = load_model(shared_model_path("hello_world_int8"))
-    custom = dataclasses.replace(model.operators[0], name="PATCH_EXEC", builtin_code=None)
-    with pytest.raises(UnsupportedModelError, match="PATCH_EXEC"):
+    custom = dataclasses.replace(model.operators[0], name="MY_CUSTOM_OP", builtin_code=None)
+    with pytest.raises(UnsupportedModelError, match="MY_CUSTOM_OP"):
+        scratch_requests(model, custom)
+
+
+def test_patch_exec_without_valid_options_is_refused() -> None:
+    from tflm_patch.patch_format import OptionsError
+
+    model = load_model(shared_model_path("hello_world_int8"))
+    custom = dataclasses.replace(model.operators[0], name="PATCH_EXEC", builtin_code=None,
+                                 custom_options=b"TPEX")
+    with pytest.raises(OptionsError, match="shorter than the 32-byte header"):
         scratch_requests(model, custom)
 
 
