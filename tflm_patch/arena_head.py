@@ -49,6 +49,7 @@ import numpy as np
 
 from tflm_patch.errors import UnsupportedModelError
 from tflm_patch.model import Model, OperatorInfo, TensorInfo
+from tflm_patch.patch_format import scratch_bytes
 
 log = logging.getLogger(__name__)
 
@@ -249,18 +250,9 @@ def _has_flatbuffer_data(model: Model, tensor: TensorInfo) -> bool:
     return data is not None and len(data) > 0
 
 
-def _metadata_buffer(model: Model, name: str) -> bytes | None:
-    for meta in model.obj.metadata or []:
-        meta_name = meta.name.decode() if isinstance(meta.name, bytes) else meta.name
-        if meta_name == name:
-            data = model.obj.buffers[meta.buffer].data
-            return b"" if data is None else bytes(np.asarray(data, dtype=np.uint8))
-    return None
-
-
 def offline_offsets(model: Model) -> list[int] | None:
     """The "OfflineMemoryAllocation" plan: int32 [version, subgraphs, tensors, offsets...]."""
-    raw = _metadata_buffer(model, OFFLINE_PLAN_METADATA)
+    raw = model.metadata(OFFLINE_PLAN_METADATA)
     if raw is None:
         return None
     if len(raw) < 12:
@@ -355,8 +347,6 @@ def _transpose_conv_scratch(model: Model, op: OperatorInfo, _ptr: int) -> list[i
 
 def _patch_exec_scratch(_model: Model, op: OperatorInfo, _ptr: int) -> list[int]:
     # docs/patch_exec.md: one buffer of the header's scratch_bytes, none when it is 0
-    from tflm_patch.patch_format import scratch_bytes
-
     n = scratch_bytes(op.custom_options or b"")
     return [n] if n else []
 
@@ -510,7 +500,7 @@ def _check_supported(model: Model) -> None:
             f"the model has {model.num_subgraphs} subgraphs; the arena prediction handles "
             "single-subgraph models only"
         )
-    if _metadata_buffer(model, COMPRESSION_METADATA) is not None:
+    if model.metadata(COMPRESSION_METADATA) is not None:
         raise UnsupportedModelError(
             "the model has TFLM compression metadata; the arena prediction does not model "
             "decompression scratch buffers"

@@ -91,16 +91,16 @@ def _print_plan(model: Model, result: Any, top: int) -> None:
               f"{_fmt(p.scratch_bytes):>11}{mark}")
 
 
-def _memory_per_op(model: Model, result: Any) -> tuple[list[int], list[int]]:
+def _memory_per_op(model: Model, result: Any, patched_obj: Any
+                   ) -> tuple[list[int], list[int]]:
     from tflm_patch.analysis import analyze
     from tflm_patch.model import model_from_object
-    from tflm_patch.planner import patched_model_object
 
     before = [s.live_bytes for s in analyze(model).ops]
     c = result.chosen
     if c is None:
         return before, list(before)
-    patched = analyze(model_from_object(patched_model_object(model, result))).ops
+    patched = analyze(model_from_object(patched_obj)).ops
     removed = c.last - c.first
     after = []
     for i in range(len(before)):
@@ -113,10 +113,15 @@ def _memory_per_op(model: Model, result: Any) -> tuple[list[int], list[int]]:
     return before, after
 
 
-def _plot(model: Model, path: Path, result: Any, out: str, budget: int | None) -> None:
+def _plot(model: Model, path: Path, result: Any, out: str, budget: int | None,
+          patched_obj: Any = None) -> None:
+    """`patched_obj`: the rewritten ModelT when the caller has it (else rewritten here)."""
+    from tflm_patch.planner import patched_model_object
     from tflm_patch.plot import ArenaLine, plot_before_after
 
-    before, after = _memory_per_op(model, result)
+    if patched_obj is None and result.chosen is not None:
+        patched_obj = patched_model_object(model, result)
+    before, after = _memory_per_op(model, result, patched_obj)
     c = result.chosen
     lines = [ArenaLine(f"TFLM arena, unpatched (predicted) {result.arena_before / 1024:,.0f} "
                        "KiB", result.arena_before, color="tab:gray")]
@@ -186,7 +191,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         write_atomic(out, model.raw)
         print(f"{path.name}: left unchanged ({result.message}); copied to {out}")
         return 0
-    data = to_checked_bytes(patched_model_object(model, result))
+    patched_obj = patched_model_object(model, result)
+    data = to_checked_bytes(patched_obj)
     write_atomic(out, data)
     c = result.chosen
     print(f"{path.name} -> {out}: ops {c.first}..{c.last} -> PATCH_EXEC, grid "
@@ -195,7 +201,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
           f"+{result.overhead(c):.1%}; {len(model.raw):,} -> {len(data):,} file bytes; "
           f"{time.perf_counter() - start:.1f} s")
     if args.plot:
-        _plot(model, path, result, args.plot, args.budget)
+        _plot(model, path, result, args.plot, args.budget, patched_obj)
     return 0
 
 

@@ -133,6 +133,18 @@ class Model:
             return self.raw[buf.offset : buf.offset + buf.size]
         return None
 
+    def metadata(self, name: str) -> bytes | None:
+        """The bytes of metadata entry `name` (b"" when its buffer is empty), or None."""
+        for entry in self.obj.metadata or []:
+            if metadata_name(entry) == name:
+                buf = self.obj.buffers[entry.buffer]
+                if buf.data is not None:
+                    return bytes(np.asarray(buf.data, dtype=np.uint8))
+                if buf.offset > 1:
+                    return self.raw[buf.offset : buf.offset + buf.size]
+                return b""
+        return None
+
     def constant(self, tensor_index: int) -> np.ndarray:
         """A constant tensor as a numpy array of its shape."""
         t = self.tensors[tensor_index]
@@ -160,6 +172,11 @@ class Model:
     def activation_inputs(self, op: OperatorInfo) -> list[int]:
         """The non-constant inputs of an operator."""
         return [t for t in op.inputs if t >= 0 and not self.tensors[t].is_constant]
+
+
+def metadata_name(entry: Any) -> str:
+    """The name of a schema MetadataT (bytes or str, as the object API gives it)."""
+    return str(_decode(entry.name))
 
 
 def _type_code(name: str) -> int:

@@ -61,14 +61,6 @@ class StageTensor:
     slot_offset: int = EXTERNAL
     slot_bytes: int = 0
 
-    @property
-    def external(self) -> bool:
-        return self.slot_offset == EXTERNAL
-
-    def patch_bytes(self, i: int, j: int) -> int:
-        (r0, r1), (c0, c1) = self.rows[i], self.cols[j]
-        return (r1 - r0) * (c1 - c0) * self.channels
-
     def max_patch_bytes(self) -> int:
         return (max(hi - lo for lo, hi in self.rows) * max(hi - lo for lo, hi in self.cols)
                 * self.channels)

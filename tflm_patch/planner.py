@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tflm_patch import patch_format as pf
@@ -80,7 +80,6 @@ class PlanResult:
     message: str  # why this choice, or why the model stays as it is
     request: PlanRequest
     seconds: float = 0.0
-    stage_notes: list[str] = field(default_factory=list)
 
     def overhead(self, c: Candidate) -> float:
         return c.overhead(self.macs_before)
@@ -176,7 +175,6 @@ def plan(model: Model, request: PlanRequest | None = None,
     macs_before = sum(op_macs(model, op) for op in model.operators)
     stages = _stages(model, request)
     candidates: list[Candidate] = []
-    notes: list[str] = []
     for done, (first, last) in enumerate(stages):
         if progress is not None:
             progress(done, len(stages))
@@ -186,8 +184,7 @@ def plan(model: Model, request: PlanRequest | None = None,
             candidates.append(ev.evaluate(grid)[0])
     if progress is not None:
         progress(len(stages), len(stages))
-    result = PlanResult(arena_before, macs_before, candidates, None, "", request,
-                        stage_notes=notes)
+    result = PlanResult(arena_before, macs_before, candidates, None, "", request)
     result.chosen, result.message = choose(result)
     result.seconds = time.perf_counter() - start
     return result

@@ -13,13 +13,20 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from tflm_patch import patch_format as pf
 from tflm_patch.errors import ModelFormatError, UnsupportedModelError
-from tflm_patch.model import Model, builtin_op_codes, load_model, model_to_bytes
+from tflm_patch.model import (
+    Model,
+    builtin_op_codes,
+    load_model,
+    metadata_name,
+    model_to_bytes,
+)
 from tflm_patch.schedule import Schedule, stage_options
 from tflm_patch.schema import schema
 from tflm_patch.stage import StageGraph
@@ -105,8 +112,6 @@ def replace_stage(model: Model, graph: StageGraph, sched: Schedule,
 
 
 def _with_constants(layer: pf.Layer, w: int, b: int, mi: int, si: int) -> pf.Layer:
-    from dataclasses import replace
-
     return replace(layer, weights=w, bias=b, multipliers=mi, shifts=si)
 
 
@@ -116,8 +121,7 @@ def set_metadata(obj: Any, name: str, data: bytes) -> None:
     buf = fb.BufferT()
     buf.data = np.frombuffer(data, dtype=np.uint8)
     for entry in obj.metadata or []:
-        entry_name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
-        if entry_name == name:
+        if metadata_name(entry) == name:
             obj.buffers[entry.buffer] = buf
             return
     obj.buffers.append(buf)
@@ -127,21 +131,8 @@ def set_metadata(obj: Any, name: str, data: bytes) -> None:
     obj.metadata = [*(obj.metadata or []), meta]
 
 
-def get_metadata(model: Model, name: str) -> bytes | None:
-    for entry in model.obj.metadata or []:
-        entry_name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
-        if entry_name == name:
-            buf = model.obj.buffers[entry.buffer]
-            if buf.data is not None:
-                return bytes(np.asarray(buf.data, dtype=np.uint8))
-            if buf.offset > 1:
-                return model.raw[buf.offset: buf.offset + buf.size]
-            return b""
-    return None
-
-
 def plan_metadata(model: Model) -> dict[str, Any] | None:
-    raw = get_metadata(model, PLAN_METADATA)
+    raw = model.metadata(PLAN_METADATA)
     return None if raw is None else dict(json.loads(raw.decode()))
 
 

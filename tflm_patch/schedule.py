@@ -39,8 +39,10 @@ class Schedule:
     macs: int  # of the stage, patch by patch
 
 
-def _axis_ranges(graph: StageGraph, axis: int, count: int) -> tuple[tuple[pf.Range, ...], ...]:
-    """Box mode: each tensor keeps the union of what its consumers' ranges read."""
+@lru_cache(maxsize=4096)  # per graph object: the planner asks for each count many times
+def axis_ranges(graph: StageGraph, axis: int, count: int) -> tuple[tuple[pf.Range, ...], ...]:
+    """Per stage tensor, the range along `axis` (0 rows, 1 columns) of each of `count`
+    bands. Box mode: each tensor keeps the union of what its consumers' ranges read."""
     size = graph.shapes[-1][axis]
     sizes = [s[axis] for s in graph.shapes]
     per_band = []
@@ -65,16 +67,6 @@ def _axis_ranges(graph: StageGraph, axis: int, count: int) -> tuple[tuple[pf.Ran
     return tuple(tuple(per_band[b][k] for b in range(count)) for k in range(len(graph.tensors)))
 
 
-def axis_ranges(graph: StageGraph, axis: int, count: int) -> tuple[tuple[pf.Range, ...], ...]:
-    """Per stage tensor, the range along `axis` (0 rows, 1 columns) of each of `count`
-    bands (cached per graph object)."""
-    return _cached_ranges(graph, axis, count)
-
-
-@lru_cache(maxsize=4096)
-def _cached_ranges(graph: StageGraph, axis: int, count: int
-                   ) -> tuple[tuple[pf.Range, ...], ...]:
-    return _axis_ranges(graph, axis, count)
 
 
 def pack_slots(sizes: list[int], life: list[tuple[int, int]]) -> tuple[list[int], int]:
