@@ -11,6 +11,7 @@ from conftest import shared_file, shared_model_path
 from tflm_patch import patch_format as pf
 from tflm_patch.cli import main
 from tflm_patch.model import load_model
+from tflm_patch.planner import patched_op_index
 from tflm_patch.rewrite import CUSTOM_CODE, plan_metadata
 from tflm_patch.zoo import ZOO_NAMES, ensure_model
 
@@ -47,11 +48,17 @@ def test_person_detect_file_structure(person_patched: tuple[Path, Path]) -> None
     meta = plan_metadata(b)
     assert meta is not None
     first, last = meta["stage"]["first_op"], meta["stage"]["last_op"]
-    (pe,) = [op for op in b.operators if op.name == CUSTOM_CODE]
-    assert pe.index == first
+    stages = [(first, last), *((f["first_op"], f["last_op"]) for f in meta["fused_stages"])]
+    where = patched_op_index(len(a.operators), stages)
+    pes = [op.index for op in b.operators if op.name == CUSTOM_CODE]
+    assert pes == sorted(where[s] for s, _ in stages)
+    pe = b.operators[where[first]]
+    assert pe.name == CUSTOM_CODE
     # every other operator is untouched (same op, same tensor names, same options)
-    after = [op for op in b.operators if op.index != first]
-    before = [op for op in a.operators if not first <= op.index <= last]
+    covered = {i for s, e in stages for i in range(s, e + 1)}
+    before = [op for op in a.operators if op.index not in covered]
+    after = [b.operators[where[op.index]] for op in before]
+    assert not {op.index for op in after} & set(pes)
     for x, y in zip(before, after, strict=True):
         assert x.name == y.name and repr(vars(x.options)) == repr(vars(y.options))
         assert [a.tensors[t].name for t in x.inputs] == [b.tensors[t].name for t in y.inputs]
@@ -89,13 +96,16 @@ def test_mobilenet_v2_validate_three_seeds(tmp_path: Path,
     assert text.count("bit-identical max") == 3
 
 
-def test_validate_catches_a_wrong_weight(tmp_path: Path, capsys: pytest.CaptureFixture[str]
-                                         ) -> None:
+@pytest.mark.parametrize("which", [0, -1], ids=["patched_stage", "last_fused_stage"])
+def test_validate_catches_a_wrong_weight(which: int, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
     src = ensure_model("odd_stride2")
     out = tmp_path / "p.tflite"
     assert _convert(src, out, "--split-op", "1", "--grid", "2x2") == 0
     model = load_model(out)
-    (pe,) = [op for op in model.operators if op.name == CUSTOM_CODE]
+    pes = [op for op in model.operators if op.name == CUSTOM_CODE]
+    assert len(pes) > 1  # the convolutions after the stage are fused too
+    pe = pes[which]
     o = pf.decode(pe.custom_options or b"")
     w = model.buffer_bytes(pe.inputs[o.layers[0].weights])
     assert w is not None

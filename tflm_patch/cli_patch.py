@@ -41,7 +41,8 @@ def _request(args: argparse.Namespace) -> Any:
 
     return PlanRequest(budget=args.budget, max_overhead=args.max_overhead,
                        split_op=args.split_op, grid=args.grid, max_grid=args.max_grid,
-                       target=args.target, min_saving=args.min_saving)
+                       target=args.target, min_saving=args.min_saving,
+                       multi_stage=not args.single_stage)
 
 
 def _progress(done: int, total: int) -> None:
@@ -76,18 +77,22 @@ def _print_plan(model: Model, result: Any, top: int) -> None:
         print(f"chosen ({r.message}):")
         print(f"  stage  {graph.describe(model)}, {len(graph.layers)} layers")
         print(f"  grid   {c.grid[0]}x{c.grid[1]} patches, scratch {_fmt(c.scratch_bytes)} B")
+        if c.fused:
+            print(f"  fused  {len(c.fused)} more PATCH_EXECs (1x1 grid) on the convolutions "
+                  f"after the stage: PADs folded, requantization data in flash")
         print(f"  arena  {_fmt(r.arena_before)} -> {_fmt(c.arena)} B "
               f"({r.arena_before / c.arena:.2f}x smaller)")
         print(f"  MACs   {_fmt(r.macs_before)} -> {_fmt(c.macs)} "
               f"(+{r.overhead(c):.1%}; the stage {c.stage_macs / c.stage_macs_before - 1:+.1%})")
     front = r.pareto()
     print(f"Pareto front (arena vs MACs), {min(top, len(front))} of {len(front)}:")
-    print(f"  {'stage':<14} {'grid':>6} {'arena B':>12} {'x smaller':>9} {'MAC +':>8} "
-          f"{'scratch B':>11}")
+    print(f"  {'stage':<14} {'grid':>6} {'fused':>5} {'arena B':>12} {'x smaller':>9} "
+          f"{'MAC +':>8} {'scratch B':>11}")
     for p in front[:top]:
         mark = "  <- chosen" if p == c else ""
         print(f"  {f'ops {p.first}..{p.last}':<14} {f'{p.grid[0]}x{p.grid[1]}':>6} "
-              f"{_fmt(p.arena):>12} {r.arena_before / p.arena:>9.2f} {r.overhead(p):>8.1%} "
+              f"{len(p.fused):>5} {_fmt(p.arena):>12} {r.arena_before / p.arena:>9.2f} "
+              f"{r.overhead(p):>8.1%} "
               f"{_fmt(p.scratch_bytes):>11}{mark}")
 
 
@@ -95,22 +100,17 @@ def _memory_per_op(model: Model, result: Any, patched_obj: Any
                    ) -> tuple[list[int], list[int]]:
     from tflm_patch.analysis import analyze
     from tflm_patch.model import model_from_object
+    from tflm_patch.planner import patched_op_index
 
     before = [s.live_bytes for s in analyze(model).ops]
     c = result.chosen
     if c is None:
         return before, list(before)
     patched = analyze(model_from_object(patched_obj)).ops
-    removed = c.last - c.first
-    after = []
-    for i in range(len(before)):
-        if i < c.first:
-            after.append(patched[i].live_bytes)
-        elif i <= c.last:
-            after.append(patched[c.first].live_bytes + c.scratch_bytes)
-        else:
-            after.append(patched[i - removed].live_bytes)
-    return before, after
+    where = patched_op_index(len(before), [(c.first, c.last), *c.fused])
+    main = where[c.first]
+    return before, [patched[j].live_bytes + (c.scratch_bytes if j == main else 0)
+                    for j in where]
 
 
 def _plot(model: Model, path: Path, result: Any, out: str, budget: int | None,
@@ -195,8 +195,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     data = to_checked_bytes(patched_obj)
     write_atomic(out, data)
     c = result.chosen
+    fused = f" + {len(c.fused)} fused convs" if c.fused else ""
     print(f"{path.name} -> {out}: ops {c.first}..{c.last} -> PATCH_EXEC, grid "
-          f"{c.grid[0]}x{c.grid[1]}; predicted arena {_fmt(result.arena_before)} -> "
+          f"{c.grid[0]}x{c.grid[1]}{fused}; predicted arena {_fmt(result.arena_before)} -> "
           f"{_fmt(c.arena)} B ({result.arena_before / c.arena:.2f}x), MACs "
           f"+{result.overhead(c):.1%}; {len(model.raw):,} -> {len(data):,} file bytes; "
           f"{time.perf_counter() - start:.1f} s")
@@ -207,7 +208,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from tflm_patch.cli import resolve_model_arg
-    from tflm_patch.validate import compare, load_input, load_pair, random_inputs
+    from tflm_patch.validate import (
+        compare,
+        default_executor,
+        load_input,
+        load_pair,
+        random_inputs,
+    )
 
     original, patched = load_pair(resolve_model_arg(args.original),
                                   resolve_model_arg(args.patched))
@@ -219,11 +226,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         cases.append((f"random seed {args.seed + k}", random_inputs(original, args.seed + k)))
     if not cases:
         raise TflmPatchError("nothing to validate: give --input FILE or --random N (N >= 1)")
-    print("original: x86 TFLM; patched: x86 TFLM between PATCH_EXECs, PATCH_EXEC by the "
-          "numpy reference")
+    executor = default_executor()
+    print(f"original: x86 TFLM; patched: {executor.description}")
     failures = 0
     for label, inputs in cases:
-        c = compare(original, patched, inputs, label)
+        c = compare(original, patched, inputs, label, executor)
         verdict = "bit-identical" if c.identical else "MISMATCH"
         failures += not c.identical
         shown = ", ".join(str(a.ravel()[:8].tolist()) for a in c.patched)
@@ -254,6 +261,10 @@ def _plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", choices=("x86_64", "cortex_m"), default="x86_64",
                    help="whose TFLM arena to predict (default x86_64, the build validate "
                    "runs; cortex_m: 32-bit struct layouts)")
+    p.add_argument("--single-stage", action="store_true",
+                   help="patch one stage only (MCUNetV2-style); by default the convolutions "
+                   "after it also become fused 1x1-grid PATCH_EXECs when that lowers the arena "
+                   "(their PADs folded, their requantization data in flash)")
     p.add_argument("--plot", metavar="FILE.png",
                    help="write memory per operator before/after (MCUNetV2 Figure 1 style)")
 
@@ -284,9 +295,11 @@ def add_parsers(sub: Any) -> None:
 
     v = sub.add_parser(
         "validate", help="run original and patched model; compare every output byte",
-        description="Run ORIGINAL on x86 TFLM and PATCHED split at its PATCH_EXEC operators "
-        "(TFLM for the rest, the numpy reference for PATCH_EXEC); print a verdict and the "
-        "max abs difference per input. Exit code 1 on any mismatch.")
+        description="Run ORIGINAL on x86 TFLM and PATCHED whole in x86 TFLM with the C++ "
+        "PATCH_EXEC kernel (when the TFLM headers are configured, see DEVELOPERS.md), else "
+        "split at its PATCH_EXEC operators (TFLM for the rest, the numpy reference for "
+        "PATCH_EXEC); say which ran; print a verdict and the max abs difference per input. "
+        "Exit code 1 on any mismatch.")
     v.add_argument("original", help="the original .tflite, or zoo:NAME")
     v.add_argument("patched", help="the patched .tflite (from convert)")
     v.add_argument("--input", action="append", metavar="FILE",

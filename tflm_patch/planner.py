@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -24,10 +24,17 @@ from tflm_patch.analysis import op_macs
 from tflm_patch.arena import predict_arena
 from tflm_patch.arena_tail import predict_tail
 from tflm_patch.errors import TflmPatchError, UnsupportedModelError
+from tflm_patch.fuse import fusion_units
 from tflm_patch.model import Model, model_from_object, require_int8
-from tflm_patch.rewrite import CUSTOM_CODE, replace_stage
+from tflm_patch.rewrite import CUSTOM_CODE, replace_stages
 from tflm_patch.schedule import Schedule, make_schedule, stage_options
-from tflm_patch.stage import StageGraph, build_stage, candidate_stages, stage_check
+from tflm_patch.stage import (
+    StageGraph,
+    build_stage,
+    candidate_stages,
+    op_support,
+    stage_check,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +57,16 @@ class Candidate:
     macs: int  # whole model, after patching
     stage_macs: int  # the stage, patch by patch
     stage_macs_before: int
+    # fused 1x1-grid PATCH_EXEC stages outside the patched one (operator ranges)
+    fused: tuple[tuple[int, int], ...] = ()
 
     def overhead(self, macs_before: int) -> float:
         return self.macs / macs_before - 1.0 if macs_before else 0.0
 
     @property
     def label(self) -> str:
-        return f"ops {self.first}..{self.last} grid {self.grid[0]}x{self.grid[1]}"
+        text = f"ops {self.first}..{self.last} grid {self.grid[0]}x{self.grid[1]}"
+        return text + (f" + {len(self.fused)} fused convs" if self.fused else "")
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,8 @@ class PlanRequest:
     target: str = "x86_64"
     # a plan must cut the arena by at least this fraction to be worth a custom operator
     min_saving: float = DEFAULT_MIN_SAVING
+    # also run the convolutions outside the stage as fused 1x1-grid PATCH_EXECs
+    multi_stage: bool = True
 
 
 @dataclass
@@ -98,6 +110,7 @@ class PlanResult:
             "target": self.request.target,
             "stage": {"first_op": c.first, "last_op": c.last},
             "grid": list(c.grid),
+            "fused_stages": [{"first_op": a, "last_op": b} for a, b in c.fused],
             "scratch_bytes": c.scratch_bytes,
             "predicted": {"arena_before": self.arena_before, "arena_after": c.arena,
                           "macs_before": self.macs_before, "macs_after": c.macs,
@@ -118,15 +131,19 @@ def _grids(graph: StageGraph, request: PlanRequest) -> Iterable[tuple[int, int]]
 
 
 class StageEvaluator:
-    """Arena and MACs of one stage under any grid, the patched model built once."""
+    """Arena and MACs of one stage under any grid, the patched model built once.
+    `units`: fused 1x1-grid stages outside it (fuse.fusion_units), or none."""
 
-    def __init__(self, model: Model, graph: StageGraph, target: str, macs_before: int):
+    def __init__(self, model: Model, graph: StageGraph, target: str, macs_before: int,
+                 units: Sequence[StageGraph] = ()):
         self.model, self.graph, self.target = model, graph, target
         self.macs_outside = macs_before - graph.macs
-        base = make_schedule(graph, (1, 1))
-        obj = replace_stage(model, graph, base)
-        self.patched = model_from_object(obj)
-        self.op_index = graph.first
+        self.fused = tuple((u.first, u.last) for u in units)
+        stages = [(graph, make_schedule(graph, (1, 1))),
+                  *((u, make_schedule(u, (1, 1))) for u in units)]
+        self.patched = model_from_object(replace_stages(model, stages))
+        self.op_index = graph.first - sum(u.last - u.first for u in units
+                                          if u.last < graph.first)
         self.op = self.patched.operators[self.op_index]
         assert self.op.name == CUSTOM_CODE
         self.layers = pf.decode(self.op.custom_options or b"").layers
@@ -142,7 +159,8 @@ class StageEvaluator:
         arena = predict_arena(model, self.target, self.tail).total
         g = self.graph
         return Candidate(g.first, g.last, grid, sched.scratch_bytes, arena,
-                         self.macs_outside + sched.macs, sched.macs, g.macs), sched
+                         self.macs_outside + sched.macs, sched.macs, g.macs,
+                         self.fused), sched
 
 
 def _stages(model: Model, request: PlanRequest) -> list[tuple[int, int]]:
@@ -174,14 +192,19 @@ def plan(model: Model, request: PlanRequest | None = None,
     arena_before = predict_arena(model, request.target).total
     macs_before = sum(op_macs(model, op) for op in model.operators)
     stages = _stages(model, request)
+    units = _UnitGraphs(model)
     candidates: list[Candidate] = []
     for done, (first, last) in enumerate(stages):
         if progress is not None:
             progress(done, len(stages))
         graph = build_stage(model, first, last)
-        ev = StageEvaluator(model, graph, request.target, macs_before)
-        for grid in _grids(graph, request):
-            candidates.append(ev.evaluate(grid)[0])
+        evaluators = [StageEvaluator(model, graph, request.target, macs_before)]
+        fused = units.outside(first, last) if request.multi_stage else []
+        if fused:
+            evaluators.append(StageEvaluator(model, graph, request.target, macs_before, fused))
+        for ev in evaluators:
+            for grid in _grids(graph, request):
+                candidates.append(ev.evaluate(grid)[0])
     if progress is not None:
         progress(len(stages), len(stages))
     result = PlanResult(arena_before, macs_before, candidates, None, "", request)
@@ -201,7 +224,7 @@ def choose(result: PlanResult) -> tuple[Candidate | None, str]:
             c = result.candidates[0]
             return None, (f"{c.label} gives a predicted arena of {c.arena:,} bytes, not "
                           f"smaller than the unpatched {before:,}")
-        return smaller[0], "the forced stage and grid"
+        return min(smaller, key=lambda c: (c.arena, c.macs)), "the forced stage and grid"
     limit = before * (1.0 - req.min_saving)
     better = [c for c in smaller if c.arena <= limit]
     if req.budget is not None:
@@ -233,8 +256,44 @@ def choose(result: PlanResult) -> tuple[Candidate | None, str]:
 
 
 def build_plan(model: Model, c: Candidate) -> tuple[StageGraph, Schedule]:
+    """The patched stage of a candidate and its schedule."""
     graph = build_stage(model, c.first, c.last)
     return graph, make_schedule(graph, c.grid)
+
+
+def plan_stages(model: Model, c: Candidate) -> list[tuple[StageGraph, Schedule]]:
+    """Every PATCH_EXEC of a candidate: the patched stage, then the fused ones."""
+    fused = [build_stage(model, a, b, live_input=True) for a, b in c.fused]
+    return [build_plan(model, c), *((u, make_schedule(u, (1, 1))) for u in fused)]
+
+
+def patched_op_index(num_ops: int, stages: Sequence[tuple[int, int]]) -> list[int]:
+    """For every operator of the original model, its operator index in the model where
+    each (first, last) range became one operator."""
+    where, j, i = [], 0, 0
+    starts = dict(stages)
+    while i < num_ops:
+        end = starts.get(i, i)
+        where.extend([j] * (end - i + 1))
+        i, j = end + 1, j + 1
+    return where
+
+
+class _UnitGraphs:
+    """Fusion units of a model, their stage graphs built once."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        self.support = [op_support(model, op) for op in model.operators]
+        self.graphs: dict[tuple[int, int], StageGraph] = {}
+
+    def outside(self, first: int, last: int) -> list[StageGraph]:
+        out = []
+        for a, b in fusion_units(self.model, (first, last), self.support):
+            if (a, b) not in self.graphs:
+                self.graphs[(a, b)] = build_stage(self.model, a, b, live_input=True)
+            out.append(self.graphs[(a, b)])
+        return out
 
 
 def patched_model_object(model: Model, result: PlanResult) -> Any:
@@ -242,5 +301,4 @@ def patched_model_object(model: Model, result: PlanResult) -> Any:
     c = result.chosen
     if c is None:
         raise PlanError(result.message)
-    graph, sched = build_plan(model, c)
-    return replace_stage(model, graph, sched, result.to_json(c))
+    return replace_stages(model, plan_stages(model, c), result.to_json(c))

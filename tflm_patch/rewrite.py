@@ -1,6 +1,7 @@
 """Converter post-pass: replace a stage by one PATCH_EXEC operator (model bytes -> bytes).
 
-`replace_stage` edits a copy of the schema object (`ModelT`): the stage's operators go,
+`replace_stage` (`replace_stages` for several) edits a copy of the schema object
+(`ModelT`): the stage's operators go,
 one PATCH_EXEC comes in their place whose inputs are the stage input and the constant
 tensors (existing weights/biases by reference, new int32 multiplier/shift tensors), and
 `prune` drops the tensors, buffers and operator codes nothing refers to any more.
@@ -11,8 +12,10 @@ and the options decoder, so a broken file is never produced.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -72,10 +75,31 @@ def _new_constant(obj: Any, name: str, data: np.ndarray) -> int:
 def replace_stage(model: Model, graph: StageGraph, sched: Schedule,
                   plan: dict[str, Any] | None = None) -> Any:
     """A new ModelT with operators graph.first..graph.last replaced by one PATCH_EXEC."""
+    return replace_stages(model, [(graph, sched)], plan)
+
+
+def replace_stages(model: Model, stages: Sequence[tuple[StageGraph, Schedule]],
+                   plan: dict[str, Any] | None = None) -> Any:
+    """A new ModelT with every stage replaced by its own PATCH_EXEC (multi-stage plans).
+    The stages are operator ranges of `model` that must not overlap."""
     if model.num_subgraphs != 1:
         raise UnsupportedModelError(f"the model has {model.num_subgraphs} subgraphs; "
                                     "tflm-patch rewrites single-subgraph models only")
+    ordered = sorted(stages, key=lambda s: s[0].first, reverse=True)
+    for (a, _), (b, _) in itertools.pairwise(ordered):
+        if b.last >= a.first:
+            raise ValueError(f"stages {b.first}..{b.last} and {a.first}..{a.last} overlap")
     obj = copy.deepcopy(model.obj)
+    for graph, sched in ordered:  # back to front: earlier operator indices stay valid
+        _splice(obj, graph, sched)
+    if plan is not None:
+        set_metadata(obj, PLAN_METADATA, json.dumps(plan, sort_keys=True).encode())
+    prune(obj)
+    return obj
+
+
+def _splice(obj: Any, graph: StageGraph, sched: Schedule) -> None:
+    """Replace the stage's operators in `obj` by one PATCH_EXEC (new constants appended)."""
     sg = obj.subgraphs[0]
     inputs = [graph.input]
     where: dict[int, int] = {}
@@ -91,7 +115,7 @@ def replace_stage(model: Model, graph: StageGraph, sched: Schedule,
         if consts is None:
             layers.append(layer)
             continue
-        prefix = f"patch_exec/layer{k}"
+        prefix = f"patch_exec{graph.first}/layer{k}"
         w = add_input(consts.weights)
         b = add_input(consts.bias) if consts.bias is not None else pf.NONE
         mi = add_input(_new_constant(obj, f"{prefix}/multipliers", consts.multipliers))
@@ -105,10 +129,6 @@ def replace_stage(model: Model, graph: StageGraph, sched: Schedule,
     op.outputs = [graph.output]
     op.customOptions = np.frombuffer(blob, dtype=np.uint8)
     sg.operators = [*sg.operators[:graph.first], op, *sg.operators[graph.last + 1:]]
-    if plan is not None:
-        set_metadata(obj, PLAN_METADATA, json.dumps(plan, sort_keys=True).encode())
-    prune(obj)
-    return obj
 
 
 def _with_constants(layer: pf.Layer, w: int, b: int, mi: int, si: int) -> pf.Layer:

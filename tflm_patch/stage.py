@@ -133,9 +133,12 @@ def _hwc(s: tuple[int, int, int]) -> str:
 
 
 def stage_check(model: Model, first: int, last: int,
-                support: list[tuple[bool, str]] | None = None) -> tuple[bool, str]:
+                support: list[tuple[bool, str]] | None = None, *,
+                live_input: bool = False) -> tuple[bool, str]:
     """(ok, reason): can operators first..last (inclusive) be one PATCH_EXEC?
-    `support`: op_support of every operator, when the caller has it already."""
+    `support`: op_support of every operator, when the caller has it already.
+    live_input: the stage input may still be read after the stage (a fused tail stage
+    inside a residual block); a patched stage must end where one tensor is live."""
     n_ops = len(model.operators)
     if not 0 <= first <= last < n_ops:
         return False, f"operators {first}..{last} are not within the model's 0..{n_ops - 1}"
@@ -162,7 +165,7 @@ def stage_check(model: Model, first: int, last: int,
         return False, (f"tensor {leaking[0]} ({model.tensors[leaking[0]].name}) made inside "
                        f"operators {first}..{last} is read after them; the stage must end "
                        "where one tensor is live")
-    if stage_in in later:
+    if stage_in in later and not live_input:
         return False, (f"the stage input (tensor {stage_in}) is read again after operator "
                        f"{last}")
     if stage_out not in later:
@@ -170,7 +173,7 @@ def stage_check(model: Model, first: int, last: int,
     return True, ""
 
 
-def _foldable_pad(model: Model, op: OperatorInfo, consumers: dict[int, list[int]],
+def foldable_pad(model: Model, op: OperatorInfo, consumers: dict[int, list[int]],
                   stage_out: int) -> bool:
     """A PAD whose value is the zero point, read only by one conv/depthwise conv: the
     conv can read the unpadded tensor with a larger padding (skipped taps contribute
@@ -188,12 +191,13 @@ def _foldable_pad(model: Model, op: OperatorInfo, consumers: dict[int, list[int]
     return q is not None and bool(q.zero_point) and value == q.zero_point[0]
 
 
-def build_stage(model: Model, first: int, last: int, *, fold_pads: bool = True) -> StageGraph:
+def build_stage(model: Model, first: int, last: int, *, fold_pads: bool = True,
+                live_input: bool = False) -> StageGraph:
     """The stage of operators first..last; UnsupportedModelError with the reason if not.
 
     fold_pads: a zero-point PAD feeding a single convolution becomes that convolution's
-    padding (the padded copy is never made)."""
-    ok, reason = stage_check(model, first, last)
+    padding (the padded copy is never made). live_input: as in `stage_check`."""
+    ok, reason = stage_check(model, first, last, live_input=live_input)
     if not ok:
         raise UnsupportedModelError(reason)
     ops = [model.operators[i] for i in range(first, last + 1)]
@@ -207,7 +211,7 @@ def build_stage(model: Model, first: int, last: int, *, fold_pads: bool = True) 
     macs: list[int] = []
     tensors = [stage_in]
     for op in ops:
-        if fold_pads and _foldable_pad(model, op, consumers, stage_out):
+        if fold_pads and foldable_pad(model, op, consumers, stage_out):
             pads = model.constant(op.inputs[1]).reshape(-1, 2)
             extra_pad[op.outputs[0]] = (op.inputs[0], int(pads[1][0]), int(pads[2][0]))
             continue

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Planner/converter benchmark: original vs patched predicted TFLM arena, MAC overhead and
-convert time for every real and zoo model, as a markdown table.
+"""Planner/converter benchmark: original vs patched predicted TFLM arena (single-stage,
+MCUNetV2-style, and the default multi-stage plan), MAC overhead and convert time for every
+real and zoo model, as a markdown table.
 
     python tools/bench_plan.py [--shared DIR] [--no-zoo] [--target x86_64|cortex_m]
 
@@ -33,6 +34,7 @@ SHARED = ("person_detect", "mobilenet_v2_int8_224_nchw", "micro_speech_quantized
 class Row:
     name: str
     before: int
+    single: int | None  # single-stage plan (--single-stage)
     after: int | None
     overhead: float | None
     plan: str
@@ -48,6 +50,8 @@ def bench(name: str, path: Path, target: str, validate: bool) -> Row:
     c = result.chosen
     data = to_checked_bytes(patched_model_object(model, result)) if c else model.raw
     seconds = time.perf_counter() - start
+    one = plan(model, PlanRequest(target=target, multi_stage=False)).chosen
+    single = one.arena if one is not None else None
     checked = "-"
     if c is not None and validate:
         from tflm_patch.validate import compare, random_inputs
@@ -57,10 +61,10 @@ def bench(name: str, path: Path, target: str, validate: bool) -> Row:
                    for s in range(2))
         checked = "bit-identical (2 seeds)" if same else "MISMATCH"
     if c is None:
-        return Row(name, result.arena_before, None, None, "unchanged", seconds,
+        return Row(name, result.arena_before, single, None, None, "unchanged", seconds,
                    len(result.candidates), checked)
-    return Row(name, result.arena_before, c.arena, result.overhead(c),
-               f"ops {c.first}..{c.last}, {c.grid[0]}x{c.grid[1]}", seconds,
+    return Row(name, result.arena_before, single, c.arena, result.overhead(c),
+               c.label.replace(" grid", ",").replace(" convs", ""), seconds,
                len(result.candidates), checked)
 
 
@@ -84,20 +88,22 @@ def main(argv: list[str] | None = None) -> int:
         from tflm_patch.zoo import ensure_zoo
 
         models += [(f"zoo:{n}", p) for n, p in ensure_zoo().items()]
-    print(f"| model | arena before (B) | arena after (B) | smaller | MAC overhead | plan | "
-          f"plans searched | convert time |{' validate |' if args.validate else ''}")
-    print(f"|---|---:|---:|---:|---:|---|---:|---:|{'---|' if args.validate else ''}")
+    print(f"| model | arena before (B) | single-stage (B) | multi-stage (B) | smaller | "
+          f"MAC overhead | plan | plans searched | convert time |"
+          f"{' validate |' if args.validate else ''}")
+    print(f"|---|---:|---:|---:|---:|---:|---|---:|---:|{'---|' if args.validate else ''}")
     failed = False
     for name, path in models:
         log.info("%s ...", name)
         r = bench(name, path, args.target, args.validate)
         failed |= r.validated == "MISMATCH"
         after = f"{r.after:,}" if r.after is not None else "(unchanged)"
+        single = f"{r.single:,}" if r.single is not None else "(unchanged)"
         ratio = f"{r.before / r.after:.2f}x" if r.after else "-"
         ovh = f"{r.overhead:+.1%}" if r.overhead is not None else "-"
         val = f" {r.validated} |" if args.validate else ""
-        print(f"| {name} | {r.before:,} | {after} | {ratio} | {ovh} | {r.plan} | {r.plans} | "
-              f"{r.seconds:.1f} s |{val}")
+        print(f"| {name} | {r.before:,} | {single} | {after} | {ratio} | {ovh} | {r.plan} | "
+              f"{r.plans} | {r.seconds:.1f} s |{val}")
     return 1 if failed else 0
 
 
