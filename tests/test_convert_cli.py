@@ -10,8 +10,8 @@ from conftest import shared_file, shared_model_path
 
 from tflm_patch import patch_format as pf
 from tflm_patch.cli import main
+from tflm_patch.evaluate import patched_op_index
 from tflm_patch.model import load_model
-from tflm_patch.planner import patched_op_index
 from tflm_patch.rewrite import CUSTOM_CODE, plan_metadata
 from tflm_patch.zoo import ZOO_NAMES, ensure_model
 
@@ -48,7 +48,8 @@ def test_person_detect_file_structure(person_patched: tuple[Path, Path]) -> None
     meta = plan_metadata(b)
     assert meta is not None
     first, last = meta["stage"]["first_op"], meta["stage"]["last_op"]
-    stages = [(first, last), *((f["first_op"], f["last_op"]) for f in meta["fused_stages"])]
+    stages = [(first, last), *((f["first_op"], f["last_op"])
+                               for f in (*meta["patched_stages"], *meta["fused_stages"]))]
     where = patched_op_index(len(a.operators), stages)
     pes = [op.index for op in b.operators if op.name == CUSTOM_CODE]
     assert pes == sorted(where[s] for s, _ in stages)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from conftest import shared_model_path
 
+from tflm_patch.evaluate import patched_op_index
 from tflm_patch.fuse import fusion_units
 from tflm_patch.model import Model, load_model, model_from_object
 from tflm_patch.patch_ref import run_patch_exec
-from tflm_patch.planner import patched_op_index
 from tflm_patch.ref_params import run_graph
 from tflm_patch.rewrite import CUSTOM_CODE, replace_stage, replace_stages
 from tflm_patch.schedule import make_schedule
@@ -29,7 +29,7 @@ def _model(name: str) -> Model:
 
 def test_mobilenet_v2_units_fold_every_pad() -> None:
     model = _model("mobilenet_v2_int8_224_nchw")
-    units = fusion_units(model, exclude=(1, 18))
+    units = fusion_units(model, exclude=[(1, 18)])
     ops = model.operators
     convs = [op.index for op in ops[19:] if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D")]
     assert [b for _, b in units] == convs  # every convolution after the stage

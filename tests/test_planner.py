@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import cache
 
 import pytest
@@ -101,7 +102,15 @@ def test_budget_picks_fewest_macs_that_fit() -> None:
 
 def test_impossible_budget_names_the_smallest() -> None:
     model, r = _plan("mbv1_025_96")
-    smallest = min(c.arena for c in r.candidates)
+    with pytest.raises(PlanError, match="impossible budget: 1,000 bytes") as e:
+        plan(model, PlanRequest(budget=1000))
+    m = re.search(r"the smallest arena any plan reaches is ([\d,]+) bytes", str(e.value))
+    assert m is not None
+    smallest = int(m.group(1).replace(",", ""))
+    assert smallest < r.arena_before
+    # the arena named is reachable: that budget gets a plan of exactly it
+    rb = plan(model, PlanRequest(budget=smallest))
+    assert rb.chosen is not None and rb.chosen.arena == smallest
     with pytest.raises(PlanError, match=f"impossible budget.*{smallest:,}"):
         plan(model, PlanRequest(budget=smallest - 1))
 

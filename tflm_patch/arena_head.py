@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import math
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -218,7 +219,7 @@ def _element_count(model: Model, tensor: TensorInfo) -> int:
     shape = tensor.shape
     if any(d < 0 for d in shape):
         shape = _resolved_reshape_output(model, tensor)
-    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+    return math.prod(int(d) for d in shape)
 
 
 def _resolved_reshape_output(model: Model, tensor: TensorInfo) -> tuple[int, ...]:

@@ -77,40 +77,46 @@ def _print_plan(model: Model, result: Any, top: int) -> None:
         print(f"chosen ({r.message}):")
         print(f"  stage  {graph.describe(model)}, {len(graph.layers)} layers")
         print(f"  grid   {c.grid[0]}x{c.grid[1]} patches, scratch {_fmt(c.scratch_bytes)} B")
+        for a, b, (n, m) in c.extra:
+            more = build_stage(model, a, b)
+            print(f"  + stage {more.describe(model)}, {len(more.layers)} layers, grid {n}x{m}")
         if c.fused:
-            print(f"  fused  {len(c.fused)} more PATCH_EXECs (1x1 grid) on the convolutions "
-                  f"after the stage: PADs folded, requantization data in flash")
+            print(f"  fused  {len(c.fused)} more PATCH_EXECs (1x1 grid) on the other "
+                  f"convolutions: PADs folded, requantization data in flash")
         print(f"  arena  {_fmt(r.arena_before)} -> {_fmt(c.arena)} B "
               f"({r.arena_before / c.arena:.2f}x smaller)")
         print(f"  MACs   {_fmt(r.macs_before)} -> {_fmt(c.macs)} "
               f"(+{r.overhead(c):.1%}; the stage {c.stage_macs / c.stage_macs_before - 1:+.1%})")
     front = r.pareto()
     print(f"Pareto front (arena vs MACs), {min(top, len(front))} of {len(front)}:")
-    print(f"  {'stage':<14} {'grid':>6} {'fused':>5} {'arena B':>12} {'x smaller':>9} "
+    print(f"  {'stage':<14} {'grid':>6} {'more':>4} {'fused':>5} {'arena B':>12} {'x smaller':>9} "
           f"{'MAC +':>8} {'scratch B':>11}")
     for p in front[:top]:
         mark = "  <- chosen" if p == c else ""
         print(f"  {f'ops {p.first}..{p.last}':<14} {f'{p.grid[0]}x{p.grid[1]}':>6} "
-              f"{len(p.fused):>5} {_fmt(p.arena):>12} {r.arena_before / p.arena:>9.2f} "
-              f"{r.overhead(p):>8.1%} "
+              f"{len(p.extra):>4} {len(p.fused):>5} {_fmt(p.arena):>12} "
+              f"{r.arena_before / p.arena:>9.2f} {r.overhead(p):>8.1%} "
               f"{_fmt(p.scratch_bytes):>11}{mark}")
 
 
 def _memory_per_op(model: Model, result: Any, patched_obj: Any
                    ) -> tuple[list[int], list[int]]:
+    from tflm_patch import patch_format as pf
     from tflm_patch.analysis import analyze
+    from tflm_patch.evaluate import patched_op_index
     from tflm_patch.model import model_from_object
-    from tflm_patch.planner import patched_op_index
+    from tflm_patch.rewrite import CUSTOM_CODE
 
     before = [s.live_bytes for s in analyze(model).ops]
     c = result.chosen
     if c is None:
         return before, list(before)
-    patched = analyze(model_from_object(patched_obj)).ops
-    where = patched_op_index(len(before), [(c.first, c.last), *c.fused])
-    main = where[c.first]
-    return before, [patched[j].live_bytes + (c.scratch_bytes if j == main else 0)
-                    for j in where]
+    pm = model_from_object(patched_obj)
+    live = [s.live_bytes for s in analyze(pm).ops]
+    for op in pm.operators:  # + each PATCH_EXEC's scratch buffer
+        if op.name == CUSTOM_CODE:
+            live[op.index] += pf.decode(op.custom_options or b"").scratch_bytes
+    return before, [live[j] for j in patched_op_index(len(before), c.ranges)]
 
 
 def _plot(model: Model, path: Path, result: Any, out: str, budget: int | None,
@@ -195,9 +201,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     data = to_checked_bytes(patched_obj)
     write_atomic(out, data)
     c = result.chosen
-    fused = f" + {len(c.fused)} fused convs" if c.fused else ""
-    print(f"{path.name} -> {out}: ops {c.first}..{c.last} -> PATCH_EXEC, grid "
-          f"{c.grid[0]}x{c.grid[1]}{fused}; predicted arena {_fmt(result.arena_before)} -> "
+    print(f"{path.name} -> {out}: {c.label} -> PATCH_EXEC; predicted arena "
+          f"{_fmt(result.arena_before)} -> "
           f"{_fmt(c.arena)} B ({result.arena_before / c.arena:.2f}x), MACs "
           f"+{result.overhead(c):.1%}; {len(model.raw):,} -> {len(data):,} file bytes; "
           f"{time.perf_counter() - start:.1f} s")

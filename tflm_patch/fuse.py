@@ -14,22 +14,24 @@ an ordinary operator for TFLM's memory planner, not a patched stage.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from tflm_patch.model import Model
 from tflm_patch.stage import foldable_pad, op_support, stage_check
 
 FUSABLE = ("CONV_2D", "DEPTHWISE_CONV_2D")
 
 
-def fusion_units(model: Model, exclude: tuple[int, int] | None = None,
+def fusion_units(model: Model, exclude: Sequence[tuple[int, int]] = (),
                  support: list[tuple[bool, str]] | None = None) -> list[tuple[int, int]]:
-    """(first, last) operator ranges of the fusion units outside `exclude` (an inclusive
-    operator range, the patched stage), in model order."""
+    """(first, last) operator ranges of the fusion units outside `exclude` (inclusive
+    operator ranges, the patched stages), in model order."""
     if support is None:
         support = [op_support(model, op) for op in model.operators]
     consumers = model.consumers()
 
     def free(i: int) -> bool:
-        return exclude is None or not exclude[0] <= i <= exclude[1]
+        return not any(a <= i <= b for a, b in exclude)
 
     units: list[tuple[int, int]] = []
     for i, op in enumerate(model.operators):

@@ -8,6 +8,7 @@ same checks.
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass, field
 
@@ -158,8 +159,14 @@ def scratch_bytes(blob: bytes) -> int:
 
 
 def decode(blob: bytes) -> PatchOptions:
-    """Parse and validate a blob (every rule of docs/patch_exec.md)."""
-    blob = bytes(blob)
+    """Parse and validate a blob (every rule of docs/patch_exec.md). The result is
+    immutable and cached by content (the planner predicts thousands of arenas, each
+    reading every PATCH_EXEC's scratch size)."""
+    return _decode(bytes(blob))
+
+
+@functools.lru_cache(maxsize=4096)
+def _decode(blob: bytes) -> PatchOptions:
     if len(blob) < HEADER_BYTES:
         raise OptionsError(f"options are {len(blob)} bytes, shorter than the "
                            f"{HEADER_BYTES}-byte header")

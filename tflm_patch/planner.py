@@ -15,24 +15,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from tflm_patch import patch_format as pf
 from tflm_patch.analysis import op_macs
 from tflm_patch.arena import predict_arena
-from tflm_patch.arena_tail import predict_tail
 from tflm_patch.errors import TflmPatchError, UnsupportedModelError
-from tflm_patch.fuse import fusion_units
-from tflm_patch.model import Model, model_from_object, require_int8
+from tflm_patch.evaluate import Candidate, StageEvaluator, UnitGraphs
+from tflm_patch.model import Model, require_int8
+from tflm_patch.multistage import refine
 from tflm_patch.rewrite import CUSTOM_CODE, replace_stages
-from tflm_patch.schedule import Schedule, make_schedule, stage_options
+from tflm_patch.schedule import Schedule, make_schedule
 from tflm_patch.stage import (
     StageGraph,
     build_stage,
     candidate_stages,
-    op_support,
     stage_check,
 )
 
@@ -48,28 +46,6 @@ class PlanError(TflmPatchError):
 
 
 @dataclass(frozen=True)
-class Candidate:
-    first: int
-    last: int
-    grid: tuple[int, int]
-    scratch_bytes: int
-    arena: int  # predicted smallest arena of the whole patched model
-    macs: int  # whole model, after patching
-    stage_macs: int  # the stage, patch by patch
-    stage_macs_before: int
-    # fused 1x1-grid PATCH_EXEC stages outside the patched one (operator ranges)
-    fused: tuple[tuple[int, int], ...] = ()
-
-    def overhead(self, macs_before: int) -> float:
-        return self.macs / macs_before - 1.0 if macs_before else 0.0
-
-    @property
-    def label(self) -> str:
-        text = f"ops {self.first}..{self.last} grid {self.grid[0]}x{self.grid[1]}"
-        return text + (f" + {len(self.fused)} fused convs" if self.fused else "")
-
-
-@dataclass(frozen=True)
 class PlanRequest:
     budget: int | None = None
     max_overhead: float = DEFAULT_MAX_OVERHEAD
@@ -79,7 +55,8 @@ class PlanRequest:
     target: str = "x86_64"
     # a plan must cut the arena by at least this fraction to be worth a custom operator
     min_saving: float = DEFAULT_MIN_SAVING
-    # also run the convolutions outside the stage as fused 1x1-grid PATCH_EXECs
+    # multi-stage: more patched stages after the main one (multistage.py), and the
+    # convolutions outside them as fused 1x1-grid PATCH_EXECs (fuse.py)
     multi_stage: bool = True
 
 
@@ -111,6 +88,8 @@ class PlanResult:
             "stage": {"first_op": c.first, "last_op": c.last},
             "grid": list(c.grid),
             "fused_stages": [{"first_op": a, "last_op": b} for a, b in c.fused],
+            "patched_stages": [{"first_op": a, "last_op": b, "grid": list(g)}
+                               for a, b, g in c.extra],
             "scratch_bytes": c.scratch_bytes,
             "predicted": {"arena_before": self.arena_before, "arena_after": c.arena,
                           "macs_before": self.macs_before, "macs_after": c.macs,
@@ -128,39 +107,6 @@ def _grids(graph: StageGraph, request: PlanRequest) -> Iterable[tuple[int, int]]
     # 1x1 is not patching (the whole stage at once): not a plan of this planner
     return [(n, m) for n in range(1, min(h, request.max_grid) + 1)
             for m in range(1, min(w, request.max_grid) + 1) if n * m > 1]
-
-
-class StageEvaluator:
-    """Arena and MACs of one stage under any grid, the patched model built once.
-    `units`: fused 1x1-grid stages outside it (fuse.fusion_units), or none."""
-
-    def __init__(self, model: Model, graph: StageGraph, target: str, macs_before: int,
-                 units: Sequence[StageGraph] = ()):
-        self.model, self.graph, self.target = model, graph, target
-        self.macs_outside = macs_before - graph.macs
-        self.fused = tuple((u.first, u.last) for u in units)
-        stages = [(graph, make_schedule(graph, (1, 1))),
-                  *((u, make_schedule(u, (1, 1))) for u in units)]
-        self.patched = model_from_object(replace_stages(model, stages))
-        self.op_index = graph.first - sum(u.last - u.first for u in units
-                                          if u.last < graph.first)
-        self.op = self.patched.operators[self.op_index]
-        assert self.op.name == CUSTOM_CODE
-        self.layers = pf.decode(self.op.custom_options or b"").layers
-        self.num_inputs = len(self.op.inputs)
-        self.tail = predict_tail(self.patched, target)
-
-    def evaluate(self, grid: tuple[int, int]) -> tuple[Candidate, Schedule]:
-        sched = make_schedule(self.graph, grid)
-        blob = pf.encode(stage_options(self.graph, sched, self.layers, self.num_inputs))
-        ops = list(self.patched.operators)
-        ops[self.op_index] = replace(self.op, custom_options=blob)
-        model = replace(self.patched, operators=tuple(ops))
-        arena = predict_arena(model, self.target, self.tail).total
-        g = self.graph
-        return Candidate(g.first, g.last, grid, sched.scratch_bytes, arena,
-                         self.macs_outside + sched.macs, sched.macs, g.macs,
-                         self.fused), sched
 
 
 def _stages(model: Model, request: PlanRequest) -> list[tuple[int, int]]:
@@ -192,14 +138,14 @@ def plan(model: Model, request: PlanRequest | None = None,
     arena_before = predict_arena(model, request.target).total
     macs_before = sum(op_macs(model, op) for op in model.operators)
     stages = _stages(model, request)
-    units = _UnitGraphs(model)
+    units = UnitGraphs(model)
     candidates: list[Candidate] = []
     for done, (first, last) in enumerate(stages):
         if progress is not None:
             progress(done, len(stages))
         graph = build_stage(model, first, last)
         evaluators = [StageEvaluator(model, graph, request.target, macs_before)]
-        fused = units.outside(first, last) if request.multi_stage else []
+        fused = units.outside([(first, last)]) if request.multi_stage else []
         if fused:
             evaluators.append(StageEvaluator(model, graph, request.target, macs_before, fused))
         for ev in evaluators:
@@ -208,7 +154,17 @@ def plan(model: Model, request: PlanRequest | None = None,
     if progress is not None:
         progress(len(stages), len(stages))
     result = PlanResult(arena_before, macs_before, candidates, None, "", request)
+    multi = request.multi_stage and request.split_op is None and request.grid is None
+    budget = request.budget
+    if (multi and candidates and budget is not None and arena_before > budget
+            and all(c.arena > budget for c in candidates)):
+        # no single patched stage fits: try more patched stages, whatever the MACs
+        seed = min(candidates, key=lambda c: (c.arena, c.macs))
+        _add_patched_stages(model, result, units, seed, float("inf"))
     result.chosen, result.message = choose(result)
+    if multi and budget is None and result.chosen is not None:
+        _add_patched_stages(model, result, units, result.chosen, request.max_overhead)
+        result.chosen, result.message = choose(result)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -262,38 +218,36 @@ def build_plan(model: Model, c: Candidate) -> tuple[StageGraph, Schedule]:
 
 
 def plan_stages(model: Model, c: Candidate) -> list[tuple[StageGraph, Schedule]]:
-    """Every PATCH_EXEC of a candidate: the patched stage, then the fused ones."""
+    """Every PATCH_EXEC of a candidate: the main stage, the other patched stages, then
+    the fused ones."""
+    extra = [build_stage(model, a, b) for a, b, _ in c.extra]
     fused = [build_stage(model, a, b, live_input=True) for a, b in c.fused]
-    return [build_plan(model, c), *((u, make_schedule(u, (1, 1))) for u in fused)]
+    return [build_plan(model, c), *((g, make_schedule(g, grid))
+                                    for g, (_, _, grid) in zip(extra, c.extra, strict=True)),
+            *((u, make_schedule(u, (1, 1))) for u in fused)]
 
 
-def patched_op_index(num_ops: int, stages: Sequence[tuple[int, int]]) -> list[int]:
-    """For every operator of the original model, its operator index in the model where
-    each (first, last) range became one operator."""
-    where, j, i = [], 0, 0
-    starts = dict(stages)
-    while i < num_ops:
-        end = starts.get(i, i)
-        where.extend([j] * (end - i + 1))
-        i, j = end + 1, j + 1
-    return where
-
-
-class _UnitGraphs:
-    """Fusion units of a model, their stage graphs built once."""
-
-    def __init__(self, model: Model):
-        self.model = model
-        self.support = [op_support(model, op) for op in model.operators]
-        self.graphs: dict[tuple[int, int], StageGraph] = {}
-
-    def outside(self, first: int, last: int) -> list[StageGraph]:
-        out = []
-        for a, b in fusion_units(self.model, (first, last), self.support):
-            if (a, b) not in self.graphs:
-                self.graphs[(a, b)] = build_stage(self.model, a, b, live_input=True)
-            out.append(self.graphs[(a, b)])
-        return out
+def _add_patched_stages(model: Model, result: PlanResult, units: UnitGraphs, c: Candidate,
+                        max_overhead: float) -> None:
+    """Multi-stage: patched stages after the main stage of `c` (multistage.refine), then
+    every main stage and grid evaluated again with them in place (new candidates)."""
+    req = result.request
+    refined = refine(model, c, target=req.target, macs_before=result.macs_before,
+                     max_overhead=max_overhead, units=units)
+    if not refined.extra:
+        return
+    result.candidates.append(refined)
+    extra = [build_stage(model, a, b) for a, b, _ in refined.extra]
+    fixed = [(g, make_schedule(g, grid)) for g, (_, _, grid) in zip(extra, refined.extra,
+                                                                   strict=True)]
+    taken = [(g.first, g.last) for g in extra]
+    for first, last in _stages(model, req):
+        if last >= taken[0][0]:
+            continue
+        graph = build_stage(model, first, last)
+        ev = StageEvaluator(model, graph, req.target, result.macs_before,
+                            units.outside([(first, last), *taken]), fixed)
+        result.candidates.extend(ev.evaluate(grid)[0] for grid in _grids(graph, req))
 
 
 def patched_model_object(model: Model, result: PlanResult) -> Any:

@@ -1,0 +1,87 @@
+"""Multi-stage plans: more patched stages after the main one, added greedily.
+
+After the main stage the layer-by-layer part still holds big working sets: an
+inverted-residual block keeps its input, its expansion and the depthwise output alive at
+once. Another patched stage over such blocks, with its own grid, makes them exist only
+patch by patch; at the lower resolution there the halos are small, so the MACs barely
+grow. `refine` adds such stages one at a time: each round tries every valid stage after
+the main one (2..MAX_STAGE_OPS operators, one tensor live at each end, not overlapping the
+stages already placed) under every grid up to MAX_TAIL_GRID per side, with the remaining
+convolutions fused (fuse.py), and keeps the one that lowers the predicted arena most
+within the MAC-overhead limit; it stops when none does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from tflm_patch.evaluate import Candidate, OpRange, Stage, StageEvaluator, UnitGraphs
+from tflm_patch.model import Model
+from tflm_patch.schedule import make_schedule
+from tflm_patch.stage import StageGraph, build_stage, stage_check
+
+log = logging.getLogger(__name__)
+
+MAX_STAGE_OPS = 12
+MAX_TAIL_GRID = 4
+MAX_ROUNDS = 6
+
+
+def tail_stages(model: Model, after: int, taken: Sequence[OpRange],
+                support: list[tuple[bool, str]]) -> list[OpRange]:
+    """Valid patched stages of 2..MAX_STAGE_OPS operators after operator `after` that do
+    not overlap `taken`."""
+    n = len(model.operators)
+    out = []
+    for s in range(after + 1, n):
+        for e in range(s + 1, min(n, s + MAX_STAGE_OPS)):
+            if any(s <= b and a <= e for a, b in taken):
+                break
+            if stage_check(model, s, e, support)[0]:
+                out.append((s, e))
+    return out
+
+
+def _grids(graph: StageGraph) -> list[tuple[int, int]]:
+    h, w, _ = graph.shapes[-1]
+    return [(n, m) for n in range(1, min(h, MAX_TAIL_GRID) + 1)
+            for m in range(1, min(w, MAX_TAIL_GRID) + 1) if n * m > 1]
+
+
+def refine(model: Model, c: Candidate, *, target: str, macs_before: int,
+           max_overhead: float, units: UnitGraphs,
+           progress: Callable[[int], None] | None = None) -> Candidate:
+    """`c` with patched stages added after its main stage while that lowers the arena."""
+    main = build_stage(model, c.first, c.last)
+    fixed: list[Stage] = [(main, make_schedule(main, c.grid))]
+    graphs: dict[OpRange, StageGraph] = {}
+    best = c
+    for round_ in range(MAX_ROUNDS):
+        if progress is not None:
+            progress(round_)
+        taken = [(g.first, g.last) for g, _ in fixed]
+        found: tuple[Candidate, Stage] | None = None
+        for s, e in tail_stages(model, c.last, taken, units.support):
+            if (s, e) not in graphs:
+                graphs[(s, e)] = build_stage(model, s, e)
+            g = graphs[(s, e)]
+            if len(g.layers) < 2:  # nothing to keep out of the arena
+                continue
+            ev = StageEvaluator(model, g, target, macs_before,
+                                units.outside([*taken, (s, e)]), fixed)
+            for grid in _grids(g):
+                cand, sched = ev.evaluate(grid)
+                if cand.overhead(macs_before) > max_overhead + 1e-12:
+                    continue
+                if cand.arena < (found[0].arena if found else best.arena):
+                    found = (cand, (g, sched))
+        if found is None:
+            break
+        cand, stage = found
+        fixed.append(stage)
+        extra = tuple(sorted((g.first, g.last, sc.grid) for g, sc in fixed[1:]))
+        best = Candidate(c.first, c.last, c.grid, c.scratch_bytes, cand.arena, cand.macs,
+                         c.stage_macs, c.stage_macs_before, cand.fused, extra)
+        log.info("multi-stage: %s -> predicted arena %s B", best.label, f"{best.arena:,}")
+    return best
