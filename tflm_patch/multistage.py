@@ -8,7 +8,8 @@ grow. `refine` adds such stages one at a time: each round tries every valid stag
 the main one (2..MAX_STAGE_OPS operators, one tensor live at each end, not overlapping the
 stages already placed) under every grid up to MAX_TAIL_GRID per side, with the remaining
 convolutions fused (fuse.py), and keeps the one that lowers the predicted arena most
-within the MAC-overhead limit; it stops when none does.
+within the MAC-overhead limit; it stops when none lowers it by at least MIN_GAIN (each
+stage costs MACs and time, so a few bytes are not worth one).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 MAX_STAGE_OPS = 12
 MAX_TAIL_GRID = 4
 MAX_ROUNDS = 6
+MIN_GAIN = 0.01  # of the arena, per added stage
 
 
 def tail_stages(model: Model, after: int, taken: Sequence[OpRange],
@@ -74,7 +76,8 @@ def refine(model: Model, c: Candidate, *, target: str, macs_before: int,
                 cand, sched = ev.evaluate(grid)
                 if cand.overhead(macs_before) > max_overhead + 1e-12:
                     continue
-                if cand.arena < (found[0].arena if found else best.arena):
+                limit = found[0].arena - 1 if found else best.arena * (1.0 - MIN_GAIN)
+                if cand.arena <= limit:
                     found = (cand, (g, sched))
         if found is None:
             break
