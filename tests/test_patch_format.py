@@ -85,6 +85,16 @@ def _poke(fmt: str, offset: Callable[[pf.PatchOptions], int], *values: int) -> M
     return mutate
 
 
+def _pool_with_dilation(o: pf.PatchOptions, b: bytearray) -> bytes:
+    """The last layer (a depthwise conv) made a MAX_POOL_2D with dilation 2."""
+    at = _layer_offset(o, len(o.layers) - 1)
+    struct.pack_into("<B", b, at, pf.MAX_POOL)
+    struct.pack_into("<H", b, at + 14, 2)
+    struct.pack_into("<4H", b, at + 24, *(pf.NONE,) * 4)
+    struct.pack_into("<2i", b, at + 32, 0, 0)
+    return bytes(b)
+
+
 BAD: dict[str, tuple[Mutation, str]] = {
     "empty": (lambda o, b: b"", "shorter than"),
     "truncated": (lambda o, b: bytes(b[:-1]), "blob length"),
@@ -118,6 +128,9 @@ BAD: dict[str, tuple[Mutation, str]] = {
                          "activation range"),
     "unused parameter": (_poke("<i", lambda o: _layer_offset(o, 0) + 32 + 4 * 11, 7),
                          "unused"),
+    "pool with dilation": (_pool_with_dilation, "dilation must be 1"),
+    "constant of two types": (_poke("<H", lambda o: _layer_offset(o, 1) + 26, 1),
+                              "used with another type"),
     "channel mismatch": (_poke("<H", lambda o: 32 + 16 * 2 + 4, 5), "channels"),
 }
 

@@ -239,6 +239,29 @@ def validate(o: PatchOptions) -> None:
     for k, layer in enumerate(o.layers):
         _check_layer(o, k, layer)
     _check_slots(o)
+    _check_constant_uses(o)
+
+
+def _constant_uses(o: PatchOptions, k: int, ly: Layer) -> list[tuple[int, str, int]]:
+    """(operator input, type, element count) of each constant layer k references."""
+    if ly.kind not in CONV_KINDS:
+        return []
+    cout = o.tensors[k + 1].channels
+    taps = ly.kernel[0] * ly.kernel[1]
+    w = cout * taps * (o.tensors[ly.input0].channels if ly.kind == CONV else 1)
+    uses = [(ly.weights, "int8", w)]
+    uses += [(i, "int32", cout) for i in (ly.bias, ly.multipliers, ly.shifts) if i != NONE]
+    return uses
+
+
+def _check_constant_uses(o: PatchOptions) -> None:
+    """Every operator input is used with one type and one element count."""
+    seen: dict[int, tuple[str, int]] = {}
+    for k, ly in enumerate(o.layers):
+        for index, dtype, count in _constant_uses(o, k, ly):
+            if seen.setdefault(index, (dtype, count)) != (dtype, count) or count >= 1 << 32:
+                raise OptionsError(f"layer {k} ({ly.name}): operator input {index} is used "
+                                   "with another type or size")
 
 
 def _check_tensor(o: PatchOptions, k: int, t: StageTensor) -> None:
@@ -299,6 +322,10 @@ def _check_layer(o: PatchOptions, k: int, ly: Layer) -> None:
                            "be >= 1")
     if ly.kind != DEPTHWISE and ly.depth_multiplier != 1:
         raise OptionsError(f"{where}: depth multiplier must be 1")
+    if ly.kind not in CONV_KINDS and ly.dilation != (1, 1):
+        raise OptionsError(f"{where}: dilation must be 1")
+    if ly.kind in (PAD, ADD) and (ly.kernel, ly.stride) != ((1, 1), (1, 1)):
+        raise OptionsError(f"{where}: kernel and stride must be 1")
     _check_params(where, ly)
     _check_shapes(o, k, ly, where)
     _check_halo(o, k, ly, where)

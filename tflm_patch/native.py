@@ -1,0 +1,703 @@
+"""Host build of the PATCH_EXEC C++ core (custom_ops/patch_exec) and a ctypes wrapper.
+
+`build(variant)` compiles every .cc of custom_ops/patch_exec/ with the system C++
+compiler ($CXX, else c++ / g++) into a shared library cached under
+~/.cache/tflm_patch/native/<key>/ ($TFLM_PATCH_NATIVE_DIR overrides), where the key
+hashes the sources, headers, flags and the compiler's version; a library is compiled
+to a unique temporary name and renamed into place, so parallel builds are safe.
+Variants: "release" (-O2), "asan" (-O1 with AddressSanitizer and
+UndefinedBehaviorSanitizer, no recovery), "ubsan" (UBSan only: loads into any process)
+and "portable" (-O2 without the SSE2 inner loops).
+
+`load(variant)` gives a `CoreLibrary` (validate, scratch_bytes, constant specs, run).
+Every buffer the C code sees is an exact-size malloc'd copy, so that under ASan a read
+or write one byte past any of them is reported. The asan variant can only be loaded in
+a process whose first library is the ASan runtime: `run_sanitized` starts
+``python -m tflm_patch.native ...`` with `sanitizer_env()` (LD_PRELOAD of libasan and
+libubsan, halt on the first report); the child commands are ``job FILE`` (run a
+pickled `NativeJob`: validate and run cases with expected results), ``fuzz`` (see
+`native_fuzz`) and ``build``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import enum
+import functools
+import hashlib
+import logging
+import os
+import pickle
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tflm_patch.errors import TflmPatchError, UnsupportedModelError
+from tflm_patch.model import Model, OperatorInfo
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CORE_DIR = REPO_ROOT / "custom_ops" / "patch_exec"
+ENV_CXX = "CXX"
+ENV_CACHE = "TFLM_PATCH_NATIVE_DIR"
+COMMON_FLAGS = ("-std=c++14", "-Wall", "-Wextra", "-Werror", "-Wshadow", "-Wconversion",
+                "-fno-exceptions", "-fno-rtti", "-fPIC", "-shared")
+VARIANT_FLAGS: dict[str, tuple[str, ...]] = {
+    "release": ("-O2", "-DNDEBUG"),
+    "asan": ("-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer",
+             "-fno-sanitize-recover=all"),
+    # UBSan alone loads into any process (the atheris fuzzing phase, see native_fuzz)
+    "ubsan": ("-O1", "-g", "-fsanitize=undefined", "-fno-omit-frame-pointer",
+              "-fno-sanitize-recover=all"),
+    # the portable C++ inner loops instead of SSE2 (tests check both are bit-exact)
+    "portable": ("-O2", "-DNDEBUG", "-DPATCH_EXEC_PORTABLE"),
+}
+SANITIZER_REPORT_MARKS = ("ERROR: AddressSanitizer", "runtime error:",
+                          "SUMMARY: UndefinedBehaviorSanitizer", "ERROR: LeakSanitizer")
+_STDERR_TAIL = 40  # lines of compiler output in a NativeBuildError
+
+
+class NativeBuildError(TflmPatchError):
+    """The C++ core could not be compiled or loaded here."""
+
+
+class CompilerNotFound(NativeBuildError):
+    """No C++ compiler on this machine (tests skip with this message)."""
+
+
+class NativeRunError(TflmPatchError):
+    """The C++ core refused a blob, its constants or its input."""
+
+
+class Status(enum.IntEnum):
+    """PatchExecStatus of patch_exec_core.h."""
+
+    OK = 0
+    TRUNCATED = 1
+    MAGIC = 2
+    VERSION = 3
+    COUNTS = 4
+    TENSOR = 5
+    RANGE = 6
+    LAYER = 7
+    SHAPE = 8
+    HALO = 9
+    SLOT_OVERLAP = 10
+    CONSTANT = 11
+    ARGUMENT = 12
+
+
+@dataclass(frozen=True)
+class Validation:
+    status: Status
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == Status.OK
+
+
+@dataclass(frozen=True)
+class ConstantSpec:
+    """What an operator input must be: dtype ("int8", "int32", None when unused), size."""
+
+    dtype: str | None
+    elements: int
+
+
+# ------------------------------------------------------------------------------ build
+
+
+def core_sources() -> tuple[Path, ...]:
+    return tuple(sorted(CORE_DIR.glob("*.cc")))
+
+
+def core_headers() -> tuple[Path, ...]:
+    return tuple(sorted(CORE_DIR.glob("*.h")))
+
+
+def compiler() -> list[str]:
+    """The compiler command: $CXX (split like a shell word list), else c++ or g++."""
+    env = os.environ.get(ENV_CXX, "").strip()
+    if env:
+        argv = shlex.split(env)
+        if shutil.which(argv[0]) is None:
+            raise CompilerNotFound(f"${ENV_CXX}={env!r}: {argv[0]} is not an executable")
+        return argv
+    for name in ("c++", "g++"):
+        path = shutil.which(name)
+        if path is not None:
+            return [path]
+    raise CompilerNotFound("no C++ compiler: neither c++ nor g++ is on PATH and $CXX is not "
+                           "set (install g++ to build the PATCH_EXEC core)")
+
+
+@functools.cache
+def _compiler_version(argv: tuple[str, ...]) -> str:
+    try:
+        proc = subprocess.run([*argv, "--version"], capture_output=True, text=True,
+                              timeout=60, check=False)
+    except OSError as e:
+        raise CompilerNotFound(f"cannot run the C++ compiler {argv[0]}: {e}") from None
+    if proc.returncode != 0:
+        raise NativeBuildError(f"{argv[0]} --version failed: {proc.stderr.strip()[-500:]}")
+    return proc.stdout
+
+
+def cache_root() -> Path:
+    env = os.environ.get(ENV_CACHE)
+    return Path(env) if env else Path.home() / ".cache" / "tflm_patch" / "native"
+
+
+def compile_command(cxx: Sequence[str], variant: str, out: Path) -> list[str]:
+    if variant not in VARIANT_FLAGS:
+        raise NativeBuildError(f"unknown variant {variant!r} (known: {', '.join(VARIANT_FLAGS)})")
+    return [*cxx, *COMMON_FLAGS, *VARIANT_FLAGS[variant], "-I", str(CORE_DIR),
+            *map(str, core_sources()), "-o", str(out)]
+
+
+def build_key(cxx: Sequence[str], variant: str) -> str:
+    h = hashlib.sha256()
+    for path in (*core_sources(), *core_headers()):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    h.update("\0".join([*cxx, *COMMON_FLAGS, *VARIANT_FLAGS[variant]]).encode())
+    h.update(_compiler_version(tuple(cxx)).encode())
+    return h.hexdigest()[:24]
+
+
+def build(variant: str = "release") -> Path:
+    """The shared library of `variant`, compiled unless a cached copy exists."""
+    if not core_sources():
+        raise NativeBuildError(f"no C++ sources in {CORE_DIR}")
+    cxx = compiler()
+    if variant not in VARIANT_FLAGS:
+        raise NativeBuildError(f"unknown variant {variant!r} (known: {', '.join(VARIANT_FLAGS)})")
+    folder = cache_root() / build_key(cxx, variant)
+    lib = folder / f"libpatch_exec_core_{variant}.so"
+    if lib.is_file():
+        return lib
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{variant}-", suffix=".so", dir=folder)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    cmd = compile_command(cxx, variant, tmp)
+    log.info("building the PATCH_EXEC core (%s): %s", variant, shlex.join(cmd))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-_STDERR_TAIL:])
+            raise NativeBuildError(f"compiling the PATCH_EXEC core ({variant}) failed with exit "
+                                   f"code {proc.returncode}:\n{tail}")
+        os.replace(tmp, lib)  # atomic: a concurrent build publishes an identical file
+    finally:
+        tmp.unlink(missing_ok=True)
+    return lib
+
+
+def unavailable_reason(variant: str = "release") -> str | None:
+    """Why the core cannot be built here (None when it can): for pytest skips."""
+    try:
+        build(variant)
+        if variant == "asan":
+            sanitizer_env()
+    except NativeBuildError as e:
+        return str(e)
+    return None
+
+
+# -------------------------------------------------------------------- sanitizer child
+
+
+def _runtime_library(cxx: Sequence[str], name: str) -> str:
+    proc = subprocess.run([*cxx, f"-print-file-name={name}"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    path = proc.stdout.strip()
+    if proc.returncode != 0 or not os.path.isabs(path) or not os.path.exists(path):
+        raise NativeBuildError(f"the compiler has no {name} (needed to preload the sanitizer "
+                               "runtime into Python)")
+    return path
+
+
+def sanitizer_env() -> dict[str, str]:
+    """Environment of a Python child that can load the asan variant: the ASan and UBSan
+    runtimes preloaded, the first report fatal, no leak check (Python's own allocations
+    are not ours), Python's allocator off so that every allocation has redzones."""
+    cxx = compiler()
+    preload = [_runtime_library(cxx, "libasan.so"), _runtime_library(cxx, "libubsan.so")]
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = " ".join([*preload, env.get("LD_PRELOAD", "")]).strip()
+    env["ASAN_OPTIONS"] = "detect_leaks=0:halt_on_error=1:abort_on_error=0:exitcode=86"
+    env["UBSAN_OPTIONS"] = "halt_on_error=1:print_stacktrace=1:exitcode=87"
+    env["PYTHONMALLOC"] = "malloc"
+    env["OPENBLAS_NUM_THREADS"] = "1"  # the numpy reference in the child: no spinning threads
+    return env
+
+
+def under_sanitizers() -> bool:
+    return "libasan" in os.environ.get("LD_PRELOAD", "")
+
+
+@dataclass(frozen=True)
+class SanitizedRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def report(self) -> str | None:
+        """The first sanitizer report line, or None."""
+        for line in self.stderr.splitlines():
+            if any(mark in line for mark in SANITIZER_REPORT_MARKS):
+                return line.strip()
+        return None
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and self.report is None
+
+
+def run_sanitized(argv: Sequence[str], timeout: float = 600.0) -> SanitizedRun:
+    """Run ``python -m tflm_patch.native ARGV`` under ASan + UBSan."""
+    build("asan")
+    cmd = [sys.executable, "-m", "tflm_patch.native", *argv]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              env=sanitizer_env(), check=False)
+    except subprocess.TimeoutExpired as e:
+        raise NativeRunError(f"sanitized child {shlex.join(argv)} timed out after "
+                             f"{timeout:.0f} s") from e
+    return SanitizedRun(proc.returncode, proc.stdout, proc.stderr)
+
+
+# ----------------------------------------------------------------------- ctypes wrapper
+
+_INPUT_FN = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint32)
+_P = ctypes.POINTER
+
+
+class _Buffer:
+    """An exact-size malloc'd copy of some bytes (or an exact-size zeroed block)."""
+
+    _libc: Any = None
+
+    def __init__(self, size: int, data: bytes | None = None):
+        if _Buffer._libc is None:
+            libc = ctypes.CDLL(None)
+            libc.malloc.restype = ctypes.c_void_p
+            libc.malloc.argtypes = [ctypes.c_size_t]
+            libc.calloc.restype = ctypes.c_void_p
+            libc.calloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
+            libc.free.restype = None
+            libc.free.argtypes = [ctypes.c_void_p]
+            _Buffer._libc = libc
+        self.size = size
+        self.ptr: int | None = None
+        if size > 0:
+            libc = _Buffer._libc
+            self.ptr = libc.malloc(size) if data is not None else libc.calloc(size, 1)
+            if not self.ptr:
+                raise MemoryError(f"cannot allocate {size} bytes")
+            if data is not None:
+                ctypes.memmove(self.ptr, data, size)
+
+    def read(self) -> bytes:
+        return ctypes.string_at(self.ptr, self.size) if self.ptr else b""
+
+    def free(self) -> None:
+        if self.ptr:
+            _Buffer._libc.free(self.ptr)
+            self.ptr = None
+
+    def __del__(self) -> None:
+        self.free()
+
+
+def _bind(lib: ctypes.CDLL) -> None:
+    i8p = ctypes.c_void_p
+    lib.PatchExecValidate.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p,
+                                      ctypes.c_size_t]
+    lib.PatchExecValidate.restype = ctypes.c_int
+    lib.PatchExecScratchBytes.argtypes = [ctypes.c_void_p]
+    lib.PatchExecScratchBytes.restype = ctypes.c_uint32
+    lib.PatchExecNumInputs.argtypes = [ctypes.c_void_p]
+    lib.PatchExecNumInputs.restype = ctypes.c_uint32
+    i32p = _P(ctypes.c_int32)
+    lib.PatchExecIoShape.argtypes = [ctypes.c_void_p, ctypes.c_int, i32p, i32p, i32p]
+    lib.PatchExecIoShape.restype = None
+    lib.PatchExecConstantSpec.argtypes = [ctypes.c_void_p, ctypes.c_uint32, _P(ctypes.c_int),
+                                          _P(ctypes.c_uint32)]
+    lib.PatchExecConstantSpec.restype = ctypes.c_int
+    lib.PatchExecCheckConstants.argtypes = [ctypes.c_void_p, _INPUT_FN, ctypes.c_void_p,
+                                            ctypes.c_char_p, ctypes.c_size_t]
+    lib.PatchExecCheckConstants.restype = ctypes.c_int
+    lib.PatchExecRunArray.argtypes = [ctypes.c_void_p, i8p, _P(ctypes.c_void_p),
+                                      ctypes.c_uint32, i8p, i8p]
+    lib.PatchExecRunArray.restype = ctypes.c_int
+    i64p = _P(ctypes.c_int64)
+    lib.PatchExecWindowAxisForTest.argtypes = [ctypes.c_int64] * 7 + [i64p, i64p]
+    lib.PatchExecWindowAxisForTest.restype = ctypes.c_int
+
+
+_DTYPES = {1: "int8", 2: "int32"}
+_MESSAGE_BYTES = 512
+
+
+class PreparedRun:
+    """A blob, input and constants copied into exact-size native buffers, ready to run
+    (repeatedly: `run` times only the C call). Free with `close` (or a with block)."""
+
+    def __init__(self, lib: CoreLibrary, blob: bytes, stage_input: np.ndarray,
+                 constants: Sequence[np.ndarray | None]):
+        self._lib = lib
+        validation = lib.validate(blob)
+        if not validation.ok:
+            raise NativeRunError(f"PATCH_EXEC options rejected ({validation.status.name}): "
+                                 f"{validation.message}")
+        self._blob = _Buffer(len(blob), blob)
+        self.output_shape = lib.io_shape(blob, 1)
+        self._check_input(lib.io_shape(blob, 0), stage_input)
+        self._input = _Buffer(stage_input.nbytes, np.ascontiguousarray(stage_input).tobytes())
+        self._consts = self._copy_constants(blob, constants)
+        ptrs = [None] + [c.ptr if c is not None else None for c in self._consts[1:]]
+        self._ptr_array = (ctypes.c_void_p * len(ptrs))(*ptrs)
+        checked = lib.check_constants_ptrs(self._blob, self._ptr_array)
+        if not checked.ok:
+            raise NativeRunError(f"PATCH_EXEC constants rejected: {checked.message}")
+        self._output = _Buffer(int(np.prod(self.output_shape)))
+        self._scratch = _Buffer(lib.scratch_bytes(blob))
+
+    @staticmethod
+    def _check_input(shape: tuple[int, ...], x: np.ndarray) -> None:
+        if x.dtype != np.int8 or tuple(x.shape) != shape:
+            raise NativeRunError(f"stage input is {x.dtype} {tuple(x.shape)}, the options say "
+                                 f"int8 {shape}")
+
+    def _copy_constants(self, blob: bytes, constants: Sequence[np.ndarray | None]
+                        ) -> list[_Buffer | None]:
+        specs = self._lib.constant_specs(blob)
+        if len(constants) != len(specs):
+            raise NativeRunError(f"{len(constants)} operator inputs given, the options say "
+                                 f"{len(specs)}")
+        out: list[_Buffer | None] = [None]
+        for index in range(1, len(specs)):
+            spec = specs[index]
+            arr = constants[index]
+            if spec is None:
+                raise NativeRunError(f"operator input {index}: the layers need it as two "
+                                     "different constants")
+            if spec.dtype is None:
+                out.append(None)
+                continue
+            if arr is None or arr.dtype != np.dtype(spec.dtype) or arr.size != spec.elements:
+                got = "nothing" if arr is None else f"{arr.dtype} x {arr.size}"
+                raise NativeRunError(f"operator input {index}: {got}, the options need "
+                                     f"{spec.dtype} x {spec.elements}")
+            data = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()
+            out.append(_Buffer(len(data), data))
+        return out
+
+    def run(self) -> np.ndarray:
+        status = self._lib.run_ptrs(self._blob, self._input, self._ptr_array, self._output,
+                                    self._scratch)
+        if status != Status.OK:
+            raise NativeRunError(f"PatchExecRun failed: {Status(status).name}")
+        return np.frombuffer(self._output.read(), dtype=np.int8).reshape(self.output_shape)
+
+    def close(self) -> None:
+        for b in (self._blob, self._input, self._output, self._scratch, *self._consts):
+            if b is not None:
+                b.free()
+
+    def __enter__(self) -> PreparedRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class CoreLibrary:
+    """ctypes access to one build of the core. Blobs are validated before any other call
+    reads them (the C functions other than PatchExecValidate trust their blob)."""
+
+    def __init__(self, path: Path, variant: str):
+        self.path, self.variant = path, variant
+        self._lib = ctypes.CDLL(str(path))
+        _bind(self._lib)
+
+    def validate(self, blob: bytes) -> Validation:
+        buf = _Buffer(len(blob), bytes(blob))
+        message = ctypes.create_string_buffer(_MESSAGE_BYTES)
+        status = self._lib.PatchExecValidate(buf.ptr, buf.size, message, _MESSAGE_BYTES)
+        buf.free()
+        return Validation(Status(status), message.value.decode("utf-8", "replace"))
+
+    def _validated(self, blob: bytes) -> _Buffer:
+        v = self.validate(blob)
+        if not v.ok:
+            raise NativeRunError(f"PATCH_EXEC options rejected ({v.status.name}): {v.message}")
+        return _Buffer(len(blob), bytes(blob))
+
+    def scratch_bytes(self, blob: bytes) -> int:
+        """PatchExecScratchBytes (the blob validated first)."""
+        buf = self._validated(blob)  # kept alive (and freed) around the call
+        value = int(self._lib.PatchExecScratchBytes(buf.ptr))
+        buf.free()
+        return value
+
+    def num_inputs(self, blob: bytes) -> int:
+        buf = self._validated(blob)
+        value = int(self._lib.PatchExecNumInputs(buf.ptr))
+        buf.free()
+        return value
+
+    def io_shape(self, blob: bytes, which: int) -> tuple[int, int, int, int]:
+        h, w, c = ctypes.c_int32(), ctypes.c_int32(), ctypes.c_int32()
+        buf = self._validated(blob)
+        self._lib.PatchExecIoShape(buf.ptr, which, ctypes.byref(h), ctypes.byref(w),
+                                   ctypes.byref(c))
+        buf.free()
+        return 1, h.value, w.value, c.value
+
+    def constant_spec(self, blob: bytes, index: int) -> ConstantSpec:
+        t, n = ctypes.c_int(), ctypes.c_uint32()
+        buf = self._validated(blob)
+        status = self._lib.PatchExecConstantSpec(buf.ptr, index, ctypes.byref(t),
+                                                 ctypes.byref(n))
+        buf.free()
+        if status != Status.OK:
+            raise NativeRunError(f"operator input {index}: PatchExecConstantSpec failed "
+                                 f"({Status(status).name})")
+        return ConstantSpec(_DTYPES.get(t.value), int(n.value))
+
+    def constant_specs(self, blob: bytes) -> list[ConstantSpec | None]:
+        """Spec of every operator input (entry 0 None; None where PatchExecConstantSpec
+        fails: the layers need the input as two different constants)."""
+        buf = self._validated(blob)
+        n = int(self._lib.PatchExecNumInputs(buf.ptr))
+        out: list[ConstantSpec | None] = [None]
+        t, count = ctypes.c_int(), ctypes.c_uint32()
+        for index in range(1, n):
+            status = self._lib.PatchExecConstantSpec(buf.ptr, index, ctypes.byref(t),
+                                                     ctypes.byref(count))
+            out.append(ConstantSpec(_DTYPES.get(t.value), int(count.value))
+                       if status == Status.OK else None)
+        buf.free()
+        return out
+
+    def check_constants_ptrs(self, blob: _Buffer, ptrs: Any) -> Validation:
+        n = len(ptrs)
+
+        def get(_context: int | None, index: int) -> int | None:
+            return ptrs[index] if index < n else None
+
+        callback = _INPUT_FN(get)
+        message = ctypes.create_string_buffer(_MESSAGE_BYTES)
+        status = self._lib.PatchExecCheckConstants(blob.ptr, callback, None, message,
+                                                   _MESSAGE_BYTES)
+        return Validation(Status(status), message.value.decode("utf-8", "replace"))
+
+    def run_ptrs(self, blob: _Buffer, x: _Buffer, ptrs: Any, out: _Buffer,
+                 scratch: _Buffer) -> int:
+        return int(self._lib.PatchExecRunArray(blob.ptr, x.ptr, ptrs, len(ptrs), out.ptr,
+                                               scratch.ptr))
+
+    def prepare(self, blob: bytes, stage_input: np.ndarray,
+                constants: Sequence[np.ndarray | None]) -> PreparedRun:
+        return PreparedRun(self, bytes(blob), stage_input, constants)
+
+    def run(self, blob: bytes, stage_input: np.ndarray,
+            constants: Sequence[np.ndarray | None]) -> np.ndarray:
+        """The stage output int8 [1, H, W, C]. `constants[i]` is operator input i (entry 0,
+        the stage input, is ignored); unused inputs may be None."""
+        with self.prepare(blob, stage_input, constants) as prepared:
+            return prepared.run()
+
+    def window_axis(self, o0: int, o1: int, n: int, k: int, s: int, d: int, p: int
+                    ) -> tuple[int, int] | None:
+        lo, hi = ctypes.c_int64(), ctypes.c_int64()
+        found = self._lib.PatchExecWindowAxisForTest(o0, o1, n, k, s, d, p, ctypes.byref(lo),
+                                                     ctypes.byref(hi))
+        return (lo.value, hi.value) if found else None
+
+
+@functools.cache
+def load(variant: str = "release") -> CoreLibrary:
+    """The core library of `variant`, built if needed. The asan variant only loads in a
+    process started with `sanitizer_env()` (see `run_sanitized`)."""
+    if variant == "asan" and not under_sanitizers():
+        raise NativeBuildError("the asan variant needs the ASan runtime preloaded: run it "
+                               "through tflm_patch.native.run_sanitized (LD_PRELOAD)")
+    return CoreLibrary(build(variant), variant)
+
+
+def model_constants(model: Model, op: OperatorInfo, lib: CoreLibrary
+                    ) -> list[np.ndarray | None]:
+    """The operator's inputs as the core needs them (checked against the options):
+    entry i is operator input i; entry 0 and unused inputs are None."""
+    specs = lib.constant_specs(op.custom_options or b"")
+    if len(specs) != len(op.inputs):
+        raise UnsupportedModelError(f"PATCH_EXEC operator {op.index}: {len(op.inputs)} inputs, "
+                                    f"the options say {len(specs)}")
+    consts: list[np.ndarray | None] = [None]
+    for index in range(1, len(op.inputs)):
+        spec = specs[index]
+        if spec is None:
+            raise UnsupportedModelError(f"PATCH_EXEC operator {op.index}: input {index} is "
+                                        "needed as two different constants")
+        if spec.dtype is None:
+            consts.append(None)
+            continue
+        t = model.tensors[op.inputs[index]]
+        if not t.is_constant or t.dtype != spec.dtype or t.numel != spec.elements:
+            raise UnsupportedModelError(f"PATCH_EXEC operator {op.index}: input {index} is "
+                                        f"{t.dtype} {t.shape} (constant: {t.is_constant}), "
+                                        f"the options need constant {spec.dtype} x "
+                                        f"{spec.elements}")
+        consts.append(model.constant(op.inputs[index]))
+    return consts
+
+
+def run_patch_exec_native(model: Model, op: OperatorInfo, stage_input: np.ndarray,
+                          variant: str = "release") -> np.ndarray:
+    """Run one PATCH_EXEC operator of `model` with the C++ core (as
+    patch_ref.run_patch_exec does with numpy)."""
+    lib = load(variant)
+    blob = op.custom_options or b""
+    validation = lib.validate(blob)
+    if not validation.ok:
+        raise NativeRunError(f"PATCH_EXEC operator {op.index}: options rejected "
+                             f"({validation.status.name}): {validation.message}")
+    if len(op.inputs) != lib.num_inputs(blob) or len(op.outputs) != 1:
+        raise UnsupportedModelError(f"PATCH_EXEC operator {op.index}: {len(op.inputs)} inputs, "
+                                    f"the options say {lib.num_inputs(blob)}")
+    return lib.run(blob, np.asarray(stage_input), model_constants(model, op, lib))
+
+
+# ----------------------------------------------------------------------------- jobs
+
+
+@dataclass(frozen=True)
+class ValidateCase:
+    label: str
+    blob: bytes
+    status: int | None  # expected Status; None: any rejection
+
+
+@dataclass(frozen=True)
+class RunCase:
+    label: str
+    blob: bytes
+    stage_input: np.ndarray
+    constants: tuple[np.ndarray | None, ...]
+    expect: np.ndarray
+
+
+@dataclass(frozen=True)
+class NativeJob:
+    """Work for a child process (typically under sanitizers): every validate case must
+    give its status, every run case its output."""
+
+    variant: str
+    validate: tuple[ValidateCase, ...] = ()
+    run: tuple[RunCase, ...] = ()
+
+
+def run_job(job: NativeJob) -> list[str]:
+    """The failures of a job (empty when all cases pass)."""
+    lib = load(job.variant)
+    failures = []
+    for v in job.validate:
+        got = lib.validate(v.blob)
+        if (v.status is None and got.ok) or (v.status is not None and got.status != v.status):
+            failures.append(f"validate {v.label}: {got.status.name} ({got.message}), expected "
+                            f"{'a rejection' if v.status is None else Status(v.status).name}")
+    for r in job.run:
+        out = lib.run(r.blob, r.stage_input, r.constants)
+        if out.shape != r.expect.shape or not np.array_equal(out, r.expect):
+            diff = np.abs(out.astype(int) - r.expect.astype(int)).max() \
+                if out.shape == r.expect.shape else "shape"
+            failures.append(f"run {r.label}: output differs (max |diff| {diff})")
+    return failures
+
+
+def run_job_sanitized(job: NativeJob, timeout: float = 600.0) -> SanitizedRun:
+    """Pickle `job` to a temporary file and run it in a sanitized child."""
+    with tempfile.TemporaryDirectory(prefix="tflm_patch_job_") as tmp:
+        path = Path(tmp) / "job.pickle"
+        path.write_bytes(pickle.dumps(job))
+        return run_sanitized(["job", str(path)], timeout)
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def _canary() -> int:
+    """A deliberate heap overflow through the real API: the output buffer is one byte
+    shorter than the stage output (exit 0 only if nothing noticed)."""
+    import random
+
+    from tflm_patch import patch_format as pf
+    from tflm_patch.native_fuzz import random_constants, random_stage
+
+    options = random_stage(random.Random(1))
+    blob = pf.encode(options)
+    lib = load("asan" if under_sanitizers() else "release")
+    rng = np.random.default_rng(0)
+    t0 = options.tensors[0]
+    x = rng.integers(-128, 128, (1, t0.height, t0.width, t0.channels), dtype=np.int8)
+    with lib.prepare(blob, x, random_constants(options, rng)) as prepared:
+        short = _Buffer(prepared._output.size - 1)
+        lib.run_ptrs(prepared._blob, prepared._input, prepared._ptr_array, short,
+                     prepared._scratch)
+        short.free()
+    return 0
+
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tflm_patch.native",
+                                     description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="build a variant and print the library path")
+    b.add_argument("--variant", default="release", choices=sorted(VARIANT_FLAGS))
+    j = sub.add_parser("job", help="run a pickled NativeJob (used by the sanitizer tests)")
+    j.add_argument("path", type=Path)
+    sub.add_parser("canary", help="run the core with an output buffer one byte short: "
+                   "under ASan this must end in a report (checks the sanitizer harness)")
+    from tflm_patch import native_fuzz
+
+    native_fuzz.add_parser(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        if args.cmd == "build":
+            sys.stdout.write(f"{build(args.variant)}\n")
+            return 0
+        if args.cmd == "canary":
+            return _canary()
+        if args.cmd == "job":
+            job = pickle.loads(args.path.read_bytes())
+            failures = run_job(job)
+            for f in failures:
+                log.error("%s", f)
+            log.info("%d validate and %d run cases, %d failures (%s)", len(job.validate),
+                     len(job.run), len(failures), job.variant)
+            return 1 if failures else 0
+        return native_fuzz.main(args)
+    except TflmPatchError as e:
+        log.error("error: %s", e)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

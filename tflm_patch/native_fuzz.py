@@ -1,0 +1,704 @@
+"""Fuzzing the PATCH_EXEC options decoder (issue 4): the C++ validator against
+`patch_format.decode`, under ASan + UBSan.
+
+Every input blob is validated by the C core (asan build) and by the Python decoder; they
+must agree on accept/reject. A blob both accept is then run by the core on a random
+input with random constants of the right types and sizes (when its work is small), and
+the output must equal the numpy reference computed on whole tensors (`stage_reference`,
+ref_ops applied layer by layer: the patch schedule must not change the result). Any
+sanitizer report ends the (child) process with a non-zero status.
+
+Inputs come from mutations of a seed corpus (tests/fuzz_corpus: real blobs of zoo plans,
+synthetic stages and the malformed cases of the format tests): byte and bit flips,
+truncations, insertions, splices, and structure-aware mutations that set a field of the
+header, a tensor, a range or a layer to an interesting value (optionally fixing
+total_bytes so that the deeper rules run). Two engines: "atheris" (libFuzzer, coverage of
+the Python decoder, our mutator as its custom mutator) when it is installed, else
+"builtin" (seeded, time-bounded loop).
+
+    python -m tflm_patch.native fuzz [--seconds 60] [--engine auto|atheris|builtin]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tflm_patch import patch_format as pf
+from tflm_patch import ref_ops
+from tflm_patch.errors import TflmPatchError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "tests" / "fuzz_corpus"
+DEFAULT_SECONDS = 60.0
+MAX_RUN_MACS = 3_000_000  # run (and reference) only blobs this cheap
+MAX_RUN_VALUES = 1 << 20  # elements of any tensor or constant of a run
+_INTERESTING_16 = (0, 1, 2, 3, 7, 8, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0x8000, 0xFFFE, 0xFFFF)
+_INTERESTING_32 = (0, 1, 2, 31, 32, 0x7FFF, 0x8000, 0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000,
+                   0xFFFFFFFE, 0xFFFFFFFF, 0x40000000, 1 << 30 | 1)
+
+
+class FuzzFailure(TflmPatchError):
+    """The validators disagree, the run differs from the reference, or Python crashed."""
+
+
+# ------------------------------------------------------------------ blob structure
+
+
+@dataclass(frozen=True)
+class Field:
+    offset: int
+    size: int  # 1, 2 or 4 bytes
+    signed: bool = False
+
+
+def blob_fields(blob: bytes) -> list[Field]:
+    """Every field of the blob's layout as far as its header describes it (clipped to the
+    blob's length)."""
+    out = [Field(4, 2), Field(6, 2), Field(8, 4), Field(12, 2), Field(14, 2), Field(16, 2),
+           Field(18, 2), Field(20, 4), Field(24, 2), Field(26, 2), Field(28, 4)]
+    if len(blob) < pf.HEADER_BYTES:
+        return [f for f in out if f.offset + f.size <= len(blob)]
+    num_t, num_l, n, m = struct.unpack_from("<HHHH", blob, 12)
+    pos = pf.HEADER_BYTES
+    for _ in range(min(num_t, 512)):
+        out += [Field(pos, 2), Field(pos + 2, 2), Field(pos + 4, 2), Field(pos + 6, 2),
+                Field(pos + 8, 4), Field(pos + 12, 4)]
+        pos += pf.TENSOR_BYTES
+    ranges = min(num_t * (n + m), 4096)
+    out += [Field(pos + 2 * i, 2) for i in range(2 * ranges)]
+    pos += pf.RANGE_BYTES * num_t * (n + m)
+    for _ in range(min(num_l, 256)):
+        out += [Field(pos, 1), Field(pos + 1, 1)] + [Field(pos + 2 + 2 * i, 2) for i in range(15)]
+        out += [Field(pos + 32 + 4 * i, 4, signed=True) for i in range(pf.NUM_P)]
+        pos += pf.LAYER_BYTES
+    return [f for f in out if f.offset + f.size <= len(blob)]
+
+
+def _set_field(b: bytearray, f: Field, value: int) -> None:
+    fmt = {1: "B", 2: "H", 4: "I"}[f.size]
+    struct.pack_into("<" + fmt, b, f.offset, value & ((1 << (8 * f.size)) - 1))
+
+
+def _get_field(b: bytes | bytearray, f: Field) -> int:
+    fmt = {1: "B", 2: "H", 4: "i" if f.signed else "I"}[f.size]
+    return int(struct.unpack_from("<" + fmt, b, f.offset)[0])
+
+
+def fix_total(b: bytearray) -> None:
+    """Set total_bytes to the formula of the header's counts (a consistent header)."""
+    if len(b) >= pf.HEADER_BYTES:
+        num_l, n, m = struct.unpack_from("<HHH", b, 14)
+        struct.pack_into("<I", b, 8, pf.blob_size(num_l, (n, m)) & 0xFFFFFFFF)
+
+
+# ------------------------------------------------------------------ mutations
+
+
+def _mutate_field(b: bytearray, rng: random.Random) -> None:
+    fields = blob_fields(bytes(b))
+    if not fields:
+        return
+    f = rng.choice(fields)
+    old = _get_field(b, f)
+    roll = rng.random()
+    if roll < 0.35:
+        value = old + rng.choice((-2, -1, 1, 2))
+    elif roll < 0.7:
+        value = rng.choice(_INTERESTING_16 if f.size <= 2 else _INTERESTING_32)
+    elif roll < 0.85 and f.signed:
+        value = rng.choice((-256, -255, -128, -129, -31, -32, 30, 31, 127, 128, 255, 256,
+                            -(1 << 31), (1 << 31) - 1))
+    else:
+        value = rng.getrandbits(8 * f.size)
+    _set_field(b, f, value)
+
+
+def _resize(b: bytearray, rng: random.Random) -> bytearray:
+    roll = rng.random()
+    if roll < 0.4:
+        return b[:rng.randrange(len(b) + 1)]
+    pos = rng.randrange(len(b) + 1)
+    if roll < 0.7:
+        return b[:pos] + bytearray(rng.getrandbits(8) for _ in range(rng.choice((1, 2, 4, 16))))\
+            + b[pos:]
+    end = min(len(b), pos + rng.choice((1, 2, 4, 16, 80)))
+    return b[:pos] + b[end:]
+
+
+def mutate(blob: bytes, rng: random.Random, corpus: Sequence[bytes] = ()) -> bytes:
+    """One to four mutations of `blob` (structure-aware most of the time)."""
+    b = bytearray(blob)
+    for _ in range(rng.choice((1, 1, 1, 2, 2, 3, 4))):
+        roll = rng.random()
+        if roll < 0.55:
+            _mutate_field(b, rng)
+        elif roll < 0.7 and b:
+            i = rng.randrange(len(b))
+            b[i] = b[i] ^ (1 << rng.randrange(8)) if rng.random() < 0.5 else rng.getrandbits(8)
+        elif roll < 0.82:
+            b = _resize(b, rng)
+        elif roll < 0.9 and corpus:
+            other = rng.choice(corpus)
+            cut = rng.randrange(min(len(b), len(other)) + 1)
+            b = b[:cut] + bytearray(other[cut:])
+        else:
+            _mutate_field(b, rng)
+            fix_total(b)
+        if rng.random() < 0.25:
+            fix_total(b)
+    return bytes(b)
+
+
+# ------------------------------------------------------------------ synthetic stages
+
+
+def _window_out(n_in: int, k: int, s: int, d: int, rng: random.Random) -> tuple[int, int]:
+    """(pad_before, output size) of a random window along one axis (>= 1 output)."""
+    eff = (k - 1) * d + 1
+    before = rng.randrange(eff)
+    after = rng.randrange(eff)
+    if n_in + before + after < eff:
+        after = eff - n_in - before
+    return before, (n_in + before + after - eff) // s + 1
+
+
+def _random_layer(rng: random.Random, k: int, shapes: list[tuple[int, int, int]],
+                  next_input: int) -> tuple[pf.Layer, tuple[int, int, int], int]:
+    """Layer k reading tensor k (or an ADD of two equal tensors), its output shape and the
+    number of constant inputs it uses (from operator input `next_input` on)."""
+    h, w, c = shapes[k]
+    kind = rng.choice((pf.CONV, pf.CONV, pf.DEPTHWISE, pf.DEPTHWISE, pf.AVERAGE_POOL,
+                       pf.MAX_POOL, pf.PAD, pf.ADD))
+    act = sorted(rng.sample(range(-128, 128), 2)) if rng.random() < 0.4 else [-128, 127]
+    if kind == pf.ADD:
+        same = [t for t, s in enumerate(shapes) if s == (h, w, c)]
+        p: tuple[int, ...] = (
+            rng.randrange(-127, 129), rng.randrange(-128, 128), act[0], act[1],
+            rng.randrange(-127, 129), 20, rng.randrange(1 << 30, 1 << 31), -rng.randrange(1, 4),
+            rng.randrange(1 << 30, 1 << 31), -rng.randrange(1, 4),
+            rng.randrange(1 << 30, 1 << 31), -rng.randrange(15, 22))
+        return pf.Layer(pf.ADD, k, input1=rng.choice(same), p=p), (h, w, c), 0
+    if kind == pf.PAD:
+        top, left = rng.randrange(3), rng.randrange(3)
+        out = (h + top + rng.randrange(3), w + left + rng.randrange(3), c)
+        p = (rng.randrange(-128, 128),) + (0,) * (pf.NUM_P - 1)
+        return pf.Layer(pf.PAD, k, pad_top=top, pad_left=left, p=p), out, 0
+    kh, kw = rng.randrange(1, 6), rng.randrange(1, 6)
+    sh, sw = rng.randrange(1, 4), rng.randrange(1, 4)
+    pool = kind in pf.POOL_KINDS
+    dh, dw = (1, 1) if pool else (rng.choice((1, 1, 2, 3)), rng.choice((1, 1, 2)))
+    top, oh = _window_out(h, kh, sh, dh, rng)
+    left, ow = _window_out(w, kw, sw, dw, rng)
+    if pool:
+        top, left = min(top, kh - 1), min(left, kw - 1)  # no window entirely in padding
+        p = (0, 0, act[0], act[1]) + (0,) * 8
+        return pf.Layer(kind, k, kernel=(kh, kw), stride=(sh, sw), pad_top=top,
+                        pad_left=left, p=p), (oh, ow, c), 0
+    dm = rng.choice((1, 1, 1, 2, 3)) if kind == pf.DEPTHWISE else 1
+    cout = c * dm if kind == pf.DEPTHWISE else rng.randrange(1, 13)
+    p = (rng.randrange(-127, 129), rng.randrange(-128, 128), act[0], act[1]) + (0,) * 8
+    bias = pf.NONE if rng.random() < 0.2 else next_input + 1
+    layer = pf.Layer(kind, k, kernel=(kh, kw), stride=(sh, sw), dilation=(dh, dw),
+                     pad_top=top, pad_left=left, depth_multiplier=dm, weights=next_input,
+                     bias=bias, multipliers=next_input + 2, shifts=next_input + 3, p=p)
+    return layer, (oh, ow, cout), 4
+
+
+def _band_ranges(layers: Sequence[pf.Layer], shapes: Sequence[tuple[int, int, int]],
+                 axis: int, count: int) -> list[list[pf.Range]]:
+    """[tensor][band] ranges, box mode (what each band of the output needs)."""
+    size = shapes[-1][axis]
+    per_band = []
+    base, extra = divmod(size, count)
+    lo = 0
+    for b in range(count):
+        hi = lo + base + (1 if b < extra else 0)
+        ranges: list[pf.Range | None] = [None] * len(shapes)
+        ranges[-1] = (lo, hi)
+        for k in reversed(range(len(layers))):
+            out = ranges[k + 1]
+            if out is None:
+                continue
+            for t in (layers[k].input0, layers[k].input1):
+                if t == pf.NONE:
+                    continue
+                need = pf.needed_range(layers[k], axis, out, shapes[t][axis])
+                if need is not None:
+                    have = ranges[t]
+                    ranges[t] = need if have is None else (min(have[0], need[0]),
+                                                           max(have[1], need[1]))
+        per_band.append([r if r is not None else (0, 0) for r in ranges])
+        lo = hi
+    return [[per_band[b][t] for b in range(count)] for t in range(len(shapes))]
+
+
+def random_stage(rng: random.Random, max_layers: int = 5) -> pf.PatchOptions:
+    """A random valid stage (small tensors) with a random grid: every kind, strides,
+    dilations, depth multipliers, asymmetric padding, PAD and residual ADD."""
+    shapes = [(rng.randrange(3, 17), rng.randrange(3, 17), rng.randrange(1, 9))]
+    layers: list[pf.Layer] = []
+    num_inputs = 1
+    for k in range(rng.randrange(1, max_layers + 1)):
+        layer, shape, used = _random_layer(rng, k, shapes, num_inputs)
+        layers.append(layer)
+        shapes.append(shape)
+        num_inputs += used
+    n = rng.randrange(1, min(shapes[-1][0], 4) + 1)
+    m = rng.randrange(1, min(shapes[-1][1], 4) + 1)
+    rows = _band_ranges(layers, shapes, 0, n)
+    cols = _band_ranges(layers, shapes, 1, m)
+    tensors, offset = [], 0
+    for t, (h, w, c) in enumerate(shapes):
+        if t in (0, len(shapes) - 1):
+            tensors.append(pf.StageTensor(h, w, c, tuple(rows[t]), tuple(cols[t])))
+            continue
+        size = max(hi - lo for lo, hi in rows[t]) * max(hi - lo for lo, hi in cols[t]) * c
+        tensors.append(pf.StageTensor(h, w, c, tuple(rows[t]), tuple(cols[t]), offset, size))
+        offset = (offset + size + rng.choice((0, 0, 3)) + 3) // 4 * 4  # separate slots
+    return pf.PatchOptions(tuple(tensors), tuple(layers), (n, m), offset, num_inputs)
+
+
+# ------------------------------------------------------------------ runs
+
+
+class ConstantConflict(ValueError):
+    """Two layers need the same operator input as constants of different types/sizes."""
+
+
+def layer_constant_shapes(o: pf.PatchOptions, k: int) -> dict[int, tuple[str, tuple[int, ...]]]:
+    """Operator input index -> (dtype, shape) that conv layer k needs."""
+    ly = o.layers[k]
+    cout, cin = o.tensors[k + 1].channels, o.tensors[ly.input0].channels
+    kh, kw = ly.kernel
+    w_shape = (cout, kh, kw, cin) if ly.kind == pf.CONV else (1, kh, kw, cout)
+    specs: dict[int, tuple[str, tuple[int, ...]]] = {ly.weights: ("int8", w_shape)}
+    for idx in (ly.bias, ly.multipliers, ly.shifts):
+        if idx != pf.NONE:
+            if idx in specs and specs[idx][0] != "int32":
+                raise ConstantConflict(f"layer {k} uses input {idx} as weights and int32")
+            specs[idx] = ("int32", (cout,))
+    return specs
+
+
+def constant_shapes(o: pf.PatchOptions) -> dict[int, tuple[str, tuple[int, ...]]]:
+    """Operator input index -> (dtype, shape) the layers need, as PatchExecConstantSpec
+    (ConstantConflict when layers disagree on an input's dtype or size)."""
+    specs: dict[int, tuple[str, tuple[int, ...]]] = {}
+    for k, ly in enumerate(o.layers):
+        if ly.kind not in pf.CONV_KINDS:
+            continue
+        for idx, (dtype, shape) in layer_constant_shapes(o, k).items():
+            seen = specs.get(idx)
+            if seen is not None and (seen[0], int(np.prod(seen[1]))) != (dtype,
+                                                                         int(np.prod(shape))):
+                raise ConstantConflict(f"input {idx}: {seen[0]} {seen[1]} and {dtype} {shape}")
+            specs.setdefault(idx, (dtype, shape))
+    return specs
+
+
+def _specs_agree(lib: Any, blob: bytes, o: pf.PatchOptions) -> bool:
+    """C's PatchExecConstantSpec against constant_shapes (FuzzFailure when they differ);
+    False when the blob's constants conflict (then nothing can run it)."""
+    try:
+        specs: dict[int, tuple[str, tuple[int, ...]]] | None = constant_shapes(o)
+    except ConstantConflict:
+        specs = None
+    c_specs = lib.constant_specs(blob)
+    if specs is None:  # C must refuse at least one input
+        if all(spec is not None for spec in c_specs[1:]):
+            raise FuzzFailure("conflicting constants, but PatchExecConstantSpec accepts all")
+        return False
+    for index in range(1, o.num_inputs):
+        got = c_specs[index]
+        want = specs.get(index)
+        count = int(np.prod(want[1])) if want is not None else 0
+        if count >= 1 << 32:
+            continue
+        expect = (want[0] if want else None, count)
+        if got is None or (got.dtype, got.elements) != expect:
+            raise FuzzFailure(f"PatchExecConstantSpec of input {index}: {got}, expected {expect}")
+    return True
+
+
+def stage_macs(o: pf.PatchOptions) -> int:
+    """Multiply-accumulates of a patch-by-patch run (every layer over its ranges)."""
+    total = 0
+    for k, ly in enumerate(o.layers):
+        t = o.tensors[k + 1]
+        per = t.channels * ly.kernel[0] * ly.kernel[1]
+        if ly.kind == pf.CONV:
+            per *= o.tensors[ly.input0].channels
+        rows = sum(hi - lo for lo, hi in t.rows)
+        cols = sum(hi - lo for lo, hi in t.cols)
+        total += per * rows * cols + per * t.height * t.width  # patches + the reference
+    return total
+
+
+def runnable(o: pf.PatchOptions) -> bool:
+    """Small enough to run and compare (in a fuzzing loop)."""
+    if stage_macs(o) > MAX_RUN_MACS:
+        return False
+    if any(t.height * t.width * t.channels > MAX_RUN_VALUES for t in o.tensors):
+        return False
+    if o.scratch_bytes > MAX_RUN_VALUES or o.num_inputs > 1024:
+        return False
+    for k, ly in enumerate(o.layers):  # the reference pads whole tensors: keep them small
+        if ly.kind not in pf.WINDOW_KINDS:
+            continue
+        src, dst = o.tensors[ly.input0], o.tensors[k + 1]
+        padded = dst.channels if ly.kind == pf.DEPTHWISE else src.channels
+        for axis, (n_in, n_out) in enumerate(((src.height, dst.height), (src.width, dst.width))):
+            extent = (n_out - 1) * ly.stride[axis] + (ly.kernel[axis] - 1) * ly.dilation[axis] + 1
+            padded *= max(extent, (ly.pad_top, ly.pad_left)[axis] + n_in)
+        if padded > MAX_RUN_VALUES:
+            return False
+    return all(int(np.prod(shape)) <= MAX_RUN_VALUES for _, shape in constant_shapes(o).values())
+
+
+def random_constants(o: pf.PatchOptions, rng: np.random.Generator, extreme: bool = False
+                     ) -> list[np.ndarray | None]:
+    """Random constants for every operator input (entry 0 and unused inputs None):
+    realistic multipliers/shifts, or with `extreme` anything PatchExecCheckConstants
+    accepts."""
+    specs = constant_shapes(o)
+    consts: list[np.ndarray | None] = [None] * o.num_inputs
+    roles: dict[int, set[str]] = {}
+    for ly in o.layers:
+        if ly.kind in pf.CONV_KINDS:
+            for idx, role in ((ly.bias, "b"), (ly.multipliers, "m"), (ly.shifts, "s")):
+                roles.setdefault(idx, set()).add(role)
+    for idx, (dtype, shape) in specs.items():
+        uses = roles.get(idx, set())
+        arr: np.ndarray
+        if dtype == "int8":
+            arr = rng.integers(-128, 128, shape, dtype=np.int8)
+        elif {"m", "s"} <= uses:  # both a multiplier and a shift: valid as either
+            arr = rng.integers(0, 31, shape).astype(np.int32)
+        elif "m" in uses:
+            low = 0 if extreme else 1 << 30
+            arr = rng.integers(low, 1 << 31, shape, dtype=np.int64).astype(np.int32)
+        elif "s" in uses:
+            arr = rng.integers(-31, 31, shape) if extreme else rng.integers(-12, 2, shape)
+            arr = arr.astype(np.int32)
+        else:
+            bound = (1 << 31) if extreme else (1 << 14)
+            arr = rng.integers(-bound, bound, shape, dtype=np.int64).astype(np.int32)
+        consts[idx] = arr
+    return consts
+
+
+def stage_reference(o: pf.PatchOptions, x: np.ndarray, consts: Sequence[np.ndarray | None]
+                    ) -> np.ndarray | None:
+    """The stage output computed on whole tensors with ref_ops (None where the reference
+    does not apply: a pool with dilation, or a pool window entirely in padding)."""
+    values = [np.asarray(x).reshape(1, o.tensors[0].height, o.tensors[0].width,
+                                    o.tensors[0].channels)]
+    for k, ly in enumerate(o.layers):
+        src, dst = values[ly.input0], o.tensors[k + 1]
+        try:
+            values.append(_reference_layer(k, src, dst, values, consts, o))
+        except ValueError:
+            return None
+        if values[-1] is None:
+            return None
+    return values[-1]
+
+
+def _reference_layer(k: int, src: np.ndarray, dst: pf.StageTensor,
+                     values: Sequence[np.ndarray], consts: Sequence[np.ndarray | None],
+                     o: pf.PatchOptions) -> Any:
+    ly = o.layers[k]
+    p = ly.p
+    if ly.kind == pf.ADD:
+        params = ref_ops.AddParams(p[0], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11],
+                                   p[1], p[2], p[3])
+        return ref_ops.add(src, values[ly.input1], params)
+    if ly.kind == pf.PAD:
+        pads = ((0, 0), (ly.pad_top, dst.height - src.shape[1] - ly.pad_top),
+                (ly.pad_left, dst.width - src.shape[2] - ly.pad_left), (0, 0))
+        return ref_ops.pad(src, ref_ops.PadParams(pads, p[0]))
+    if ly.kind in pf.POOL_KINDS:
+        if ly.dilation != (1, 1):
+            return None
+        pp = ref_ops.PoolParams(ly.kernel[0], ly.kernel[1], ly.stride[0], ly.stride[1],
+                                ly.pad_top, ly.pad_left, dst.height, dst.width, p[2], p[3])
+        fn = ref_ops.average_pool if ly.kind == pf.AVERAGE_POOL else ref_ops.max_pool
+        return fn(src, pp)
+    w = np.asarray(consts[ly.weights]).reshape(layer_constant_shapes(o, k)[ly.weights][1])
+    b = None if ly.bias == pf.NONE else np.asarray(consts[ly.bias]).reshape(-1)
+    mult = tuple(int(v) for v in np.asarray(consts[ly.multipliers]).reshape(-1))
+    shift = tuple(int(v) for v in np.asarray(consts[ly.shifts]).reshape(-1))
+    cp = ref_ops.ConvParams(p[0], p[1], mult, shift, ly.stride[0], ly.stride[1],
+                            ly.dilation[0], ly.dilation[1], ly.pad_top, ly.pad_left,
+                            dst.height, dst.width, p[2], p[3])
+    if ly.kind == pf.CONV:
+        return ref_ops.conv2d(src, w, b, cp)
+    dp = ref_ops.DepthwiseConvParams(**{**cp.__dict__, "depth_multiplier":
+                                        ly.depth_multiplier})
+    return ref_ops.depthwise_conv2d(src, w, b, dp)
+
+
+# ------------------------------------------------------------------ the check
+
+
+@dataclass
+class FuzzStats:
+    inputs: int = 0
+    accepted: int = 0
+    runs: int = 0
+    compared: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        top = ", ".join(f"{k} {v}" for k, v in self.statuses.most_common())
+        return (f"{self.inputs} inputs, {self.accepted} accepted by both validators, "
+                f"{self.runs} runs ({self.compared} compared with the reference); "
+                f"C statuses: {top}")
+
+
+def check_blob(lib: Any, blob: bytes, rng: np.random.Generator, stats: FuzzStats) -> None:
+    """The invariant on one input (FuzzFailure when it breaks)."""
+    stats.inputs += 1
+    got = lib.validate(blob)
+    stats.statuses[got.status.name] += 1
+    try:
+        options: pf.PatchOptions | None = pf.decode(blob)
+        py_error = ""
+    except pf.OptionsError as e:
+        options, py_error = None, str(e)
+    except Exception as e:  # the Python decoder must only ever raise OptionsError
+        raise FuzzFailure(f"patch_format.decode raised {type(e).__name__}: {e}") from e
+    if got.ok != (options is not None):
+        raise FuzzFailure(f"validators disagree: C {got.status.name} ({got.message}), Python "
+                          f"{'accepts' if options is not None else 'rejects: ' + py_error}")
+    if options is None:
+        return
+    stats.accepted += 1
+    if lib.scratch_bytes(blob) != pf.scratch_bytes(blob):
+        raise FuzzFailure("PatchExecScratchBytes differs from patch_format.scratch_bytes")
+    if _specs_agree(lib, blob, options) and runnable(options):
+        _run_and_compare(lib, blob, options, rng, stats)
+
+
+def _run_and_compare(lib: Any, blob: bytes, o: pf.PatchOptions, rng: np.random.Generator,
+                     stats: FuzzStats) -> None:
+    consts = random_constants(o, rng, extreme=bool(rng.integers(2)))
+    t0 = o.tensors[0]
+    x = rng.integers(-128, 128, (1, t0.height, t0.width, t0.channels), dtype=np.int8)
+    try:
+        out = lib.run(blob, x, consts)
+    except TflmPatchError as e:
+        raise FuzzFailure(f"the core refused a valid blob: {e}") from e
+    stats.runs += 1
+    want = stage_reference(o, x, consts)
+    if want is None:
+        return
+    stats.compared += 1
+    if not np.array_equal(out, want):
+        diff = int(np.abs(out.astype(np.int64) - want.astype(np.int64)).max())
+        raise FuzzFailure(f"the core's output differs from the reference (max |diff| {diff})")
+
+
+# ------------------------------------------------------------------ corpus, engines
+
+
+def load_corpus(path: Path = DEFAULT_CORPUS) -> list[bytes]:
+    files = sorted(p for p in Path(path).glob("*.bin") if p.is_file())
+    if not files:
+        raise FuzzFailure(f"no seed corpus (*.bin) in {path}")
+    return [p.read_bytes() for p in files]
+
+
+def _save_failure(blob: bytes, artifacts: Path) -> Path:
+    artifacts.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix="patch_exec_crash-", suffix=".bin", dir=artifacts)
+    with os.fdopen(fd, "wb") as f:
+        f.write(blob)
+    return Path(name)
+
+
+def fuzz_builtin(lib: Any, corpus: Sequence[bytes], seconds: float, seed: int,
+                 artifacts: Path) -> FuzzStats:
+    """Mutation loop for `seconds`: seeds, synthetic stages and accepted mutants."""
+    rng = random.Random(seed)
+    nrng = np.random.default_rng(seed)
+    stats = FuzzStats()
+    pool = list(corpus)
+    deadline = time.monotonic() + seconds
+    for blob in corpus:  # every seed once, unmutated
+        _checked(lib, blob, nrng, stats, artifacts)
+    while time.monotonic() < deadline:
+        fresh = rng.random() < 0.1
+        blob = pf.encode(random_stage(rng)) if fresh else mutate(rng.choice(pool), rng, pool)
+        accepted_before = stats.accepted
+        _checked(lib, blob, nrng, stats, artifacts)
+        if stats.accepted > accepted_before and len(pool) < 4096:
+            pool.append(blob)  # valid mutants are good seeds for deeper mutations
+    return stats
+
+
+def _checked(lib: Any, blob: bytes, rng: np.random.Generator, stats: FuzzStats,
+             artifacts: Path) -> None:
+    try:
+        check_blob(lib, blob, rng, stats)
+    except FuzzFailure as e:
+        path = _save_failure(blob, artifacts)
+        raise FuzzFailure(f"{e} (input saved to {path})") from e
+
+
+def replay(lib: Any, corpus: Sequence[bytes], seed: int, artifacts: Path) -> FuzzStats:
+    """Every input once (e.g. what atheris found, against the ASan build)."""
+    stats = FuzzStats()
+    nrng = np.random.default_rng(seed)
+    for blob in corpus:
+        _checked(lib, blob, nrng, stats, artifacts)
+    return stats
+
+
+def fuzz_atheris(lib: Any, work: Path, seconds: float, seed: int, artifacts: Path) -> None:
+    """libFuzzer through atheris on the corpus directory `work` (it adds what it finds
+    there); coverage feedback from the Python decoder, our mutator as a custom mutator.
+    Exits the process (atheris does) when the time is up or on a failure."""
+    import importlib
+
+    import atheris
+
+    global pf  # re-imported with coverage instrumentation
+    sys.modules.pop(pf.__name__, None)
+    with atheris.instrument_imports(include=[pf.__name__]):
+        pf = importlib.import_module(pf.__name__)
+    stats = FuzzStats()
+    nrng = np.random.default_rng(seed)
+    pool = load_corpus(work)
+
+    def test_one(data: bytes) -> None:
+        check_blob(lib, data, nrng, stats)
+
+    def mutator(data: bytes, max_size: int, mseed: int) -> bytes:
+        r = random.Random(mseed)
+        if r.random() < 0.3:
+            return bytes(atheris.Mutate(data, max_size))
+        if r.random() < 0.05:
+            return pf.encode(random_stage(r))[:max_size]
+        return mutate(data, r, pool)[:max_size]
+
+    artifacts.mkdir(parents=True, exist_ok=True)
+    argv = [sys.argv[0], f"-max_total_time={max(1, round(seconds))}", f"-seed={seed}",
+            "-max_len=65536", f"-artifact_prefix={artifacts}/", "-print_final_stats=1",
+            str(work)]
+    atheris.Setup(argv, test_one, custom_mutator=mutator)
+    atheris.Fuzz()
+
+
+def atheris_available() -> bool:
+    try:
+        import atheris  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def add_parser(sub: Any) -> None:
+    f = sub.add_parser("fuzz", help="fuzz the options decoder (C vs Python, ASan + UBSan)")
+    f.add_argument("--seconds", type=float, default=DEFAULT_SECONDS)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    f.add_argument("--engine", choices=("auto", "atheris", "builtin"), default="auto",
+                   help="auto: atheris when installed, else builtin")
+    f.add_argument("--artifacts", type=Path, default=Path(tempfile.gettempdir()) /
+                   "tflm_patch_fuzz", help="where failing inputs are saved")
+    f.add_argument("--phase", choices=("main", "builtin", "atheris", "replay"), default="main",
+                   help=argparse.SUPPRESS)  # child processes
+
+
+def _child_args(args: argparse.Namespace, phase: str, corpus: Path) -> list[str]:
+    return ["fuzz", "--phase", phase, "--seconds", str(args.seconds), "--seed", str(args.seed),
+            "--corpus", str(corpus), "--artifacts", str(args.artifacts)]
+
+
+def _relay(run: Any) -> int:
+    sys.stderr.write(run.stderr[-20000:])
+    if run.report is not None:
+        log.error("sanitizer report: %s", run.report)
+        return run.returncode or 1
+    return int(run.returncode)
+
+
+def _orchestrate(args: argparse.Namespace, engine: str) -> int:
+    """Builtin: one ASan child. Atheris: a UBSan child explores (atheris cannot get
+    coverage where GCC's libasan is preloaded: its weak __sanitizer_cov_* hooks shadow
+    libFuzzer's), then an ASan child replays everything it kept."""
+    from tflm_patch import native
+
+    if engine == "builtin":
+        return _relay(native.run_sanitized(_child_args(args, "builtin", args.corpus),
+                                           timeout=args.seconds * 3 + 300))
+    work = Path(tempfile.mkdtemp(prefix="patch_exec_fuzz_"))
+    try:
+        for i, blob in enumerate(load_corpus(args.corpus)):
+            (work / f"seed{i:03d}.bin").write_bytes(blob)
+        native.build("ubsan")
+        env = {**os.environ, "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1:exitcode=87",
+               "OPENBLAS_NUM_THREADS": "1"}
+        cmd = [sys.executable, "-m", "tflm_patch.native", *_child_args(args, "atheris", work)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False,
+                              timeout=args.seconds * 3 + 300)
+        sys.stderr.write(proc.stderr[-20000:])
+        if proc.returncode != 0:
+            log.error("atheris phase failed (exit code %d)", proc.returncode)
+            return proc.returncode
+        kept = len(list(work.glob("*")))
+        log.info("atheris kept %d inputs; replaying them under ASan + UBSan", kept)
+        return _relay(native.run_sanitized(_child_args(args, "replay", work),
+                                           timeout=args.seconds * 3 + 300))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(args: argparse.Namespace) -> int:
+    from tflm_patch import native
+
+    if args.phase == "main":
+        engine = args.engine
+        if engine == "auto":
+            engine = "atheris" if atheris_available() else "builtin"
+        log.info("fuzzing the options decoder for %.0f s (%s engine, seed %d)", args.seconds,
+                 engine, args.seed)
+        return _orchestrate(args, engine)
+    if args.phase == "atheris":
+        fuzz_atheris(native.load("ubsan"), args.corpus, args.seconds, args.seed, args.artifacts)
+        return 0
+    lib = native.load("asan")
+    try:
+        if args.phase == "replay":
+            stats = replay(lib, _corpus_files(args.corpus), args.seed, args.artifacts)
+        else:
+            stats = fuzz_builtin(lib, load_corpus(args.corpus), args.seconds, args.seed,
+                                 args.artifacts)
+    except FuzzFailure as e:
+        log.error("FUZZ FAILURE: %s", e)
+        return 1
+    log.info("fuzz ok (%s, asan): %s", args.phase, stats.summary())
+    return 0
+
+
+def _corpus_files(path: Path) -> list[bytes]:
+    """Every file of a libFuzzer corpus directory (any name)."""
+    return [p.read_bytes() for p in sorted(Path(path).iterdir()) if p.is_file()]
