@@ -1,0 +1,86 @@
+// Copyright 2026 The tflm-patch Authors. Licensed under the Apache License, Version 2.0.
+//
+// PATCH_EXEC portable core: validates an options blob (docs/patch_exec.md, version 1)
+// and runs a stage patch by patch. No TFLM dependency, no heap, no exceptions, no
+// float at run time, C++14 (the API is plain C so ctypes can call it).
+#ifndef TFLM_PATCH_CUSTOM_OPS_PATCH_EXEC_PATCH_EXEC_CORE_H_
+#define TFLM_PATCH_CUSTOM_OPS_PATCH_EXEC_PATCH_EXEC_CORE_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Result of every core call. Non-zero values are errors; PatchExecValidate also
+// writes a message naming the offending field.
+typedef enum {
+  kPatchExecOk = 0,
+  kPatchExecErrTruncated = 1,     // blob shorter than its header or total_bytes
+  kPatchExecErrMagic = 2,         // not "TPEX"
+  kPatchExecErrVersion = 3,       // version != 1 or header_bytes != 32
+  kPatchExecErrCounts = 4,        // T, L, n, m, num_inputs, reserved fields
+  kPatchExecErrTensor = 5,        // tensor records, slots
+  kPatchExecErrRange = 6,         // range table, output tiling
+  kPatchExecErrLayer = 7,         // layer records (kind, indices, params)
+  kPatchExecErrShape = 8,         // rule 6: shapes
+  kPatchExecErrHalo = 9,          // rule 7: halo containment
+  kPatchExecErrSlotOverlap = 10,  // rule 8: live slots overlap
+  kPatchExecErrConstant = 11,     // a constant input's type/size/value is wrong
+  kPatchExecErrArgument = 12,     // a null pointer or bad index passed to the API
+} PatchExecStatus;
+
+// Element type a constant operator input must have.
+typedef enum {
+  kPatchExecConstUnused = 0,  // no layer references this input
+  kPatchExecConstInt8 = 1,    // conv weights
+  kPatchExecConstInt32 = 2,   // bias, multipliers, shifts
+} PatchExecConstType;
+
+// Checks all 8 rules of docs/patch_exec.md in bounded time; never reads outside
+// [blob, blob + size). On error writes a NUL-terminated message into `message`
+// (if non-null, at most message_size bytes including the NUL).
+PatchExecStatus PatchExecValidate(const uint8_t* blob, size_t size, char* message,
+                                  size_t message_size);
+
+// The scratch bytes a validated blob needs (its header field). This is the one
+// function that gives the scratch size; the Python planner is tested against it.
+uint32_t PatchExecScratchBytes(const uint8_t* validated_blob);
+
+// Header fields of a validated blob.
+uint32_t PatchExecNumInputs(const uint8_t* validated_blob);
+// Shape [1, h, w, c] of stage tensor 0 (input) or T-1 (output): which = 0 input,
+// 1 output.
+void PatchExecIoShape(const uint8_t* validated_blob, int which, int32_t* h, int32_t* w, int32_t* c);
+// What operator input `index` (1..num_inputs-1) must be: type and element count.
+// Unreferenced inputs give kPatchExecConstUnused and 0.
+PatchExecStatus PatchExecConstantSpec(const uint8_t* validated_blob, uint32_t index,
+                                      PatchExecConstType* type, uint32_t* elements);
+
+// Supplies the data of operator input `index` (1..num_inputs-1) at run time.
+typedef const void* (*PatchExecInputFn)(void* context, uint32_t index);
+
+// Checks constant values (multipliers in [0, 2^31), shifts in [-31, 30]) once, in
+// Prepare. Message as PatchExecValidate.
+PatchExecStatus PatchExecCheckConstants(const uint8_t* validated_blob, PatchExecInputFn get_input,
+                                        void* context, char* message, size_t message_size);
+
+// Runs the stage: input int8 [1,H,W,C] of tensor 0, output int8 of tensor T-1,
+// scratch of PatchExecScratchBytes() bytes (may be null when that is 0). The blob
+// must have passed PatchExecValidate and the constants PatchExecCheckConstants;
+// Run validates nothing and allocates nothing.
+PatchExecStatus PatchExecRun(const uint8_t* validated_blob, const int8_t* input,
+                             PatchExecInputFn get_input, void* context, int8_t* output,
+                             int8_t* scratch);
+
+// Convenience for ctypes/tests: inputs[i] is operator input i (inputs[0] unused).
+PatchExecStatus PatchExecRunArray(const uint8_t* validated_blob, const int8_t* input,
+                                  const void* const* inputs, uint32_t num_inputs, int8_t* output,
+                                  int8_t* scratch);
+
+#ifdef __cplusplus
+}  // extern "C"
+#endif
+
+#endif  // TFLM_PATCH_CUSTOM_OPS_PATCH_EXEC_PATCH_EXEC_CORE_H_

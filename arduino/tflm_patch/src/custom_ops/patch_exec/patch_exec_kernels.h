@@ -1,0 +1,518 @@
+// Copyright 2026 The tflm-patch Authors. Licensed under the Apache License, Version 2.0.
+//
+// int8 kernels of PATCH_EXEC, computing one layer over one patch, bit-exact with
+// TFLM's reference_integer_ops (ConvPerChannel, DepthwiseConvPerChannel, AveragePool,
+// MaxPool, Add) and reference_ops::Pad, double rounding. Internal to the core.
+//
+// Speed: requantization parameters are hoisted per output channel (chunks of kChunk
+// channels on the stack), inner loops run over contiguous channels, and the window
+// taps of an output pixel are clipped to the image once (interior pixels have no
+// per-tap test). Convolutions of interior pixels compute raw int8 dot products and
+// fold the input offset into the bias (offset * sum of the channel's weights), two
+// output pixels x two output channels at a time. Sums wrap modulo 2^32 in uint32
+// exactly like TFLM's int32 accumulator (no signed overflow, hence no UB, for any
+// blob that passed validation). Stack: under 1 KB (ChunkQuant plus two accumulator
+// arrays of kChunk = 16 channels).
+//
+// Reads stay inside the range the options keep of each input (validation rule 7):
+// a kernel only forms pointers to in-image taps, and in-image taps of the patch
+// lie inside the kept range.
+#ifndef TFLM_PATCH_CUSTOM_OPS_PATCH_EXEC_PATCH_EXEC_KERNELS_H_
+#define TFLM_PATCH_CUSTOM_OPS_PATCH_EXEC_PATCH_EXEC_KERNELS_H_
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "patch_exec_blob.h"
+#include "patch_exec_quant.h"
+#include "patch_exec_simd.h"
+
+namespace patch_exec {
+
+constexpr int32_t kRawRun = 65536;     // |x * w| <= 2^14: int32 partial sums of 2^16 terms
+constexpr int32_t kOffsetRun = 32768;  // |(x + offset) * w| <= 383 * 128 < 2^16
+
+// What one patch keeps of a stage tensor: element (y, x, 0) of the whole tensor is
+// at At(y, x) for every (y, x) inside the kept range.
+struct InView {
+  const int8_t* data;  // element (r0, c0, 0)
+  ptrdiff_t row_stride;
+  int32_t r0;
+  int32_t c0;
+  int32_t height;  // of the whole tensor
+  int32_t width;
+  int32_t channels;
+  const int8_t* At(int32_t y, int32_t x) const {
+    return data + (y - r0) * row_stride + static_cast<ptrdiff_t>(x - c0) * channels;
+  }
+};
+
+// The patch of a layer's output tensor to compute: rows x cols x channels.
+struct OutView {
+  int8_t* data;  // element (rows.lo, cols.lo, 0)
+  ptrdiff_t row_stride;
+  Range rows;
+  Range cols;
+  int32_t channels;
+  int8_t* Pixel(int32_t y, int32_t x) const {
+    return data + (y - rows.lo) * row_stride + static_cast<ptrdiff_t>(x - cols.lo) * channels;
+  }
+};
+
+struct Window {
+  int32_t kh, kw, sh, sw, dh, dw, pad_top, pad_left;
+};
+
+inline Window MakeWindow(const LayerRec& ly) {
+  Window w;
+  w.kh = ly.kernel_h;
+  w.kw = ly.kernel_w;
+  w.sh = ly.stride_h;
+  w.sw = ly.stride_w;
+  w.dh = ly.dilation_h;
+  w.dw = ly.dilation_w;
+  w.pad_top = ly.pad_top;
+  w.pad_left = ly.pad_left;
+  return w;
+}
+
+inline TapRange RowTaps(const Window& g, int32_t oy, int32_t in_height) {
+  return InImageTaps(oy * g.sh - g.pad_top, g.kh, g.dh, in_height);
+}
+inline TapRange ColTaps(const Window& g, int32_t ox, int32_t in_width) {
+  return InImageTaps(ox * g.sw - g.pad_left, g.kw, g.dw, in_width);
+}
+
+struct ConvArgs {
+  Window g;
+  int32_t input_offset;
+  OutputStage os;
+  const int8_t* weights;
+  const int32_t* bias;  // may be null (no bias)
+  const int32_t* multipliers;
+  const int32_t* shifts;
+  InView in;
+  OutView out;
+};
+
+// Sum of n int8 values (any n), modulo 2^32.
+inline uint32_t SumInt8(const int8_t* w, size_t n) {
+  uint32_t total = 0;
+  while (n > 0) {
+    const size_t len = n < static_cast<size_t>(kRawRun) ? n : static_cast<size_t>(kRawRun);
+    int32_t s = 0;
+    for (size_t i = 0; i < len; ++i) s += w[i];
+    total += static_cast<uint32_t>(s);
+    w += len;
+    n -= len;
+  }
+  return total;
+}
+
+// The chunk's parameters; weight_sum(c) is the sum of channel oc0 + c's weights.
+template <typename WeightSum>
+inline void SetChunk(const ConvArgs& a, int32_t oc0, int32_t cn, WeightSum weight_sum,
+                     ChunkQuant* q) {
+  for (int32_t c = 0; c < cn; ++c) {
+    const int32_t oc = oc0 + c;
+    const uint32_t bias = a.bias != nullptr ? static_cast<uint32_t>(a.bias[oc]) : 0u;
+    const uint32_t folded =
+        a.input_offset != 0 ? static_cast<uint32_t>(a.input_offset) * weight_sum(oc) : 0u;
+    SetChannelQuant(q, c, a.multipliers[oc], a.shifts[oc], bias, bias + folded);
+  }
+}
+
+// ------------------------------------------------------------------ CONV_2D
+
+// acc[2 * i + j] += dot(x_i, w_j) over n values (any n), for NX pixels and NW filters.
+template <int NX, int NW>
+inline void Dots(const int8_t* xa, const int8_t* xb, const int8_t* wa, const int8_t* wb, size_t n,
+                 uint32_t* acc) {
+  while (n > 0) {
+    const int32_t len = n < static_cast<size_t>(kRawRun) ? static_cast<int32_t>(n) : kRawRun;
+    DotRun<NX, NW>(xa, xb, wa, wb, len, acc);
+    xa += len;
+    xb += len;
+    wa += len;
+    wb += len;
+    n -= static_cast<size_t>(len);
+  }
+}
+
+// Raw dot products over the whole window of interior pixels (every tap in the
+// image). xa/xb: the pixels' first taps; wa/wb: two filters [KH][KW][Cin].
+template <int NX, int NW>
+inline void WindowDots(const ConvArgs& a, const int8_t* xa, const int8_t* xb, const int8_t* wa,
+                       const int8_t* wb, uint32_t* acc) {
+  const Window& g = a.g;
+  const size_t cin = static_cast<size_t>(a.in.channels);
+  const ptrdiff_t tap_row = g.dh * a.in.row_stride;
+  const size_t filter_row = static_cast<size_t>(g.kw) * cin;
+  for (int32_t fy = 0; fy < g.kh; ++fy) {
+    const int8_t* ra = xa + fy * tap_row;
+    const int8_t* rb = xb + fy * tap_row;
+    const int8_t* fa = wa + static_cast<size_t>(fy) * filter_row;
+    const int8_t* fb = wb + static_cast<size_t>(fy) * filter_row;
+    if (g.dw == 1) {  // the row's taps are contiguous: one run of KW * Cin
+      Dots<NX, NW>(ra, rb, fa, fb, filter_row, acc);
+      continue;
+    }
+    const ptrdiff_t tap_col = static_cast<ptrdiff_t>(g.dw) * a.in.channels;
+    for (int32_t fx = 0; fx < g.kw; ++fx) {
+      const size_t f = static_cast<size_t>(fx) * cin;
+      Dots<NX, NW>(ra + fx * tap_col, rb + fx * tap_col, fa + f, fb + f, cin, acc);
+    }
+  }
+}
+
+// Interior pixels: NX (1 or 2) pixels starting at `ox` of row `oy`, every channel of
+// the chunk, two channels at a time.
+template <int NX>
+inline void ConvInterior(const ConvArgs& a, int32_t oy, int32_t ox, int32_t oc0, int32_t cn,
+                         const ChunkQuant& q) {
+  const Window& g = a.g;
+  const int8_t* xa = a.in.At(oy * g.sh - g.pad_top, ox * g.sw - g.pad_left);
+  const int8_t* xb = NX == 2 ? xa + static_cast<ptrdiff_t>(g.sw) * a.in.channels : xa;
+  const size_t fsize =
+      static_cast<size_t>(g.kh) * static_cast<size_t>(g.kw) * static_cast<size_t>(a.in.channels);
+  uint32_t acc_a[kChunk];
+  uint32_t acc_b[kChunk];
+  int32_t c = 0;
+  for (; c + 1 < cn; c += 2) {
+    const int8_t* wa = a.weights + static_cast<size_t>(oc0 + c) * fsize;
+    uint32_t acc[4] = {q.bias_full[c], q.bias_full[c + 1], q.bias_full[c], q.bias_full[c + 1]};
+    WindowDots<NX, 2>(a, xa, xb, wa, wa + fsize, acc);
+    acc_a[c] = acc[0];
+    acc_a[c + 1] = acc[1];
+    acc_b[c] = acc[2];
+    acc_b[c + 1] = acc[3];
+  }
+  if (c < cn) {
+    const int8_t* wa = a.weights + static_cast<size_t>(oc0 + c) * fsize;
+    uint32_t acc[4] = {q.bias_full[c], 0, q.bias_full[c], 0};
+    WindowDots<NX, 1>(a, xa, xb, wa, wa, acc);
+    acc_a[c] = acc[0];
+    acc_b[c] = acc[2];
+  }
+  int8_t* da = a.out.Pixel(oy, ox) + oc0;
+  RequantizeChannels(acc_a, q, cn, a.os, da);
+  if (NX == 2) RequantizeChannels(acc_b, q, cn, a.os, da + a.out.channels);
+}
+
+// sum of w * (x + offset) over n values (any n), modulo 2^32.
+inline uint32_t OffsetDot(const int8_t* x, const int8_t* w, size_t n, int32_t offset) {
+  uint32_t total = 0;
+  while (n > 0) {
+    const size_t len = n < static_cast<size_t>(kOffsetRun) ? n : static_cast<size_t>(kOffsetRun);
+    int32_t s = 0;
+    for (size_t i = 0; i < len; ++i) s += w[i] * (x[i] + offset);
+    total += static_cast<uint32_t>(s);
+    x += len;
+    w += len;
+    n -= len;
+  }
+  return total;
+}
+
+// A pixel whose window is partly outside the image: only its in-image taps.
+inline void ConvBorder(const ConvArgs& a, int32_t oy, int32_t ox, int32_t oc0, int32_t cn,
+                       const ChunkQuant& q) {
+  const Window& g = a.g;
+  const int32_t iy0 = oy * g.sh - g.pad_top;
+  const int32_t ix0 = ox * g.sw - g.pad_left;
+  const TapRange ty = InImageTaps(iy0, g.kh, g.dh, a.in.height);
+  const TapRange tx = InImageTaps(ix0, g.kw, g.dw, a.in.width);
+  const size_t cin = static_cast<size_t>(a.in.channels);
+  const size_t fsize = static_cast<size_t>(g.kh) * static_cast<size_t>(g.kw) * cin;
+  const bool contiguous = g.dw == 1;
+  const size_t run = contiguous ? static_cast<size_t>(tx.end - tx.begin) * cin : cin;
+  uint32_t acc[kChunk];
+  for (int32_t c = 0; c < cn; ++c) {
+    const int8_t* w = a.weights + static_cast<size_t>(oc0 + c) * fsize;
+    acc[c] = q.bias[c];
+    for (int32_t fy = ty.begin; fy < ty.end; ++fy) {
+      const int32_t iy = iy0 + fy * g.dh;
+      for (int32_t fx = tx.begin; fx < tx.end; fx = contiguous ? tx.end : fx + 1) {
+        const int8_t* x = a.in.At(iy, ix0 + fx * g.dw);
+        const size_t tap =
+            static_cast<size_t>(fy) * static_cast<size_t>(g.kw) + static_cast<size_t>(fx);
+        acc[c] += OffsetDot(x, w + tap * cin, run, a.input_offset);
+      }
+    }
+  }
+  RequantizeChannels(acc, q, cn, a.os, a.out.Pixel(oy, ox) + oc0);
+}
+
+inline bool FullTaps(const TapRange& t, int32_t k) { return t.begin == 0 && t.end == k; }
+
+// 1x1 convolution without padding: every pixel is interior (validation rule 6 puts
+// every output's single tap inside the input), a plain matrix product over Cin.
+inline void ConvRowPointwise(const ConvArgs& a, int32_t oy, int32_t oc0, int32_t cn,
+                             const ChunkQuant& q) {
+  int32_t ox = a.out.cols.lo;
+  for (; ox + 1 < a.out.cols.hi; ox += 2) ConvInterior<2>(a, oy, ox, oc0, cn, q);
+  if (ox < a.out.cols.hi) ConvInterior<1>(a, oy, ox, oc0, cn, q);
+}
+
+inline void ConvRow(const ConvArgs& a, int32_t oy, int32_t oc0, int32_t cn, const ChunkQuant& q) {
+  if (a.g.kh == 1 && a.g.kw == 1 && a.g.pad_top == 0 && a.g.pad_left == 0) {
+    ConvRowPointwise(a, oy, oc0, cn, q);
+    return;
+  }
+  const bool full_rows = FullTaps(RowTaps(a.g, oy, a.in.height), a.g.kh);
+  int32_t ox = a.out.cols.lo;
+  while (ox < a.out.cols.hi) {
+    const bool full = full_rows && FullTaps(ColTaps(a.g, ox, a.in.width), a.g.kw);
+    if (!full) {
+      ConvBorder(a, oy, ox, oc0, cn, q);
+      ox += 1;
+    } else if (ox + 1 < a.out.cols.hi && FullTaps(ColTaps(a.g, ox + 1, a.in.width), a.g.kw)) {
+      ConvInterior<2>(a, oy, ox, oc0, cn, q);
+      ox += 2;
+    } else {
+      ConvInterior<1>(a, oy, ox, oc0, cn, q);
+      ox += 1;
+    }
+  }
+}
+
+// reference_integer_ops::ConvPerChannel over the output patch (weights
+// [Cout][KH][KW][Cin], Cin = the input's channels).
+inline void ConvPerChannel(const ConvArgs& a) {
+  const int32_t cout = a.out.channels;
+  const size_t fsize = static_cast<size_t>(a.g.kh) * static_cast<size_t>(a.g.kw) *
+                       static_cast<size_t>(a.in.channels);
+  const auto weight_sum = [&a, fsize](int32_t oc) {
+    return SumInt8(a.weights + static_cast<size_t>(oc) * fsize, fsize);
+  };
+  for (int32_t oc0 = 0; oc0 < cout; oc0 += kChunk) {
+    const int32_t cn = cout - oc0 < kChunk ? cout - oc0 : kChunk;
+    ChunkQuant q;
+    SetChunk(a, oc0, cn, weight_sum, &q);
+    for (int32_t oy = a.out.rows.lo; oy < a.out.rows.hi; ++oy) ConvRow(a, oy, oc0, cn, q);
+  }
+}
+
+// ------------------------------------------------------------------ DEPTHWISE_CONV_2D
+
+// acc[c] += w[c] * (x[input channel of c] + offset) for the chunk's channels
+// (offset 0 for interior pixels, whose offset is folded into the bias). x: the
+// pixel's first channel.
+inline void DepthwiseTap(const int8_t* x, const int8_t* w, int32_t oc0, int32_t cn, int32_t dm,
+                         int32_t offset, uint32_t* acc) {
+  if (dm == 1) {
+    if (offset == 0) {
+      MacChannels(x + oc0, w, cn, acc);
+    } else {
+      MacChannelsOffset(x + oc0, w, cn, offset, acc);
+    }
+    return;
+  }
+  int32_t ic = oc0 / dm;  // runs of dm output channels share an input channel
+  int32_t c = 0;
+  int32_t run = dm - oc0 % dm;
+  while (c < cn) {
+    const int32_t n = run < cn - c ? run : cn - c;
+    MacBroadcast(x[ic] + offset, w + c, n, acc + c);
+    c += n;
+    run = dm;
+    ++ic;
+  }
+}
+
+inline void DepthwisePixel(const ConvArgs& a, int32_t dm, int32_t oy, int32_t ox, int32_t oc0,
+                           int32_t cn, const ChunkQuant& q) {
+  const Window& g = a.g;
+  const int32_t iy0 = oy * g.sh - g.pad_top;
+  const int32_t ix0 = ox * g.sw - g.pad_left;
+  const TapRange ty = InImageTaps(iy0, g.kh, g.dh, a.in.height);
+  const TapRange tx = InImageTaps(ix0, g.kw, g.dw, a.in.width);
+  const bool full = FullTaps(ty, g.kh) && FullTaps(tx, g.kw);
+  const int32_t offset = full ? 0 : a.input_offset;
+  const size_t cout = static_cast<size_t>(a.out.channels);
+  uint32_t acc[kChunk];
+  for (int32_t c = 0; c < cn; ++c) acc[c] = full ? q.bias_full[c] : q.bias[c];
+  const ptrdiff_t step = static_cast<ptrdiff_t>(g.dw) * a.in.channels;
+  for (int32_t fy = ty.begin; fy < ty.end; ++fy) {
+    const int8_t* x = a.in.At(iy0 + fy * g.dh, ix0 + tx.begin * g.dw);
+    const size_t row_taps = static_cast<size_t>(fy) * static_cast<size_t>(g.kw);
+    for (int32_t fx = tx.begin; fx < tx.end; ++fx) {
+      const int8_t* w = a.weights + (row_taps + static_cast<size_t>(fx)) * cout + oc0;
+      DepthwiseTap(x, w, oc0, cn, dm, offset, acc);
+      if (fx + 1 < tx.end) x += step;
+    }
+  }
+  RequantizeChannels(acc, q, cn, a.os, a.out.Pixel(oy, ox) + oc0);
+}
+
+// reference_integer_ops::DepthwiseConvPerChannel over the output patch (weights
+// [1][KH][KW][Cout], output channel c reads input channel c / depth_multiplier).
+inline void DepthwiseConvPerChannel(const ConvArgs& a, int32_t dm) {
+  const int32_t cout = a.out.channels;
+  const size_t taps = static_cast<size_t>(a.g.kh) * static_cast<size_t>(a.g.kw);
+  const auto weight_sum = [&a, taps, cout](int32_t oc) {
+    uint32_t sum = 0;
+    for (size_t t = 0; t < taps; ++t) {
+      sum +=
+          static_cast<uint32_t>(a.weights[t * static_cast<size_t>(cout) + static_cast<size_t>(oc)]);
+    }
+    return sum;
+  };
+  for (int32_t oc0 = 0; oc0 < cout; oc0 += kChunk) {
+    const int32_t cn = cout - oc0 < kChunk ? cout - oc0 : kChunk;
+    ChunkQuant q;
+    SetChunk(a, oc0, cn, weight_sum, &q);
+    for (int32_t oy = a.out.rows.lo; oy < a.out.rows.hi; ++oy) {
+      for (int32_t ox = a.out.cols.lo; ox < a.out.cols.hi; ++ox) {
+        DepthwisePixel(a, dm, oy, ox, oc0, cn, q);
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------ pools
+
+struct PoolArgs {
+  Window g;  // dilation as validated (1 in every real model)
+  int32_t act_min;
+  int32_t act_max;
+  InView in;
+  OutView out;
+};
+
+// reference_integer_ops::AveragePool: the mean over the in-image taps, rounded half
+// away from zero by truncating division (a window with no in-image tap, where TFLM
+// fails, gives clamp(0)). Sums in int64, exact for any window.
+inline void AveragePixel(const PoolArgs& a, int32_t oy, int32_t ox, int32_t c0, int32_t cn) {
+  const Window& g = a.g;
+  const int32_t iy0 = oy * g.sh - g.pad_top;
+  const int32_t ix0 = ox * g.sw - g.pad_left;
+  const TapRange ty = InImageTaps(iy0, g.kh, g.dh, a.in.height);
+  const TapRange tx = InImageTaps(ix0, g.kw, g.dw, a.in.width);
+  int64_t acc[kChunk] = {};
+  for (int32_t fy = ty.begin; fy < ty.end; ++fy) {
+    for (int32_t fx = tx.begin; fx < tx.end; ++fx) {
+      const int8_t* x = a.in.At(iy0 + fy * g.dh, ix0 + fx * g.dw) + c0;
+      for (int32_t c = 0; c < cn; ++c) acc[c] += x[c];
+    }
+  }
+  const int64_t count = static_cast<int64_t>(ty.end - ty.begin) * (tx.end - tx.begin);
+  int8_t* dst = a.out.Pixel(oy, ox) + c0;
+  for (int32_t c = 0; c < cn; ++c) {
+    int64_t v = 0;
+    if (count > 0) v = acc[c] > 0 ? (acc[c] + count / 2) / count : (acc[c] - count / 2) / count;
+    v = v < a.act_min ? a.act_min : (v > a.act_max ? a.act_max : v);
+    dst[c] = static_cast<int8_t>(v);
+  }
+}
+
+// reference_integer_ops::MaxPool: the max over the in-image taps, starting at -128.
+inline void MaxPixel(const PoolArgs& a, int32_t oy, int32_t ox, int32_t c0, int32_t cn) {
+  const Window& g = a.g;
+  const int32_t iy0 = oy * g.sh - g.pad_top;
+  const int32_t ix0 = ox * g.sw - g.pad_left;
+  const TapRange ty = InImageTaps(iy0, g.kh, g.dh, a.in.height);
+  const TapRange tx = InImageTaps(ix0, g.kw, g.dw, a.in.width);
+  int8_t best[kChunk];
+  for (int32_t c = 0; c < cn; ++c) best[c] = -128;
+  for (int32_t fy = ty.begin; fy < ty.end; ++fy) {
+    for (int32_t fx = tx.begin; fx < tx.end; ++fx) {
+      const int8_t* x = a.in.At(iy0 + fy * g.dh, ix0 + fx * g.dw) + c0;
+      for (int32_t c = 0; c < cn; ++c) best[c] = x[c] > best[c] ? x[c] : best[c];
+    }
+  }
+  int8_t* dst = a.out.Pixel(oy, ox) + c0;
+  for (int32_t c = 0; c < cn; ++c) {
+    const int32_t v = best[c];
+    dst[c] = static_cast<int8_t>(v < a.act_min ? a.act_min : (v > a.act_max ? a.act_max : v));
+  }
+}
+
+inline void Pool(const PoolArgs& a, bool average) {
+  const int32_t channels = a.out.channels;
+  for (int32_t oy = a.out.rows.lo; oy < a.out.rows.hi; ++oy) {
+    for (int32_t ox = a.out.cols.lo; ox < a.out.cols.hi; ++ox) {
+      for (int32_t c0 = 0; c0 < channels; c0 += kChunk) {
+        const int32_t cn = channels - c0 < kChunk ? channels - c0 : kChunk;
+        if (average) {
+          AveragePixel(a, oy, ox, c0, cn);
+        } else {
+          MaxPixel(a, oy, ox, c0, cn);
+        }
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------ PAD, ADD
+
+// reference_ops::Pad (constant value) over the output patch: output (y, x) is input
+// (y - pad_top, x - pad_left) inside the input, else the pad value.
+inline void Pad(const InView& in, const OutView& out, int32_t pad_top, int32_t pad_left,
+                int8_t value) {
+  const size_t c = static_cast<size_t>(out.channels);
+  const size_t width = static_cast<size_t>(out.cols.size()) * c;
+  int32_t x_lo = out.cols.lo - pad_left;  // input columns of the patch, clipped
+  int32_t x_hi = out.cols.hi - pad_left;
+  x_lo = x_lo < 0 ? 0 : x_lo;
+  x_hi = x_hi > in.width ? in.width : x_hi;
+  for (int32_t y = out.rows.lo; y < out.rows.hi; ++y) {
+    int8_t* dst = out.Pixel(y, out.cols.lo);
+    const int32_t sy = y - pad_top;
+    if (sy < 0 || sy >= in.height || x_lo >= x_hi) {
+      memset(dst, value, width);
+      continue;
+    }
+    const size_t before = static_cast<size_t>(x_lo + pad_left - out.cols.lo) * c;
+    const size_t middle = static_cast<size_t>(x_hi - x_lo) * c;
+    memset(dst, value, before);
+    memcpy(dst + before, in.At(sy, x_lo), middle);
+    memset(dst + before + middle, value, width - before - middle);
+  }
+}
+
+struct AddParams {
+  int32_t input1_offset;
+  int32_t input2_offset;
+  int32_t left_shift;
+  Requant q1;
+  Requant q2;
+  Requant qout;
+  OutputStage os;
+};
+
+inline AddParams MakeAddParams(const int32_t* p) {
+  AddParams a;
+  a.input1_offset = p[0];
+  a.input2_offset = p[4];
+  a.left_shift = p[5] < 0 ? 0 : (p[5] > 31 ? 31 : p[5]);
+  a.q1 = MakeRequant(p[6], p[7]);
+  a.q2 = MakeRequant(p[8], p[9]);
+  a.qout = MakeRequant(p[10], p[11]);
+  a.os = MakeOutputStage(p[1], p[2], p[3]);
+  return a;
+}
+
+inline int8_t AddOne(const AddParams& p, int8_t x1, int8_t x2) {
+  const int32_t v1 = ToInt32(static_cast<uint32_t>(x1 + p.input1_offset) << p.left_shift);
+  const int32_t v2 = ToInt32(static_cast<uint32_t>(x2 + p.input2_offset) << p.left_shift);
+  const uint32_t raw = static_cast<uint32_t>(MultiplyByQuantized(v1, p.q1)) +
+                       static_cast<uint32_t>(MultiplyByQuantized(v2, p.q2));
+  return Finish(MultiplyByQuantized(Wrap(raw), p.qout), p.os);
+}
+
+// reference_integer_ops::Add (same shapes) over the output patch.
+inline void Add(const AddParams& p, const InView& in1, const InView& in2, const OutView& out) {
+  const size_t width = static_cast<size_t>(out.cols.size()) * static_cast<size_t>(out.channels);
+  for (int32_t y = out.rows.lo; y < out.rows.hi; ++y) {
+    const int8_t* a = in1.At(y, out.cols.lo);
+    const int8_t* b = in2.At(y, out.cols.lo);
+    int8_t* dst = out.Pixel(y, out.cols.lo);
+    for (size_t i = 0; i < width; ++i) dst[i] = AddOne(p, a[i], b[i]);
+  }
+}
+
+}  // namespace patch_exec
+
+#endif  // TFLM_PATCH_CUSTOM_OPS_PATCH_EXEC_PATCH_EXEC_KERNELS_H_

@@ -1,0 +1,99 @@
+// Test program for PATCH_EXEC on a bare-metal Cortex-M4 (QEMU mps2-an386,
+// semihosting): validates and runs every case of m4_data.cc with the portable
+// core and prints, per case, the FNV-1a 32 checksum of the int8 output and the
+// stack the core used (measured: the stack below the call is painted before and
+// scanned after). Output lines (parsed by tflm_patch.m4):
+//   m4: cases N
+//   m4: op K bytes B fnv1a XXXXXXXX stack S
+//   m4: done
+// or "m4: error ..." and exit status 1.
+#include <stdint.h>
+#include <stdio.h>
+
+#include "custom_ops/m4_test/m4_cases.h"
+#include "custom_ops/patch_exec/patch_exec_core.h"
+
+namespace {
+
+constexpr uint32_t kPaintBytes = 32 * 1024;  // stack painted below the call
+constexpr uint32_t kPaint = 0xA5A5A5A5u;
+constexpr size_t kMessageSize = 200;
+
+uint32_t Fnv1a(const int8_t* data, uint32_t size) {
+  uint32_t hash = 2166136261u;
+  for (uint32_t i = 0; i < size; ++i) {
+    hash ^= static_cast<uint8_t>(data[i]);
+    hash *= 16777619u;
+  }
+  return hash;
+}
+
+const void* ArrayInput(void* context, uint32_t index) {
+  return static_cast<const void* const*>(context)[index];
+}
+
+inline uint32_t* StackPointer() {
+  uint32_t* sp;
+  __asm volatile("mov %0, sp" : "=r"(sp));
+  return sp;
+}
+
+int Fail(const M4Case& c, const char* what, const char* message) {
+  printf("m4: error op %lu: %s%s%s\n", static_cast<unsigned long>(c.op_index), what,
+         message[0] != '\0' ? ": " : "", message);
+  return 1;
+}
+
+int RunCase(const M4Case& c, const int8_t* input, int8_t* output) {
+  char message[kMessageSize] = "";
+  if (PatchExecValidate(c.blob, c.blob_size, message, sizeof message) != kPatchExecOk) {
+    return Fail(c, "invalid options", message);
+  }
+  if (PatchExecScratchBytes(c.blob) > kM4ScratchBytes || c.output_bytes > kM4OutputBytes ||
+      input == nullptr) {
+    return Fail(c, "the generated buffers do not fit the case", "");
+  }
+  void* context = const_cast<void*>(static_cast<const void*>(c.inputs));
+  if (PatchExecCheckConstants(c.blob, ArrayInput, context, message, sizeof message) !=
+      kPatchExecOk) {
+    return Fail(c, "invalid constants", message);
+  }
+  // Paint the free stack below this frame (no call in between), run, find the
+  // deepest word the call changed.
+  volatile uint32_t* const top = StackPointer();
+  volatile uint32_t* const bottom = top - kPaintBytes / 4;
+  for (volatile uint32_t* p = bottom; p < top; ++p) *p = kPaint;
+  const PatchExecStatus status =
+      PatchExecRunArray(c.blob, input, c.inputs, c.num_inputs, output, g_m4_scratch);
+  volatile uint32_t* deepest = top;
+  for (volatile uint32_t* p = bottom; p < top; ++p) {
+    if (*p != kPaint) {
+      deepest = p;
+      break;
+    }
+  }
+  if (status != kPatchExecOk) return Fail(c, "PatchExecRunArray failed", "");
+  const unsigned long stack = static_cast<unsigned long>(reinterpret_cast<uintptr_t>(top) -
+                                                         reinterpret_cast<uintptr_t>(deepest));
+  printf("m4: op %lu bytes %lu fnv1a %08lx stack %lu%s\n", static_cast<unsigned long>(c.op_index),
+         static_cast<unsigned long>(c.output_bytes),
+         static_cast<unsigned long>(Fnv1a(output, c.output_bytes)), stack,
+         deepest == bottom ? " (painted area exhausted)" : "");
+  return 0;
+}
+
+}  // namespace
+
+int main() {
+  printf("m4: cases %lu\n", static_cast<unsigned long>(kM4NumCases));
+  const int8_t* previous = nullptr;
+  for (uint32_t k = 0; k < kM4NumCases; ++k) {
+    const M4Case& c = kM4Cases[k];
+    int8_t* output = (k % 2 == 0) ? g_m4_output_a : g_m4_output_b;
+    const int8_t* input = c.input != nullptr ? c.input : previous;
+    if (RunCase(c, input, output) != 0) return 1;
+    previous = output;
+  }
+  printf("m4: done\n");
+  return 0;
+}

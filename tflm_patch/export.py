@@ -1,0 +1,416 @@
+"""Export a model for a TFLM application: C++ source text, no TFLM needed to generate it.
+
+`export_model` turns model bytes into the files an application compiles in:
+
+- `model_data.h` / `.cc` (`.cpp` for Arduino sketches): the model as an
+  `alignas(16) const unsigned char` array (in flash on a microcontroller: `const` data
+  goes to `.rodata`) and its length;
+- `model_settings.h`: the tensor arena to declare (the arena model's prediction for a
+  32-bit Cortex-M TFLM, `predict_arena(model, "cortex_m")`, plus a safety margin, see
+  `ArenaBudget`), the input/output shapes and, as comments, the operator list;
+- `model_ops.h`: `RegisterModelOps(resolver)`, which registers each operator the model
+  uses once with a `tflite::MicroMutableOpResolver` (builtins through their `Add*`
+  method, PATCH_EXEC through `AddCustom`), and `kNumResolverOps` for its size;
+- optionally `test_image.h` / `.cc`: one input as an `int8_t` array (a file's bytes, or a
+  seeded synthetic image), for a sketch that runs without a camera.
+
+Everything here maps bytes to text (`ExportFile`s); writing them is the CLI's job
+(`cli_export`). Unknown operators (no resolver method known) are refused by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tflm_patch import __version__
+from tflm_patch.errors import TflmPatchError
+from tflm_patch.model import Model, load_model, require_int8
+
+log = logging.getLogger(__name__)
+
+PATCH_EXEC = "PATCH_EXEC"
+ARENA_TARGET = "cortex_m"
+# Safety margin on top of the predicted arena: this fraction of the prediction, at least
+# ARENA_MARGIN_MIN bytes, rounded up so that the total is a multiple of 16. What it covers:
+# the prediction is TFLM's reference-kernel allocation with current struct layouts, while
+# an Arduino build (Arduino_TensorFlowLite, TFLM of February 2023) uses CMSIS-NN kernels,
+# some of which request scratch buffers the reference kernels do not (pooling: 4 bytes
+# per channel; convolution/fully connected: im2col and accumulator buffers), and older
+# TFLM structs of slightly different sizes.
+ARENA_MARGIN_FRACTION = 0.10
+ARENA_MARGIN_MIN = 2048
+ARENA_ALIGN = 16
+DEFAULT_SYMBOL = "g_model"
+DEFAULT_IMAGE_SEED = 20211029  # the zoo's seed (MCUNetV2's arXiv date)
+BYTES_PER_LINE = 12
+
+# BuiltinOperator name -> MicroMutableOpResolver method. Read from TFLM's
+# micro_mutable_op_resolver.h (tests check every entry against the headers when
+# TFLM_ROOT / TFLM_2023_ROOT are set).
+RESOLVER_METHODS: dict[str, str] = {
+    "ABS": "AddAbs", "ADD": "AddAdd", "ADD_N": "AddAddN", "ARG_MAX": "AddArgMax",
+    "ARG_MIN": "AddArgMin", "ASSIGN_VARIABLE": "AddAssignVariable",
+    "AVERAGE_POOL_2D": "AddAveragePool2D", "BATCH_MATMUL": "AddBatchMatMul",
+    "BATCH_TO_SPACE_ND": "AddBatchToSpaceNd", "BROADCAST_ARGS": "AddBroadcastArgs",
+    "BROADCAST_TO": "AddBroadcastTo", "CALL_ONCE": "AddCallOnce", "CAST": "AddCast",
+    "CEIL": "AddCeil", "CONCATENATION": "AddConcatenation", "CONV_2D": "AddConv2D",
+    "COS": "AddCos", "CUMSUM": "AddCumSum", "DEPTH_TO_SPACE": "AddDepthToSpace",
+    "DEPTHWISE_CONV_2D": "AddDepthwiseConv2D", "DEQUANTIZE": "AddDequantize",
+    "DIV": "AddDiv", "DYNAMIC_UPDATE_SLICE": "AddDynamicUpdateSlice",
+    "EMBEDDING_LOOKUP": "AddEmbeddingLookup", "ELU": "AddElu", "EQUAL": "AddEqual",
+    "EXP": "AddExp", "EXPAND_DIMS": "AddExpandDims", "FILL": "AddFill", "FLOOR": "AddFloor",
+    "FLOOR_DIV": "AddFloorDiv", "FLOOR_MOD": "AddFloorMod",
+    "FULLY_CONNECTED": "AddFullyConnected", "GATHER": "AddGather", "GATHER_ND": "AddGatherNd",
+    "GREATER": "AddGreater", "GREATER_EQUAL": "AddGreaterEqual", "HARD_SWISH": "AddHardSwish",
+    "IF": "AddIf", "L2_NORMALIZATION": "AddL2Normalization", "L2_POOL_2D": "AddL2Pool2D",
+    "LEAKY_RELU": "AddLeakyRelu", "LESS": "AddLess", "LESS_EQUAL": "AddLessEqual",
+    "LOG": "AddLog", "LOGICAL_AND": "AddLogicalAnd", "LOGICAL_NOT": "AddLogicalNot",
+    "LOGICAL_OR": "AddLogicalOr", "LOGISTIC": "AddLogistic", "LOG_SOFTMAX": "AddLogSoftmax",
+    "MAXIMUM": "AddMaximum", "MAX_POOL_2D": "AddMaxPool2D", "MIRROR_PAD": "AddMirrorPad",
+    "MEAN": "AddMean", "MINIMUM": "AddMinimum", "MUL": "AddMul", "NEG": "AddNeg",
+    "NOT_EQUAL": "AddNotEqual", "PACK": "AddPack", "PAD": "AddPad", "PADV2": "AddPadV2",
+    "PRELU": "AddPrelu", "QUANTIZE": "AddQuantize", "READ_VARIABLE": "AddReadVariable",
+    "REDUCE_ALL": "AddReduceAll", "REDUCE_MAX": "AddReduceMax", "REDUCE_MIN": "AddReduceMin",
+    "RELU": "AddRelu", "RELU6": "AddRelu6", "RESHAPE": "AddReshape",
+    "RESIZE_BILINEAR": "AddResizeBilinear",
+    "RESIZE_NEAREST_NEIGHBOR": "AddResizeNearestNeighbor", "REVERSE_V2": "AddReverseV2",
+    "ROUND": "AddRound", "RSQRT": "AddRsqrt", "SELECT_V2": "AddSelectV2", "SHAPE": "AddShape",
+    "SIN": "AddSin", "SLICE": "AddSlice", "SOFTMAX": "AddSoftmax",
+    "SPACE_TO_BATCH_ND": "AddSpaceToBatchNd", "SPACE_TO_DEPTH": "AddSpaceToDepth",
+    "SPLIT": "AddSplit", "SPLIT_V": "AddSplitV", "SQUEEZE": "AddSqueeze", "SQRT": "AddSqrt",
+    "SQUARE": "AddSquare", "SQUARED_DIFFERENCE": "AddSquaredDifference",
+    "STRIDED_SLICE": "AddStridedSlice", "SUB": "AddSub", "SUM": "AddSum", "SVDF": "AddSvdf",
+    "TANH": "AddTanh", "TRANSPOSE_CONV": "AddTransposeConv", "TRANSPOSE": "AddTranspose",
+    "UNPACK": "AddUnpack", "UNIDIRECTIONAL_SEQUENCE_LSTM": "AddUnidirectionalSequenceLSTM",
+    "VAR_HANDLE": "AddVarHandle", "WHILE": "AddWhile", "ZEROS_LIKE": "AddZerosLike",
+}
+# Builtins whose Add* method came after February 2023: Arduino_TensorFlowLite (frozen at
+# that TFLM) cannot run them.
+NOT_IN_ARDUINO_2023 = frozenset({"BATCH_MATMUL", "DYNAMIC_UPDATE_SLICE", "EMBEDDING_LOOKUP",
+                                 "REDUCE_ALL", "REDUCE_MIN", "REVERSE_V2"})
+# Custom operators TFLM registers with a method of its own.
+CUSTOM_METHODS: dict[str, str] = {
+    "TFLite_Detection_PostProcess": "AddDetectionPostprocess",
+    "CIRCULAR_BUFFER": "AddCircularBuffer",
+}
+PATCH_EXEC_CALL = f'AddCustom("{PATCH_EXEC}", tflite::Register_PATCH_EXEC())'
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ExportError(TflmPatchError):
+    """The model cannot be exported as asked (unknown operator, bad test image, ...)."""
+
+
+@dataclass(frozen=True)
+class ResolverOp:
+    """One entry of the op resolver: an operator kind the model uses."""
+
+    op: str  # builtin name ("CONV_2D") or custom code ("PATCH_EXEC")
+    call: str  # what to call on the resolver, e.g. "AddConv2D()"
+    count: int  # how many operators of the model are of this kind
+    in_arduino_2023: bool  # Arduino_TensorFlowLite (Feb 2023 TFLM) has the method
+
+
+@dataclass(frozen=True)
+class ArenaBudget:
+    """The tensor arena to declare: the prediction plus the safety margin."""
+
+    predicted: int  # predict_arena(model, "cortex_m").total
+    head: int  # activations + scratch buffers (part of `predicted`)
+    tail: int  # persistent allocations (part of `predicted`)
+    margin: int
+
+    @property
+    def total(self) -> int:
+        return self.predicted + self.margin
+
+
+@dataclass(frozen=True)
+class BundledImage:
+    """One model input as int8 bytes, and where it comes from (said in the source)."""
+
+    data: bytes
+    origin: str
+
+
+@dataclass(frozen=True)
+class ExportFile:
+    name: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Export:
+    files: tuple[ExportFile, ...]
+    ops: tuple[ResolverOp, ...]
+    arena: ArenaBudget
+    model_bytes: int
+    sha256: str
+
+
+def resolver_ops(model: Model) -> tuple[ResolverOp, ...]:
+    """The operator kinds of `model`, in order of first use. Unknown ones raise
+    ExportError naming the operator."""
+    counts: Counter[str] = Counter(op.name for op in model.operators)
+    result: list[ResolverOp] = []
+    for name in dict.fromkeys(op.name for op in model.operators):
+        first = next(op for op in model.operators if op.name == name)
+        if first.is_custom:
+            if name == PATCH_EXEC:
+                call, arduino = PATCH_EXEC_CALL, True
+            elif name in CUSTOM_METHODS:
+                call, arduino = f"{CUSTOM_METHODS[name]}()", True
+            else:
+                raise ExportError(f"operator {first.index} is the custom operator {name!r}: "
+                                  "no MicroMutableOpResolver registration is known for it "
+                                  f"(known custom operators: {PATCH_EXEC}, "
+                                  f"{', '.join(CUSTOM_METHODS)})")
+        elif name in RESOLVER_METHODS:
+            call, arduino = f"{RESOLVER_METHODS[name]}()", name not in NOT_IN_ARDUINO_2023
+        else:
+            raise ExportError(f"operator {first.index} is {name}: TFLM's "
+                              "MicroMutableOpResolver has no Add* method for it")
+        result.append(ResolverOp(name, call, counts[name], arduino))
+    return tuple(result)
+
+
+def arena_budget(model: Model, fraction: float = ARENA_MARGIN_FRACTION,
+                 minimum: int = ARENA_MARGIN_MIN) -> ArenaBudget:
+    """predict_arena(model, "cortex_m") plus max(fraction * prediction, minimum), the sum
+    rounded up to a multiple of 16."""
+    from tflm_patch.arena import predict_arena
+
+    if fraction < 0 or minimum < 0:
+        raise ExportError("the arena margin cannot be negative")
+    pred = predict_arena(model, ARENA_TARGET)
+    margin = max(int(np.ceil(pred.total * fraction)), minimum)
+    total = -(-(pred.total + margin) // ARENA_ALIGN) * ARENA_ALIGN
+    return ArenaBudget(pred.total, pred.head.size, pred.tail.total, total - pred.total)
+
+
+# ----------------------------------------------------------------------------- source text
+
+
+def _c_bytes(data: bytes, indent: str = "    ") -> str:
+    """Comma-separated hex bytes, BYTES_PER_LINE per line."""
+    hexed = [f"0x{b:02x}" for b in data]
+    lines = [indent + ", ".join(hexed[i:i + BYTES_PER_LINE]) + ","
+             for i in range(0, len(hexed), BYTES_PER_LINE)]
+    return "\n".join(lines)
+
+
+def _guard(name: str) -> str:
+    return "TFLM_PATCH_EXPORT_" + re.sub(r"[^A-Za-z0-9]", "_", name).upper() + "_"
+
+
+def _banner(source: str, what: str) -> str:
+    source = re.sub(r"[\x00-\x1f]", "?", source)  # a file name inside a // comment
+    return (f"// {what}\n// Generated by `tflm-patch export` (tflm_patch {__version__}) from "
+            f"{source}.\n// Do not edit: export the model again instead.\n")
+
+
+def check_symbol(symbol: str) -> str:
+    if not _IDENTIFIER.match(symbol):
+        raise ExportError(f"--name {symbol!r} is not a C identifier")
+    return symbol
+
+
+def model_data_files(data: bytes, source: str, symbol: str = DEFAULT_SYMBOL,
+                     source_ext: str = ".cc") -> tuple[ExportFile, ExportFile]:
+    """model_data.h and model_data<source_ext>: `alignas(16) const unsigned char
+    symbol[]` (the model bytes) and `const unsigned int symbol_len`."""
+    check_symbol(symbol)
+    digest = hashlib.sha256(data).hexdigest()
+    header = "model_data.h"
+    guard = _guard(header)
+    h = (_banner(source, f"The model: {len(data):,} bytes, sha256 {digest}.")
+         + f"#ifndef {guard}\n#define {guard}\n\n"
+         "// 16-byte aligned (TFLM reads the flatbuffer in place) and const (flash).\n"
+         f"alignas(16) extern const unsigned char {symbol}[];\n"
+         f"extern const unsigned int {symbol}_len;\n\n"
+         f"#endif  // {guard}\n")
+    cc = (_banner(source, f"The model: {len(data):,} bytes, sha256 {digest}.")
+          + f'#include "{header}"\n\n'
+          f"alignas(16) const unsigned char {symbol}[] = {{\n{_c_bytes(data)}\n}};\n"
+          f"const unsigned int {symbol}_len = {len(data)};\n")
+    return ExportFile(header, h), ExportFile(f"model_data{source_ext}", cc)
+
+
+def _shape_init(shape: tuple[int, ...]) -> str:
+    return "{" + ", ".join(str(d) for d in shape) + "}" if shape else "{1}"
+
+
+def model_settings_file(model: Model, ops: tuple[ResolverOp, ...], arena: ArenaBudget,
+                        source: str) -> ExportFile:
+    """model_settings.h: arena size, input/output shapes, the operator list (comments)."""
+    name = "model_settings.h"
+    guard = _guard(name)
+    inp, out = model.tensors[model.inputs[0]], model.tensors[model.outputs[0]]
+    width = max(len(o.op) for o in ops)
+    op_lines = "\n".join(f"//   {o.op:<{width}} x{o.count:<3} {o.call}" for o in ops)
+    pct = f"{ARENA_MARGIN_FRACTION:.0%}"
+    text = (
+        _banner(source, "Settings of the exported model.")
+        + f"#ifndef {guard}\n#define {guard}\n\n"
+        "// The tensor arena to declare:\n"
+        "//   alignas(16) static uint8_t tensor_arena[kTensorArenaSize];\n"
+        f"// = {arena.predicted:,} B predicted for TFLM on a 32-bit Cortex-M by\n"
+        f'//   tflm_patch.arena.predict_arena(model, "{ARENA_TARGET}") ({arena.head:,} B '
+        f"activations and\n//   scratch buffers + {arena.tail:,} B persistent data)\n"
+        f"// + {arena.margin:,} B safety margin ({pct} of the prediction, at least "
+        f"{ARENA_MARGIN_MIN:,} B,\n"
+        "//   total rounded up to 16): CMSIS-NN kernels' scratch buffers and older TFLM\n"
+        "//   struct sizes (Arduino_TensorFlowLite), which the prediction does not model.\n"
+        f"constexpr unsigned int kTensorArenaSize = {arena.total};\n"
+        f"constexpr unsigned int kTensorArenaPredicted = {arena.predicted};\n\n"
+        f"// Input 0: {inp.dtype} {list(inp.shape)}; output 0: {out.dtype} "
+        f"{list(out.shape)}.\n"
+        f"constexpr int kInputRank = {max(len(inp.shape), 1)};\n"
+        f"constexpr int kInputShape[] = {_shape_init(inp.shape)};\n"
+        f"constexpr unsigned int kInputBytes = {inp.nbytes};\n"
+        f"constexpr int kOutputRank = {max(len(out.shape), 1)};\n"
+        f"constexpr int kOutputShape[] = {_shape_init(out.shape)};\n"
+        f"constexpr unsigned int kOutputBytes = {out.nbytes};\n\n"
+        f"// The {len(model.operators)} operators use {len(ops)} kinds; the op resolver "
+        "registers each once\n// (model_ops.h: RegisterModelOps):\n"
+        f"{op_lines}\n"
+        f"constexpr unsigned int kNumResolverOps = {len(ops)};\n\n"
+        f"#endif  // {guard}\n"
+    )
+    return ExportFile(name, text)
+
+
+def model_ops_file(ops: tuple[ResolverOp, ...], source: str, glue_include: str) -> ExportFile:
+    """model_ops.h: RegisterModelOps for any MicroMutableOpResolver<N>, N >= the op count."""
+    name = "model_ops.h"
+    guard = _guard(name)
+    calls = "\n".join(f"      resolver.{o.call}," for o in ops)
+    text = (
+        _banner(source, "The operators of the exported model, for the op resolver.")
+        + f"#ifndef {guard}\n#define {guard}\n\n"
+        f"#include {glue_include}\n"
+        '#include "model_settings.h"\n'
+        '#include "tensorflow/lite/micro/micro_mutable_op_resolver.h"\n\n'
+        "// A resolver with room for exactly the model's operators.\n"
+        "using ModelOpResolver = tflite::MicroMutableOpResolver<kNumResolverOps>;\n\n"
+        "// Registers every operator kind the model uses, once. kTfLiteError when the\n"
+        "// resolver is full or an operator is already registered.\n"
+        "template <unsigned int kCapacity>\n"
+        "TfLiteStatus RegisterModelOps(\n"
+        "    tflite::MicroMutableOpResolver<kCapacity>& resolver) {\n"
+        "  static_assert(kCapacity >= kNumResolverOps,\n"
+        '                "the resolver is too small for the model");\n'
+        "  // A braced list is evaluated left to right: registration in this order.\n"
+        "  const TfLiteStatus statuses[] = {\n"
+        f"{calls}\n"
+        "  };\n"
+        "  for (const TfLiteStatus status : statuses) {\n"
+        "    if (status != kTfLiteOk) return kTfLiteError;\n"
+        "  }\n"
+        "  return kTfLiteOk;\n"
+        "}\n\n"
+        f"#endif  // {guard}\n"
+    )
+    return ExportFile(name, text)
+
+
+def image_files(image: BundledImage, shape: tuple[int, ...], source: str,
+                     source_ext: str = ".cc") -> tuple[ExportFile, ExportFile]:
+    """test_image.h / test_image<source_ext>: `alignas(16) const int8_t g_test_image[]`."""
+    header = "test_image.h"
+    guard = _guard(header)
+    dims = "x".join(str(d) for d in shape)
+    origin = image.origin.replace("\\", "/").replace('"', "'")
+    h = (_banner(source, f"A bundled test input: int8 {dims}. Origin: {origin}.")
+         + f"#ifndef {guard}\n#define {guard}\n\n#include <stdint.h>\n\n"
+         "alignas(16) extern const int8_t g_test_image[];\n"
+         f"constexpr unsigned int kTestImageBytes = {len(image.data)};\n"
+         "// Where the image comes from (printed by the example).\n"
+         "extern const char g_test_image_origin[];\n\n"
+         f"#endif  // {guard}\n")
+    values = np.frombuffer(image.data, np.int8)
+    body = "\n".join("    " + ", ".join(str(int(v)) for v in values[i:i + 16]) + ","
+                     for i in range(0, len(values), 16))
+    cc = (_banner(source, f"A bundled test input: int8 {dims}. Origin: {origin}.")
+          + f'#include "{header}"\n\n'
+          f"alignas(16) const int8_t g_test_image[] = {{\n{body}\n}};\n"
+          f'const char g_test_image_origin[] = "{origin}";\n')
+    return ExportFile(header, h), ExportFile(f"test_image{source_ext}", cc)
+
+
+# ----------------------------------------------------------------------------- test images
+
+
+def seeded_image(model: Model, seed: int) -> BundledImage:
+    """A deterministic synthetic input like the zoo's representative images: a smooth
+    random field in [-1, 1] (random walks along rows and columns plus 20% noise), seeded,
+    quantized with the input tensor's scale and zero point."""
+    info = model.tensors[model.inputs[0]]
+    shape = tuple(info.shape[1:]) if len(info.shape) > 1 else tuple(info.shape)
+    rng = np.random.default_rng(seed)
+    walk = rng.normal(0, 1, shape)
+    for axis in range(min(2, walk.ndim)):
+        walk = np.cumsum(walk, axis=axis)
+    walk = walk / (np.abs(walk).max() + 1e-6)
+    x = 0.8 * walk + 0.2 * rng.uniform(-1, 1, shape)
+    q = info.quantization
+    scale, zp = (q.scale[0], q.zero_point[0]) if q and q.scale else (1 / 128, 0)
+    values = np.clip(np.round(x / scale) + zp, -128, 127).astype(np.int8)
+    origin = (f"synthetic: numpy default_rng({seed}) smooth random field (as the tflm_patch "
+              "zoo's representative images), quantized with the input scale/zero point")
+    return BundledImage(values.tobytes(), origin)
+
+
+def file_image(model: Model, path: Path) -> BundledImage:
+    """An 8-bit image or .npy file as the model input (image bytes reinterpreted as int8,
+    as TFLM's generate_cc_arrays and `tflm-patch validate --input` do)."""
+    from tflm_patch.validate import load_input
+
+    arr = load_input(model, path)[0]
+    return BundledImage(arr.tobytes(), f"{path.name} (pixel bytes reinterpreted as int8, as "
+                     "TFLM's generate_cc_arrays.py does)")
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def export_model(data: bytes, *, source: str = "model.tflite", arduino: bool = False,
+                 symbol: str = DEFAULT_SYMBOL, image: BundledImage | None = None,
+                 margin_fraction: float = ARENA_MARGIN_FRACTION) -> Export:
+    """The export of `data` (a .tflite). `arduino`: files for an Arduino sketch (.cpp
+    sources, the library header <tflm_patch.h>, only operators Arduino_TensorFlowLite's
+    February 2023 TFLM has)."""
+    model = load_model(data)
+    require_int8(model)
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ExportError(f"the model has {len(model.inputs)} inputs and {len(model.outputs)} "
+                          "outputs; export handles models with one of each")
+    ops = resolver_ops(model)
+    if arduino:
+        missing = [o.op for o in ops if not o.in_arduino_2023]
+        if missing:
+            raise ExportError(f"Arduino_TensorFlowLite (TFLM of February 2023) has no kernel "
+                              f"for {', '.join(missing)}; export with --c-array for a newer "
+                              "TFLM")
+    arena = arena_budget(model, margin_fraction)
+    ext = ".cpp" if arduino else ".cc"
+    glue = "<tflm_patch.h>" if arduino else '"custom_ops/patch_exec/tflm/patch_exec_op.h"'
+    files = [*model_data_files(data, source, symbol, ext),
+             model_settings_file(model, ops, arena, source),
+             model_ops_file(ops, source, glue)]
+    if image is not None:
+        info = model.tensors[model.inputs[0]]
+        if len(image.data) != info.nbytes:
+            raise ExportError(f"the test image has {len(image.data)} bytes; the input "
+                              f"tensor {list(info.shape)} needs {info.nbytes}")
+        files.extend(image_files(image, info.shape, source, ext))
+    log.debug("export: %d files, arena %d B", len(files), arena.total)
+    return Export(tuple(files), ops, arena, len(data), hashlib.sha256(data).hexdigest())
