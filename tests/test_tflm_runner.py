@@ -17,6 +17,7 @@ from tflm_patch.errors import TflmRunError
 from tflm_patch.model import load_model
 from tflm_patch.tflm_runner import (
     allocation_report,
+    invoke_latency,
     parse_report,
     run_all_tensors,
     run_model,
@@ -218,6 +219,20 @@ def test_preloaded_registerer_is_called(tmp_path: Path) -> None:
     assert out.reshape(-1).tolist() == [-113, 113]
     with pytest.raises(TflmRunError, match="RegisterFails failed to register op"):
         allocation_report(data, preload=[str(lib)], registerers=["RegisterFails"])
+
+
+def test_invoke_latency_times_models_alternately_on_the_same_input(
+        tiny_int8_bytes: bytes) -> None:
+    """Inputs are set again before every Invoke (TFLM reuses the input's arena bytes), so
+    every run of every model computes the same outputs as one plain run."""
+    x = [np.random.default_rng(3).integers(-128, 128, (1, 16, 16, 3), dtype=np.int8)]
+    lat = invoke_latency([tiny_int8_bytes, tiny_int8_bytes], x, repeats=7)
+    assert [len(s) for s in lat.seconds] == [7, 7]
+    assert all(t > 0 for s in lat.seconds for t in s) and lat.median(0) > 0
+    (want,) = run_model(tiny_int8_bytes, x)
+    assert all(o[0].tobytes() == want.tobytes() for o in lat.outputs)
+    with pytest.raises(ValueError, match="repeats"):
+        invoke_latency([tiny_int8_bytes], x, repeats=0)
 
 
 def test_parse_report() -> None:

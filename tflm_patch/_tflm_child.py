@@ -22,8 +22,9 @@ import os
 import pickle
 import sys
 import tempfile
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ RESOURCE_VARIABLES_LINE = "Number of resource variables"
 
 @dataclass(frozen=True)
 class Request:
-    action: str  # "run" | "report" | "smallest"
+    action: str  # "run" | "report" | "smallest" | "latency"
     model: bytes
     arena_size: int
     num_inputs: int
@@ -48,6 +49,9 @@ class Request:
     granularity: int = 16
     invoke: bool = True
     preserve_all: bool = False
+    # "latency": more models (same inputs) timed alternately with `model`, `repeats` rounds
+    extra_models: tuple[bytes, ...] = ()
+    repeats: int = 0
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,9 @@ class Response:
     report_text: str = ""
     smallest: int = 0
     probes: int = 0
+    # "latency": per model (`model`, then `extra_models`), seconds of each Invoke, outputs
+    seconds: tuple[tuple[float, ...], ...] = ()
+    model_outputs: tuple[tuple[np.ndarray, ...], ...] = ()
 
 
 def phase(text: str) -> None:
@@ -229,6 +236,36 @@ def _run(req: Request, runtime: Any) -> Response:
     return Response(outputs=outputs, tensors=tensors)
 
 
+def _latency(req: Request, runtime: Any) -> Response:
+    """Invoke every model on the same inputs, alternating models (the order reversed every
+    other round) so that drifts of the machine hit them alike; one warm-up Invoke each."""
+    phase("allocating tensors")
+    models = (req.model, *req.extra_models)
+    interps = [_make(replace(req, model=m), req.arena_size, runtime) for m in models]
+
+    def set_inputs(interp: Any) -> None:
+        # again before every Invoke: TFLM's plan reuses the input's bytes for later tensors
+        for i, x in enumerate(req.inputs):
+            interp.set_input(x, i)
+
+    phase("invoking")
+    for interp in interps:
+        set_inputs(interp)
+        interp.invoke()
+    seconds: list[list[float]] = [[] for _ in models]
+    for r in range(req.repeats):
+        order = range(len(models)) if r % 2 == 0 else range(len(models) - 1, -1, -1)
+        for k in order:
+            set_inputs(interps[k])
+            start = time.perf_counter()
+            interps[k].invoke()
+            seconds[k].append(time.perf_counter() - start)
+    phase("reading outputs")
+    outputs = tuple(tuple(np.array(interp.get_output(i)) for i in range(req.num_outputs))
+                    for interp in interps)
+    return Response(seconds=tuple(map(tuple, seconds)), model_outputs=outputs)
+
+
 def serve(req: Request) -> Response:
     phase("loading custom-op libraries")
     for path in req.preload:
@@ -240,6 +277,8 @@ def serve(req: Request) -> Response:
     runtime = _load_runtime()
     if req.action == "smallest":
         return _smallest(req, runtime)
+    if req.action == "latency":
+        return _latency(req, runtime)
     return _run(req, runtime)
 
 

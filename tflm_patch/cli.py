@@ -68,6 +68,8 @@ class ArenaFigures:
     measured_head: int | None
     measured_tail: int | None
     measurement_error: str | None
+    # PATCH_EXEC models: how PATCH_EXEC ran in the measurement, or why it could not run
+    patch_exec: str | None = None
 
 
 def _arena_figures(model: Model, measure: bool) -> ArenaFigures:
@@ -81,17 +83,31 @@ def _arena_figures(model: Model, measure: bool) -> ArenaFigures:
     except TflmPatchError as e:
         perr = str(e)
     mt = mh = mtl = None
-    merr = None
+    merr = patch_exec = None
+    registerers: tuple[str, ...] = ()
+    preload: tuple[str, ...] = ()
+    if measure and any(op.name == "PATCH_EXEC" for op in model.operators):
+        from tflm_patch.tflm_build import kernel_or_reason
+        from tflm_patch.validate import NUMPY_SPLIT, TFLM_KERNEL
+
+        kernel, reason = kernel_or_reason()
+        if kernel is not None:
+            patch_exec = TFLM_KERNEL
+            registerers, preload = (kernel.registerer,), (str(kernel.path),)
+        else:
+            patch_exec = (f"not measured: TFLM needs the C++ PATCH_EXEC kernel ({reason}); "
+                          f"`validate` would use the {NUMPY_SPLIT}")
+            measure = False
     if measure:
         from tflm_patch.tflm_runner import smallest_arena
 
         log.info("measuring the smallest arena on x86 TFLM (bisection in a child process)...")
         try:
-            meas = smallest_arena(model.raw)
+            meas = smallest_arena(model.raw, registerers=registerers, preload=preload)
             mt, mh, mtl = meas.smallest, meas.report.head, meas.report.tail
         except TflmPatchError as e:
             merr = str(e)
-    return ArenaFigures(ph, pt, ptot, perr, mt, mh, mtl, merr)
+    return ArenaFigures(ph, pt, ptot, perr, mt, mh, mtl, merr, patch_exec)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -186,7 +202,9 @@ def _print_analysis(model: Model, result: Analysis, arena: ArenaFigures, budget:
     if arena.measured_total is not None:
         print(f"TFLM arena measured:  {arena.measured_total:,} B = head {arena.measured_head:,}"
               f" + tail {arena.measured_tail:,}  (x86 TFLM, smallest arena that allocates and "
-              "invokes)")
+              f"invokes{'; ' + arena.patch_exec if arena.patch_exec else ''})")
+    elif arena.patch_exec is not None and arena.measurement_error is None:
+        print(f"TFLM arena measured:  {arena.patch_exec}")
     elif arena.measurement_error is None:
         print("TFLM arena measured:  skipped (--no-measure)")
     if budget is not None:
@@ -255,9 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--list", action="store_true", help="list the models and what they test")
     z.set_defaults(func=cmd_zoo)
 
+    from tflm_patch.cli_export import add_parser as add_export_parser
     from tflm_patch.cli_patch import add_parsers
 
     add_parsers(sub)
+    add_export_parser(sub)
     return p
 
 

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 600.0  # seconds for one child process
 MIN_DEFAULT_ARENA = 16 << 20  # default arena: max(16 MiB, 10 x model size)
 ARENA_ALIGNMENT = 16  # new uint8_t[] on glibc x86_64; MicroArenaBufferAlignment()
+MAX_LOG_LINES = 4  # TFLM messages of the failing step quoted in an error
 
 
 @dataclass(frozen=True)
@@ -147,21 +148,34 @@ def _child_env() -> dict[str, str]:
 class _ChildLog:
     phase: str  # the last step the child announced
     last_line: str  # TFLM's last message, "" if none
+    # TFLM's messages since the last phase marker: a kernel's own message (e.g. why
+    # PATCH_EXEC's Prepare failed) comes before TFLM's "Node ... failed to prepare"
+    recent: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, stderr: bytes) -> _ChildLog:
         phase, last = "starting", ""
+        recent: list[str] = []
         for raw in stderr.decode("utf-8", "replace").splitlines():
             line = raw.strip()
             if line.startswith(PHASE_MARK):
                 phase = line[len(PHASE_MARK):]
+                recent = []
             elif line and not line.startswith((RESOURCE_VARIABLES_LINE, REPORT_HEADER)):
                 last = line
-        return cls(phase, last)
+                recent.append(line)
+        return cls(phase, last, tuple(recent))
+
+    @property
+    def message(self) -> str:
+        """The last few messages of the failing step (else TFLM's last message)."""
+        if len(self.recent) > 1:
+            return " | ".join(self.recent[-MAX_LOG_LINES:])
+        return self.last_line
 
     def suffix(self, sig: signal.Signals | None = None) -> str:
-        if self.last_line:
-            return f": {self.last_line}"
+        if self.message:
+            return f": {self.message}"
         if sig == signal.SIGABRT:
             return (" (no TFLM log output; a failed internal check such as a degenerate "
                     "quantization scale aborts TFLM this way)")
@@ -198,7 +212,7 @@ def _call(request: Request, timeout: float) -> Response:
     if not isinstance(response, Response):
         raise TflmRunError(f"TFLM child process answered {type(response).__name__}")
     if response.error:
-        log_part = f"; TFLM log: {child.last_line}" if child.last_line else ""
+        log_part = f"; TFLM log: {child.message}" if child.message else ""
         raise TflmRunError(f"TFLM failed while {child.phase}: {response.error}{log_part}")
     return response
 
@@ -206,10 +220,18 @@ def _call(request: Request, timeout: float) -> Response:
 def _request(action: str, model: bytes, *, arena_size: int | None = None,
              registerers: Sequence[str] = (), preload: Sequence[str] = (),
              inputs: Sequence[np.ndarray] | None = None, granularity: int = 16,
-             invoke: bool = True, preserve_all: bool = False) -> Request:
+             invoke: bool = True, preserve_all: bool = False,
+             extra_models: Sequence[bytes] = (), repeats: int = 0) -> Request:
     data = bytes(model)
     shape = _model_shape(data)
-    arena = default_arena_size(data) if arena_size is None else int(arena_size)
+    extra = tuple(bytes(m) for m in extra_models)
+    for other in extra:
+        s = _model_shape(other)
+        if (s.inputs, s.outputs) != (shape.inputs, shape.outputs):
+            raise TflmRunError(f"the models have different numbers of inputs/outputs: "
+                               f"{shape.inputs}/{shape.outputs} and {s.inputs}/{s.outputs}")
+    largest = max((data, *extra), key=len)
+    arena = default_arena_size(largest) if arena_size is None else int(arena_size)
     if arena <= 0:
         raise TflmRunError(f"arena_size must be positive, got {arena}")
     arrays = () if inputs is None else tuple(np.ascontiguousarray(x) for x in inputs)
@@ -221,7 +243,7 @@ def _request(action: str, model: bytes, *, arena_size: int | None = None,
         num_outputs=shape.outputs, num_tensors=shape.tensors, inputs=arrays,
         registerers=tuple(str(r) for r in registerers),
         preload=tuple(os.fspath(p) for p in preload), granularity=granularity,
-        invoke=invoke, preserve_all=preserve_all)
+        invoke=invoke, preserve_all=preserve_all, extra_models=extra, repeats=repeats)
 
 
 def run_model(model: bytes, inputs: Sequence[np.ndarray], *, arena_size: int | None = None,
@@ -272,3 +294,31 @@ def smallest_arena(model: bytes, *, granularity: int = 16, registerers: Sequence
     log.info("smallest arena %d bytes after %d probes (%.2f s)", resp.smallest, resp.probes,
              time.monotonic() - start)
     return ArenaMeasurement(resp.smallest, parse_report(resp.report_text), resp.probes)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Seconds of each timed Invoke, and the outputs, per model (in the order given)."""
+
+    seconds: tuple[tuple[float, ...], ...]
+    outputs: tuple[tuple[np.ndarray, ...], ...]
+
+    def median(self, k: int) -> float:
+        return float(np.median(self.seconds[k]))
+
+
+def invoke_latency(models: Sequence[bytes], inputs: Sequence[np.ndarray], *,
+                   repeats: int = 7, arena_size: int | None = None,
+                   registerers: Sequence[str] = (), preload: Sequence[str] = (),
+                   timeout: float = DEFAULT_TIMEOUT) -> Latency:
+    """Time Invoke of each model on the same inputs in ONE child process, `repeats` rounds
+    alternating the models (after one warm-up Invoke each)."""
+    if not models:
+        raise ValueError("no model to time")
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    req = _request("latency", models[0], arena_size=arena_size, registerers=registerers,
+                   preload=preload, inputs=inputs, extra_models=models[1:],
+                   repeats=int(repeats))
+    resp = _call(req, timeout)
+    return Latency(resp.seconds, resp.model_outputs)

@@ -1,24 +1,25 @@
 """Run a patched model and compare it with the original, byte for byte.
 
-The original runs on x86 TFLM. The patched model runs split at its PATCH_EXEC
-operators: every run of other operators is cut out as a small model and run on x86
-TFLM, every PATCH_EXEC by the numpy reference (`patch_ref`). (Once the C++ kernel is
-built, `executor="tflm"` runs the whole patched model in TFLM instead.)
+The original runs on x86 TFLM. The patched model runs whole in x86 TFLM with the C++
+PATCH_EXEC kernel when that can be built here (`tflm_build`: TFLM headers configured,
+core present); otherwise split at its PATCH_EXEC operators: every run of other
+operators is cut out as a small model and run on x86 TFLM, every PATCH_EXEC by the
+numpy reference (`patch_ref`). `Executor.description` says which path ran.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tflm_patch import tflm_runner
+from tflm_patch import tflm_build, tflm_runner
 from tflm_patch.errors import TflmPatchError
-from tflm_patch.model import Model, load_model, model_to_bytes
+from tflm_patch.model import Model, OperatorInfo, load_model, model_to_bytes
 from tflm_patch.patch_ref import run_patch_exec
 from tflm_patch.rewrite import CUSTOM_CODE, prune
 
@@ -52,10 +53,47 @@ def _segments(model: Model) -> list[tuple[str, list[int]]]:
     return segs
 
 
-def run_patched(model: Model, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Outputs of a patched model: TFLM between PATCH_EXECs, the numpy reference for them."""
+TFLM_KERNEL = "PATCH_EXEC ran in x86 TFLM (C++ kernel)"
+NUMPY_SPLIT = "numpy reference, split at PATCH_EXEC"
+
+
+@dataclass(frozen=True)
+class Executor:
+    """How PATCH_EXEC runs: the C++ kernel inside x86 TFLM (`kernel`), or, when it is
+    None, the numpy reference between x86 TFLM segments (`reason`: why)."""
+
+    kernel: tflm_build.KernelLibrary | None
+    reason: str = ""
+
+    @property
+    def description(self) -> str:
+        return TFLM_KERNEL if self.kernel is not None else f"{NUMPY_SPLIT} ({self.reason})"
+
+
+def default_executor() -> Executor:
+    """The C++ kernel in x86 TFLM if it can be built here, else the numpy reference."""
+    kernel, reason = tflm_build.kernel_or_reason()
+    return Executor(kernel, reason)
+
+
+PatchRunner = Callable[[Model, OperatorInfo, np.ndarray], np.ndarray]
+
+
+def run_patched(model: Model, inputs: Sequence[np.ndarray],
+                executor: Executor | None = None,
+                patch_runner: PatchRunner | None = None) -> list[np.ndarray]:
+    """Outputs of a patched model: whole in x86 TFLM with the C++ kernel, or TFLM between
+    PATCH_EXECs and the numpy reference for them (`executor`, default: the kernel when it
+    can be built). `patch_runner` forces the split path with that PATCH_EXEC runner
+    (e.g. native.run_patch_exec_native: the C++ core through ctypes)."""
     if len(inputs) != len(model.inputs):
         raise TflmPatchError(f"the model has {len(model.inputs)} input(s), got {len(inputs)}")
+    kernel = None if patch_runner is not None else (executor or default_executor()).kernel
+    if kernel is not None:
+        data = model.raw or model_to_bytes(model.obj)
+        outs = tflm_runner.run_model(data, list(inputs), **kernel.runner_kwargs())
+        return [np.asarray(v).reshape(model.tensors[t].shape)
+                for v, t in zip(outs, model.outputs, strict=True)]
     env: dict[int, np.ndarray] = {}
     for t, x in zip(model.inputs, inputs, strict=True):
         env[t] = np.asarray(x).reshape(model.tensors[t].shape)
@@ -63,7 +101,7 @@ def run_patched(model: Model, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
     for k, (kind, ops) in enumerate(segs):
         if kind == "patch":
             op = model.operators[ops[0]]
-            env[op.outputs[0]] = run_patch_exec(model, op, env[op.inputs[0]])
+            env[op.outputs[0]] = (patch_runner or run_patch_exec)(model, op, env[op.inputs[0]])
             continue
         produced = {t for i in ops for t in model.operators[i].outputs}
         seg_in = []
@@ -86,6 +124,7 @@ class Comparison:
     label: str
     original: list[np.ndarray]
     patched: list[np.ndarray]
+    executor: str = ""  # Executor.description of the patched run
 
     @property
     def max_abs_diff(self) -> int:
@@ -99,12 +138,13 @@ class Comparison:
 
 
 def compare(original: Model, patched: Model, inputs: Sequence[np.ndarray],
-            label: str) -> Comparison:
+            label: str, executor: Executor | None = None) -> Comparison:
+    executor = executor or default_executor()
     want = tflm_runner.run_model(original.raw, inputs)
-    got = run_patched(patched, inputs)
+    got = run_patched(patched, inputs, executor)
     want = [np.asarray(w).reshape(original.tensors[t].shape)
             for w, t in zip(want, original.outputs, strict=True)]
-    return Comparison(label, want, got)
+    return Comparison(label, want, got, executor.description)
 
 
 def random_inputs(model: Model, seed: int) -> list[np.ndarray]:

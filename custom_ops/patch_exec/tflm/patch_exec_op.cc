@@ -1,0 +1,279 @@
+// TFLM glue of PATCH_EXEC (docs/patch_exec.md). Init keeps a pointer to the
+// options blob and validates it; Prepare checks that the operator's tensors are
+// the ones the blob describes and requests the one scratch buffer; Eval hands
+// the tensors to the portable core. All validation happens before Eval: Eval
+// checks nothing and allocates nothing.
+//
+// Arena use is fixed by the contract (the project's arena model counts exactly
+// this): one persistent OpData from Init, one scratch buffer of scratch_bytes
+// (none when 0) from Prepare, nothing else. Temporary TfLiteTensors in Prepare
+// are released before Prepare returns.
+#include "custom_ops/patch_exec/tflm/patch_exec_op.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "custom_ops/patch_exec/patch_exec_core.h"
+#include "tensorflow/lite/c/common.h"
+#include "tensorflow/lite/micro/kernels/kernel_util.h"
+#include "tensorflow/lite/micro/micro_context.h"
+
+// TF_LITE_ENSURE_MSG with printf arguments (TFLM's own macro takes a plain
+// message only, before November 2023). Logs "PATCH_EXEC: <message>" through the
+// context (MicroPrintf) and fails the calling function.
+#define PATCH_EXEC_ENSURE(context, condition, ...)               \
+  do {                                                           \
+    static_cast<void>(context);                                  \
+    if (!(condition)) {                                          \
+      TF_LITE_KERNEL_LOG((context), "PATCH_EXEC: " __VA_ARGS__); \
+      return kTfLiteError;                                       \
+    }                                                            \
+  } while (0)
+
+namespace tflite {
+namespace {
+
+// Persistent per-operator data: 16 bytes on 64-bit targets, 12 on 32-bit.
+struct OpData {
+  // The options blob inside the flatbuffer; nullptr if it did not validate in
+  // Init (Prepare then reports why).
+  const uint8_t* options;
+  uint32_t options_size;
+  // Index of the scratch buffer, or -1 when scratch_bytes is 0.
+  int32_t scratch_index;
+};
+static_assert(sizeof(OpData) == sizeof(void*) + 2 * sizeof(uint32_t),
+              "OpData's size is part of the arena contract");
+
+constexpr int kStageInput = 0;
+constexpr int kStageOutput = 0;
+constexpr size_t kMessageSize = 256;
+
+// Where PatchExecInputFn finds operator inputs.
+struct InputSource {
+  TfLiteContext* context;
+  const TfLiteNode* node;
+};
+
+// PatchExecInputFn over the node's eval tensors (constants point into the
+// flatbuffer from the start, so this works in Prepare too).
+const void* GetConstantInput(void* source, uint32_t index) {
+  const InputSource* s = static_cast<const InputSource*>(source);
+  if (index >= static_cast<uint32_t>(s->node->inputs->size)) {
+    return nullptr;
+  }
+  const int tensor_index = s->node->inputs->data[index];
+  if (tensor_index < 0) {
+    return nullptr;
+  }
+  const TfLiteEvalTensor* tensor = GetMicroContext(s->context)->GetEvalTensor(tensor_index);
+  return tensor == nullptr ? nullptr : tensor->data.raw;
+}
+
+[[maybe_unused]] const char* TypeName(TfLiteType type) {
+  if (type == kTfLiteInt8) return "int8";
+  if (type == kTfLiteInt32) return "int32";
+  if (type == kTfLiteUInt8) return "uint8";
+  if (type == kTfLiteInt16) return "int16";
+  if (type == kTfLiteFloat32) return "float32";
+  return "another type";
+}
+
+TfLiteType RequiredType(PatchExecConstType type) {
+  return type == kPatchExecConstInt8 ? kTfLiteInt8 : kTfLiteInt32;
+}
+
+int64_t ElementCount(const TfLiteIntArray* dims) {
+  int64_t count = 1;
+  for (int i = 0; i < dims->size; ++i) {
+    count *= dims->data[i];
+  }
+  return count;
+}
+
+bool IsCompressed(MicroContext* micro_context, const TfLiteNode* node, int index) {
+#ifdef USE_TFLM_COMPRESSION
+  return micro_context->IsTensorCompressed(node, index);
+#else
+  (void)micro_context;
+  (void)node;
+  (void)index;
+  return false;
+#endif
+}
+
+void* Init(TfLiteContext* context, const char* buffer, size_t length) {
+  TFLITE_DCHECK(context->AllocatePersistentBuffer != nullptr);
+  OpData* data = static_cast<OpData*>(context->AllocatePersistentBuffer(context, sizeof(OpData)));
+  if (data == nullptr) {
+    return nullptr;  // Prepare reports it
+  }
+  const uint8_t* blob = reinterpret_cast<const uint8_t*>(buffer);
+  const bool fits = length <= UINT32_MAX;
+  const bool valid =
+      blob != nullptr && fits && PatchExecValidate(blob, length, nullptr, 0) == kPatchExecOk;
+  data->options = valid ? blob : nullptr;
+  data->options_size = fits ? static_cast<uint32_t>(length) : 0;
+  data->scratch_index = -1;
+  return data;
+}
+
+// Called when Init found the options invalid: validates them again, this time
+// with a message, and reports it.
+TfLiteStatus ReportInvalidOptions(TfLiteContext* context, const TfLiteNode* node) {
+  const uint8_t* blob = static_cast<const uint8_t*>(node->custom_initial_data);
+  const size_t size = static_cast<size_t>(node->custom_initial_data_size);
+  PATCH_EXEC_ENSURE(context, blob != nullptr && size > 0, "the operator has no custom options");
+  PATCH_EXEC_ENSURE(context, size <= UINT32_MAX, "the custom options are too large");
+  char message[kMessageSize] = {0};
+  const PatchExecStatus status = PatchExecValidate(blob, size, message, sizeof(message));
+  PATCH_EXEC_ENSURE(context, status == kPatchExecOk, "invalid options (status %d): %s",
+                    static_cast<int>(status), message);
+  // Init's verdict and this one differ: the blob changed in between.
+  TF_LITE_KERNEL_LOG(context, "PATCH_EXEC: the options were invalid in Init but not in Prepare");
+  return kTfLiteError;
+}
+
+// Input 0 or output 0: int8 [1, h, w, c] as the options' tensor 0 or T-1.
+TfLiteStatus CheckActivation(TfLiteContext* context, const TfLiteTensor* tensor,
+                             const uint8_t* options, int which, [[maybe_unused]] const char* what) {
+  PATCH_EXEC_ENSURE(context, tensor != nullptr, "%s is missing", what);
+  PATCH_EXEC_ENSURE(context, tensor->type == kTfLiteInt8, "%s is %s (type %d), not int8", what,
+                    TypeName(tensor->type), static_cast<int>(tensor->type));
+  int32_t h = 0;
+  int32_t w = 0;
+  int32_t c = 0;
+  PatchExecIoShape(options, which, &h, &w, &c);
+  const TfLiteIntArray* dims = tensor->dims;
+  PATCH_EXEC_ENSURE(context, dims != nullptr && dims->size == 4,
+                    "%s has %d dimensions, not 4 (1, H, W, C)", what,
+                    dims == nullptr ? 0 : dims->size);
+  PATCH_EXEC_ENSURE(
+      context, dims->data[0] == 1 && dims->data[1] == h && dims->data[2] == w && dims->data[3] == c,
+      "%s has shape [%d, %d, %d, %d]; the options "
+      "say [1, %d, %d, %d]",
+      what, dims->data[0], dims->data[1], dims->data[2], dims->data[3], static_cast<int>(h),
+      static_cast<int>(w), static_cast<int>(c));
+  return kTfLiteOk;
+}
+
+// Operator input `index` >= 1 against what the options need: type, element
+// count, constant data in the flatbuffer.
+TfLiteStatus CheckConstant(TfLiteContext* context, const TfLiteNode* node, const uint8_t* options,
+                           int index) {
+  PatchExecConstType type = kPatchExecConstUnused;
+  uint32_t elements = 0;
+  const PatchExecStatus status =
+      PatchExecConstantSpec(options, static_cast<uint32_t>(index), &type, &elements);
+  PATCH_EXEC_ENSURE(context, status == kPatchExecOk, "no constant spec for input %d (status %d)",
+                    index, static_cast<int>(status));
+  if (type == kPatchExecConstUnused) {
+    return kTfLiteOk;  // no layer reads it
+  }
+  PATCH_EXEC_ENSURE(context, node->inputs->data[index] >= 0,
+                    "input %d is omitted but a layer reads it", index);
+  MicroContext* micro_context = GetMicroContext(context);
+  PATCH_EXEC_ENSURE(context, !IsCompressed(micro_context, node, index),
+                    "input %d is compressed; PATCH_EXEC reads "
+                    "plain constants only",
+                    index);
+  TfLiteTensor* tensor = micro_context->AllocateTempInputTensor(node, index);
+  PATCH_EXEC_ENSURE(context, tensor != nullptr, "cannot read input %d", index);
+  const TfLiteType actual_type = tensor->type;
+  const int64_t actual_elements = ElementCount(tensor->dims);
+  const bool constant = tensor->allocation_type == kTfLiteMmapRo && tensor->data.raw != nullptr;
+  micro_context->DeallocateTempTfLiteTensor(tensor);
+
+  const TfLiteType required = RequiredType(type);
+  PATCH_EXEC_ENSURE(context, actual_type == required,
+                    "input %d is %s (type %d); the options need "
+                    "%s",
+                    index, TypeName(actual_type), static_cast<int>(actual_type),
+                    TypeName(required));
+  PATCH_EXEC_ENSURE(context, actual_elements == static_cast<int64_t>(elements),
+                    "input %d has %d elements; the options need "
+                    "%d",
+                    index, static_cast<int>(actual_elements), static_cast<int>(elements));
+  PATCH_EXEC_ENSURE(context, constant,
+                    "input %d is not a constant tensor (its data "
+                    "must be in the model)",
+                    index);
+  return kTfLiteOk;
+}
+
+TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
+  TFLITE_DCHECK(context != nullptr);
+  PATCH_EXEC_ENSURE(context, node->user_data != nullptr, "Init could not allocate its OpData");
+  OpData* data = static_cast<OpData*>(node->user_data);
+  if (data->options == nullptr) {
+    return ReportInvalidOptions(context, node);
+  }
+  const uint8_t* options = data->options;
+
+  const int num_inputs = static_cast<int>(PatchExecNumInputs(options));
+  PATCH_EXEC_ENSURE(context, node->inputs->size == num_inputs,
+                    "the operator has %d inputs; the options say "
+                    "num_inputs = %d",
+                    node->inputs->size, num_inputs);
+  PATCH_EXEC_ENSURE(context, node->outputs->size == 1, "the operator has %d outputs, not 1",
+                    node->outputs->size);
+
+  MicroContext* micro_context = GetMicroContext(context);
+  TfLiteTensor* input = micro_context->AllocateTempInputTensor(node, kStageInput);
+  const TfLiteStatus input_ok = CheckActivation(context, input, options, 0, "input 0");
+  if (input != nullptr) {
+    micro_context->DeallocateTempTfLiteTensor(input);
+  }
+  TF_LITE_ENSURE_STATUS(input_ok);
+  TfLiteTensor* output = micro_context->AllocateTempOutputTensor(node, kStageOutput);
+  const TfLiteStatus output_ok = CheckActivation(context, output, options, 1, "output 0");
+  if (output != nullptr) {
+    micro_context->DeallocateTempTfLiteTensor(output);
+  }
+  TF_LITE_ENSURE_STATUS(output_ok);
+
+  for (int i = 1; i < num_inputs; ++i) {
+    TF_LITE_ENSURE_STATUS(CheckConstant(context, node, options, i));
+  }
+  InputSource source = {context, node};
+  char message[kMessageSize] = {0};
+  const PatchExecStatus constants =
+      PatchExecCheckConstants(options, &GetConstantInput, &source, message, sizeof(message));
+  PATCH_EXEC_ENSURE(context, constants == kPatchExecOk, "invalid constant input (status %d): %s",
+                    static_cast<int>(constants), message);
+
+  const uint32_t scratch_bytes = PatchExecScratchBytes(options);
+  data->scratch_index = -1;
+  if (scratch_bytes > 0) {
+    int index = -1;
+    TF_LITE_ENSURE_STATUS(micro_context->RequestScratchBufferInArena(scratch_bytes, &index));
+    data->scratch_index = index;
+  }
+  return kTfLiteOk;
+}
+
+TfLiteStatus Eval(TfLiteContext* context, TfLiteNode* node) {
+  const OpData* data = static_cast<const OpData*>(node->user_data);
+  const TfLiteEvalTensor* input = micro::GetEvalInput(context, node, kStageInput);
+  TfLiteEvalTensor* output = micro::GetEvalOutput(context, node, kStageOutput);
+  int8_t* scratch =
+      data->scratch_index < 0
+          ? nullptr
+          : static_cast<int8_t*>(GetMicroContext(context)->GetScratchBuffer(data->scratch_index));
+  InputSource source = {context, node};
+  const PatchExecStatus status =
+      PatchExecRun(data->options, micro::GetTensorData<int8_t>(input), &GetConstantInput, &source,
+                   micro::GetTensorData<int8_t>(output), scratch);
+  PATCH_EXEC_ENSURE(context, status == kPatchExecOk, "the core failed (status %d)",
+                    static_cast<int>(status));
+  return kTfLiteOk;
+}
+
+}  // namespace
+
+PatchExecRegistration* Register_PATCH_EXEC() {
+  static PatchExecRegistration registration = micro::RegisterOp(Init, Prepare, Eval);
+  return &registration;
+}
+
+}  // namespace tflite
