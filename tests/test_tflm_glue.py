@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import shared_file, shared_model_path
+from test_patch_ref import ZOO_CASES
 
 from tflm_patch import patch_format as pf
 from tflm_patch import tflm_build
@@ -219,19 +220,8 @@ def test_zoo_model_in_tflm(kernel: tflm_build.KernelLibrary, name: str) -> None:
         assert c.identical, f"seed {seed}: max |diff| {c.max_abs_diff}"
 
 
-STAGE_CASES = [  # (model, first op, last op, grid): kinds, strides, odd sizes, grids
-    ("mbv2_035_144", 0, 9, (5, 5)),  # residual ADD inside, stride 2
-    ("mbv2_035_144", 0, 20, (2, 3)),
-    ("mbv1_025_96", 0, 3, (8, 8)),
-    ("mbv1_025_96", 0, 10, (3, 1)),
-    ("pools_dilated", 0, 7, (2, 2)),  # max/avg pools, dilated convolutions
-    ("pools_dilated", 0, 1, (2, 7)),
-    ("mcunet_dw57", 0, 5, (2, 3)),  # 5x5 and 7x7 depthwise
-    ("mcunet_dw57", 0, 12, (3, 3)),
-    ("odd_stride2", 0, 4, (3, 2)),  # odd sizes, stride 2 (asymmetric SAME padding)
-    ("odd_stride2", 0, 1, (8, 8)),
-    ("odd_stride2", 0, 1, (1, 1)),  # one patch
-]
+# the numpy reference's cases, plus one patch
+STAGE_CASES = [*ZOO_CASES, ("odd_stride2", 0, 1, (1, 1))]
 
 
 def _stage_model(model: Model, first: int, last: int, grid: tuple[int, int]) -> Any:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from tflm_patch.cli_patch import write_atomic
 from tflm_patch.errors import TflmPatchError
 
 log = logging.getLogger(__name__)
@@ -42,22 +41,6 @@ def _output_dir(arg: str) -> Path:
     return out
 
 
-def write_file(path: Path, data: bytes) -> None:
-    """Atomic write (a temporary file in the same directory, then renamed), with the
-    permissions a plain open() would give (umask applied), unlike mkstemp's 0600."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     from tflm_patch.cli import resolve_model_arg
     from tflm_patch.export import export_model
@@ -73,7 +56,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                           image=image, margin_fraction=args.margin)
     out = _output_dir(args.arduino if arduino else args.c_array)
     for f in result.files:
-        write_file(out / f.name, f.text.encode())
+        write_atomic(out / f.name, f.text.encode())
     a = result.arena
     print(f"{path.name} ({result.model_bytes:,} bytes) -> {out}/: "
           f"{', '.join(f.name for f in result.files)}")

@@ -164,11 +164,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same directory: never a partial file."""
+    """Write via a temporary file in the same directory, then rename: never a partial
+    file; with the permissions a plain open() would give (umask applied), not mkstemp's
+    0600."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
                                dir=path.parent if str(path.parent) else ".")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
