@@ -139,7 +139,8 @@ def _plot(model: Model, path: Path, result: Any, out: str, budget: int | None,
     title = (f"{path.name}: memory per operator, layer by layer vs patched"
              + (f" (grid {c.grid[0]}x{c.grid[1]})" if c else " (no plan)"))
     plot_before_after(before, after, [op.name for op in model.operators], out, title=title,
-                      stage=stage, lines=lines, budget=budget)
+                      stage=stage, lines=lines, budget=budget,
+                      more_stages=[(a, b) for a, b, _ in c.extra] if c else ())
     log.info("wrote plot %s", out)
 
 

@@ -92,9 +92,11 @@ def _short(name: str) -> str:
 
 def plot_before_after(before: Sequence[int], after: Sequence[int], names: Sequence[str],
                       path: str | os.PathLike[str], *, title: str, stage: tuple[int, int],
-                      lines: Sequence[ArenaLine] = (), budget: int | None = None) -> None:
+                      lines: Sequence[ArenaLine] = (), budget: int | None = None,
+                      more_stages: Sequence[tuple[int, int]] = ()) -> None:
     """MCUNetV2 Figure 1 style: memory alive per operator of the original model,
-    layer-by-layer (grey) and with the patched stage (blue; the stage shaded)."""
+    layer-by-layer (grey) and with the patched stage (blue; the stage shaded, and the
+    other patched stages of a multi-stage plan lighter)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,6 +112,9 @@ def plot_before_after(before: Sequence[int], after: Sequence[int], names: Sequen
            label="patched (stage: input + output + patch scratch)")
     ax.axvspan(stage[0] - 0.5, stage[1] + 0.5, color="tab:blue", alpha=0.08,
                label=f"PATCH_EXEC stage (ops {stage[0]}..{stage[1]})")
+    for k, (a, b) in enumerate(more_stages):
+        ax.axvspan(a - 0.5, b + 0.5, color="tab:cyan", alpha=0.08,
+                   label="more patched stages" if k == 0 else None)
     for line in lines:
         ax.axhline(line.bytes / 1024, color=line.color, linestyle=line.style, linewidth=1.2)
         ax.text(-0.5, line.bytes / 1024, f" {line.label}", va="bottom", ha="left",
