@@ -63,7 +63,7 @@ COMMON_FLAGS = ("-fPIC", "-O2", "-DNDEBUG", "-fno-exceptions")
 # as in python/tflite_micro/pypi_build.sh (--//:with_compression=true)
 TFLM_DEFINES = ("-DTF_LITE_STATIC_MEMORY=1", "-DUSE_TFLM_COMPRESSION=1",
                 "-DFLATBUFFERS_LOCALE_INDEPENDENT=0")
-CORE_FLAGS = ("-std=c++14", "-Wall", "-Wextra")
+CORE_FLAGS = ("-std=c++14", "-Wall", "-Wextra", "-Werror")
 GLUE_FLAGS = ("-std=c++17", "-Wall", "-Wextra", "-Werror")
 
 
