@@ -392,9 +392,6 @@ class PreparedRun:
         for index in range(1, len(specs)):
             spec = specs[index]
             arr = constants[index]
-            if spec is None:
-                raise NativeRunError(f"operator input {index}: the layers need it as two "
-                                     "different constants")
             if spec.dtype is None:
                 out.append(None)
                 continue
@@ -468,31 +465,30 @@ class CoreLibrary:
         buf.free()
         return 1, h.value, w.value, c.value
 
-    def constant_spec(self, blob: bytes, index: int) -> ConstantSpec:
+    def _spec(self, buf: _Buffer, index: int) -> ConstantSpec:
         t, n = ctypes.c_int(), ctypes.c_uint32()
-        buf = self._validated(blob)
         status = self._lib.PatchExecConstantSpec(buf.ptr, index, ctypes.byref(t),
                                                  ctypes.byref(n))
-        buf.free()
-        if status != Status.OK:
+        if status != Status.OK:  # validation guarantees one spec per input
             raise NativeRunError(f"operator input {index}: PatchExecConstantSpec failed "
                                  f"({Status(status).name})")
         return ConstantSpec(_DTYPES.get(t.value), int(n.value))
 
-    def constant_specs(self, blob: bytes) -> list[ConstantSpec | None]:
-        """Spec of every operator input (entry 0 None; None where PatchExecConstantSpec
-        fails: the layers need the input as two different constants)."""
+    def constant_spec(self, blob: bytes, index: int) -> ConstantSpec:
         buf = self._validated(blob)
-        n = int(self._lib.PatchExecNumInputs(buf.ptr))
-        out: list[ConstantSpec | None] = [None]
-        t, count = ctypes.c_int(), ctypes.c_uint32()
-        for index in range(1, n):
-            status = self._lib.PatchExecConstantSpec(buf.ptr, index, ctypes.byref(t),
-                                                     ctypes.byref(count))
-            out.append(ConstantSpec(_DTYPES.get(t.value), int(count.value))
-                       if status == Status.OK else None)
-        buf.free()
-        return out
+        try:
+            return self._spec(buf, index)
+        finally:
+            buf.free()
+
+    def constant_specs(self, blob: bytes) -> list[ConstantSpec]:
+        """Spec of every operator input; entry 0 (the stage input) is ConstantSpec(None, 0)."""
+        buf = self._validated(blob)
+        try:
+            n = int(self._lib.PatchExecNumInputs(buf.ptr))
+            return [ConstantSpec(None, 0), *(self._spec(buf, i) for i in range(1, n))]
+        finally:
+            buf.free()
 
     def check_constants_ptrs(self, blob: _Buffer, ptrs: Any) -> Validation:
         n = len(ptrs)
@@ -551,9 +547,6 @@ def model_constants(model: Model, op: OperatorInfo, lib: CoreLibrary
     consts: list[np.ndarray | None] = [None]
     for index in range(1, len(op.inputs)):
         spec = specs[index]
-        if spec is None:
-            raise UnsupportedModelError(f"PATCH_EXEC operator {op.index}: input {index} is "
-                                        "needed as two different constants")
         if spec.dtype is None:
             consts.append(None)
             continue

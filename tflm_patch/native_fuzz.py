@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import random
 import shutil
@@ -278,63 +279,17 @@ def random_stage(rng: random.Random, max_layers: int = 5) -> pf.PatchOptions:
 # ------------------------------------------------------------------ runs
 
 
-class ConstantConflict(ValueError):
-    """Two layers need the same operator input as constants of different types/sizes."""
-
-
-def layer_constant_shapes(o: pf.PatchOptions, k: int) -> dict[int, tuple[str, tuple[int, ...]]]:
-    """Operator input index -> (dtype, shape) that conv layer k needs."""
-    ly = o.layers[k]
-    cout, cin = o.tensors[k + 1].channels, o.tensors[ly.input0].channels
-    kh, kw = ly.kernel
-    w_shape = (cout, kh, kw, cin) if ly.kind == pf.CONV else (1, kh, kw, cout)
-    specs: dict[int, tuple[str, tuple[int, ...]]] = {ly.weights: ("int8", w_shape)}
-    for idx in (ly.bias, ly.multipliers, ly.shifts):
-        if idx != pf.NONE:
-            if idx in specs and specs[idx][0] != "int32":
-                raise ConstantConflict(f"layer {k} uses input {idx} as weights and int32")
-            specs[idx] = ("int32", (cout,))
-    return specs
-
-
-def constant_shapes(o: pf.PatchOptions) -> dict[int, tuple[str, tuple[int, ...]]]:
-    """Operator input index -> (dtype, shape) the layers need, as PatchExecConstantSpec
-    (ConstantConflict when layers disagree on an input's dtype or size)."""
-    specs: dict[int, tuple[str, tuple[int, ...]]] = {}
-    for k, ly in enumerate(o.layers):
-        if ly.kind not in pf.CONV_KINDS:
-            continue
-        for idx, (dtype, shape) in layer_constant_shapes(o, k).items():
-            seen = specs.get(idx)
-            if seen is not None and (seen[0], int(np.prod(seen[1]))) != (dtype,
-                                                                         int(np.prod(shape))):
-                raise ConstantConflict(f"input {idx}: {seen[0]} {seen[1]} and {dtype} {shape}")
-            specs.setdefault(idx, (dtype, shape))
-    return specs
-
-
-def _specs_agree(lib: Any, blob: bytes, o: pf.PatchOptions) -> bool:
-    """C's PatchExecConstantSpec against constant_shapes (FuzzFailure when they differ);
-    False when the blob's constants conflict (then nothing can run it)."""
-    try:
-        specs: dict[int, tuple[str, tuple[int, ...]]] | None = constant_shapes(o)
-    except ConstantConflict:
-        specs = None
+def _specs_agree(lib: Any, blob: bytes, o: pf.PatchOptions) -> None:
+    """C's PatchExecConstantSpec against patch_format.constant_specs (FuzzFailure when
+    they differ)."""
+    specs = pf.constant_specs(o)
     c_specs = lib.constant_specs(blob)
-    if specs is None:  # C must refuse at least one input
-        if all(spec is not None for spec in c_specs[1:]):
-            raise FuzzFailure("conflicting constants, but PatchExecConstantSpec accepts all")
-        return False
     for index in range(1, o.num_inputs):
-        got = c_specs[index]
         want = specs.get(index)
-        count = int(np.prod(want[1])) if want is not None else 0
-        if count >= 1 << 32:
-            continue
-        expect = (want[0] if want else None, count)
-        if got is None or (got.dtype, got.elements) != expect:
+        expect = (want[0], math.prod(want[1])) if want else (None, 0)
+        got = c_specs[index]
+        if (got.dtype, got.elements) != expect:
             raise FuzzFailure(f"PatchExecConstantSpec of input {index}: {got}, expected {expect}")
-    return True
 
 
 def stage_macs(o: pf.PatchOptions) -> int:
@@ -369,7 +324,7 @@ def runnable(o: pf.PatchOptions) -> bool:
             padded *= max(extent, (ly.pad_top, ly.pad_left)[axis] + n_in)
         if padded > MAX_RUN_VALUES:
             return False
-    return all(int(np.prod(shape)) <= MAX_RUN_VALUES for _, shape in constant_shapes(o).values())
+    return all(int(np.prod(shape)) <= MAX_RUN_VALUES for _, shape in pf.constant_specs(o).values())
 
 
 def random_constants(o: pf.PatchOptions, rng: np.random.Generator, extreme: bool = False
@@ -377,7 +332,7 @@ def random_constants(o: pf.PatchOptions, rng: np.random.Generator, extreme: bool
     """Random constants for every operator input (entry 0 and unused inputs None):
     realistic multipliers/shifts, or with `extreme` anything PatchExecCheckConstants
     accepts."""
-    specs = constant_shapes(o)
+    specs = pf.constant_specs(o)
     consts: list[np.ndarray | None] = [None] * o.num_inputs
     roles: dict[int, set[str]] = {}
     for ly in o.layers:
@@ -407,7 +362,7 @@ def random_constants(o: pf.PatchOptions, rng: np.random.Generator, extreme: bool
 def stage_reference(o: pf.PatchOptions, x: np.ndarray, consts: Sequence[np.ndarray | None]
                     ) -> np.ndarray | None:
     """The stage output computed on whole tensors with ref_ops (None where the reference
-    does not apply: a pool with dilation, or a pool window entirely in padding)."""
+    does not apply: a pool window entirely in padding)."""
     values = [np.asarray(x).reshape(1, o.tensors[0].height, o.tensors[0].width,
                                     o.tensors[0].channels)]
     for k, ly in enumerate(o.layers):
@@ -415,8 +370,6 @@ def stage_reference(o: pf.PatchOptions, x: np.ndarray, consts: Sequence[np.ndarr
         try:
             values.append(_reference_layer(k, src, dst, values, consts, o))
         except ValueError:
-            return None
-        if values[-1] is None:
             return None
     return values[-1]
 
@@ -435,13 +388,11 @@ def _reference_layer(k: int, src: np.ndarray, dst: pf.StageTensor,
                 (ly.pad_left, dst.width - src.shape[2] - ly.pad_left), (0, 0))
         return ref_ops.pad(src, ref_ops.PadParams(pads, p[0]))
     if ly.kind in pf.POOL_KINDS:
-        if ly.dilation != (1, 1):
-            return None
         pp = ref_ops.PoolParams(ly.kernel[0], ly.kernel[1], ly.stride[0], ly.stride[1],
                                 ly.pad_top, ly.pad_left, dst.height, dst.width, p[2], p[3])
         fn = ref_ops.average_pool if ly.kind == pf.AVERAGE_POOL else ref_ops.max_pool
         return fn(src, pp)
-    w = np.asarray(consts[ly.weights]).reshape(layer_constant_shapes(o, k)[ly.weights][1])
+    w = np.asarray(consts[ly.weights]).reshape(pf.constant_uses(o, k)[0][2])
     b = None if ly.bias == pf.NONE else np.asarray(consts[ly.bias]).reshape(-1)
     mult = tuple(int(v) for v in np.asarray(consts[ly.multipliers]).reshape(-1))
     shift = tuple(int(v) for v in np.asarray(consts[ly.shifts]).reshape(-1))
@@ -493,7 +444,8 @@ def check_blob(lib: Any, blob: bytes, rng: np.random.Generator, stats: FuzzStats
     stats.accepted += 1
     if lib.scratch_bytes(blob) != pf.scratch_bytes(blob):
         raise FuzzFailure("PatchExecScratchBytes differs from patch_format.scratch_bytes")
-    if _specs_agree(lib, blob, options) and runnable(options):
+    _specs_agree(lib, blob, options)
+    if runnable(options):
         _run_and_compare(lib, blob, options, rng, stats)
 
 

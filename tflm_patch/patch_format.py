@@ -9,6 +9,7 @@ same checks.
 from __future__ import annotations
 
 import functools
+import math
 import struct
 from dataclasses import dataclass, field
 
@@ -239,29 +240,37 @@ def validate(o: PatchOptions) -> None:
     for k, layer in enumerate(o.layers):
         _check_layer(o, k, layer)
     _check_slots(o)
-    _check_constant_uses(o)
+    constant_specs(o)
 
 
-def _constant_uses(o: PatchOptions, k: int, ly: Layer) -> list[tuple[int, str, int]]:
-    """(operator input, type, element count) of each constant layer k references."""
+def constant_uses(o: PatchOptions, k: int) -> list[tuple[int, str, tuple[int, ...]]]:
+    """(operator input, dtype, shape) of each constant layer k reads: weights
+    [Cout, KH, KW, Cin] (CONV_2D) or [1, KH, KW, Cout] (DEPTHWISE_CONV_2D) first, then
+    bias, multipliers and shifts [Cout]; nothing for other kinds."""
+    ly = o.layers[k]
     if ly.kind not in CONV_KINDS:
         return []
     cout = o.tensors[k + 1].channels
-    taps = ly.kernel[0] * ly.kernel[1]
-    w = cout * taps * (o.tensors[ly.input0].channels if ly.kind == CONV else 1)
-    uses = [(ly.weights, "int8", w)]
-    uses += [(i, "int32", cout) for i in (ly.bias, ly.multipliers, ly.shifts) if i != NONE]
+    kh, kw = ly.kernel
+    w = (cout, kh, kw, o.tensors[ly.input0].channels) if ly.kind == CONV else (1, kh, kw, cout)
+    uses: list[tuple[int, str, tuple[int, ...]]] = [(ly.weights, "int8", w)]
+    uses += [(i, "int32", (cout,)) for i in (ly.bias, ly.multipliers, ly.shifts) if i != NONE]
     return uses
 
 
-def _check_constant_uses(o: PatchOptions) -> None:
-    """Every operator input is used with one type and one element count."""
-    seen: dict[int, tuple[str, int]] = {}
+def constant_specs(o: PatchOptions) -> dict[int, tuple[str, tuple[int, ...]]]:
+    """Operator input -> (dtype, shape of its first use) for every constant the layers
+    read. OptionsError when an input is used with another type or element count, or has
+    2^32 elements or more (validation rule 5)."""
+    seen: dict[int, tuple[str, tuple[int, ...]]] = {}
     for k, ly in enumerate(o.layers):
-        for index, dtype, count in _constant_uses(o, k, ly):
-            if seen.setdefault(index, (dtype, count)) != (dtype, count) or count >= 1 << 32:
+        for index, dtype, shape in constant_uses(o, k):
+            first = seen.setdefault(index, (dtype, shape))
+            count = math.prod(shape)
+            if (first[0], math.prod(first[1])) != (dtype, count) or count >= 1 << 32:
                 raise OptionsError(f"layer {k} ({ly.name}): operator input {index} is used "
                                    "with another type or size")
+    return seen
 
 
 def _check_tensor(o: PatchOptions, k: int, t: StageTensor) -> None:

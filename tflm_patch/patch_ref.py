@@ -42,12 +42,9 @@ def _constants(model: Model, op: OperatorInfo, o: pf.PatchOptions, ly: pf.Layer,
                                         f"constant {dtype} tensor")
         return model.constant(op.inputs[idx])
 
-    src, dst = o.tensors[ly.input0], o.tensors[k + 1]
+    dst = o.tensors[k + 1]
     w = get(ly.weights, "int8", "weights")
-    if ly.kind == pf.CONV:
-        expect: tuple[int, ...] = (dst.channels, ly.kernel[0], ly.kernel[1], src.channels)
-    else:
-        expect = (1, ly.kernel[0], ly.kernel[1], dst.channels)
+    expect = pf.constant_uses(o, k)[0][2]
     if w.shape != expect:
         raise UnsupportedModelError(f"PATCH_EXEC layer {k}: weights shape {w.shape}, "
                                     f"expected {expect}")
