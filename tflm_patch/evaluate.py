@@ -69,35 +69,36 @@ def patched_op_index(num_ops: int, stages: Sequence[OpRange]) -> list[int]:
 
 
 class UnitGraphs:
-    """Fusion units of a model, their stage graphs built once."""
+    """Fusion units of a model, their stage graphs and 1x1 schedules built once."""
 
     def __init__(self, model: Model):
         self.model = model
         self.support = [op_support(model, op) for op in model.operators]
-        self.graphs: dict[OpRange, StageGraph] = {}
+        self.stages: dict[OpRange, Stage] = {}
 
-    def outside(self, exclude: Sequence[OpRange]) -> list[StageGraph]:
+    def outside(self, exclude: Sequence[OpRange]) -> list[Stage]:
         out = []
         for a, b in fusion_units(self.model, exclude, self.support):
-            if (a, b) not in self.graphs:
-                self.graphs[(a, b)] = build_stage(self.model, a, b, live_input=True)
-            out.append(self.graphs[(a, b)])
+            if (a, b) not in self.stages:
+                graph = build_stage(self.model, a, b, live_input=True)
+                self.stages[(a, b)] = (graph, make_schedule(graph, (1, 1)))
+            out.append(self.stages[(a, b)])
         return out
 
 
 class StageEvaluator:
     """Arena and MACs of one main stage under any grid, the patched model built once.
-    `units`: fused 1x1-grid stages (fuse.fusion_units); `fixed`: other patched stages
-    with their schedules."""
+    `units`: fused 1x1-grid stages (fuse.fusion_units) and `fixed`: other patched
+    stages, both with their schedules."""
 
     def __init__(self, model: Model, graph: StageGraph, target: str, macs_before: int,
-                 units: Sequence[StageGraph] = (), fixed: Sequence[Stage] = ()):
+                 units: Sequence[Stage] = (), fixed: Sequence[Stage] = ()):
         self.model, self.graph, self.target = model, graph, target
         self.macs_outside = (macs_before - graph.macs
                              - sum(g.macs for g, _ in fixed) + sum(s.macs for _, s in fixed))
-        self.fused = tuple((u.first, u.last) for u in units)
+        self.fused = tuple((u.first, u.last) for u, _ in units)
         self.extra = tuple((g.first, g.last, s.grid) for g, s in fixed)
-        others: list[Stage] = [*fixed, *((u, make_schedule(u, (1, 1))) for u in units)]
+        others = [*fixed, *units]
         self.patched = model_from_object(
             replace_stages(model, [(graph, make_schedule(graph, (1, 1))), *others]))
         self.op_index = graph.first - sum(g.last - g.first for g, _ in others

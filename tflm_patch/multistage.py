@@ -15,7 +15,7 @@ stage costs MACs and time, so a few bytes are not worth one).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from tflm_patch.evaluate import Candidate, OpRange, Stage, StageEvaluator, UnitGraphs
 from tflm_patch.model import Model
@@ -52,16 +52,14 @@ def _grids(graph: StageGraph) -> list[tuple[int, int]]:
 
 
 def refine(model: Model, c: Candidate, *, target: str, macs_before: int,
-           max_overhead: float, units: UnitGraphs,
-           progress: Callable[[int], None] | None = None) -> Candidate:
-    """`c` with patched stages added after its main stage while that lowers the arena."""
+           max_overhead: float, units: UnitGraphs) -> tuple[Candidate, list[Stage]]:
+    """`c` with patched stages added after its main stage while that lowers the arena,
+    and those stages (in model order) with their schedules."""
     main = build_stage(model, c.first, c.last)
     fixed: list[Stage] = [(main, make_schedule(main, c.grid))]
     graphs: dict[OpRange, StageGraph] = {}
     best = c
-    for round_ in range(MAX_ROUNDS):
-        if progress is not None:
-            progress(round_)
+    for _ in range(MAX_ROUNDS):
         taken = [(g.first, g.last) for g, _ in fixed]
         found: tuple[Candidate, Stage] | None = None
         for s, e in tail_stages(model, c.last, taken, units.support):
@@ -87,4 +85,4 @@ def refine(model: Model, c: Candidate, *, target: str, macs_before: int,
         best = Candidate(c.first, c.last, c.grid, c.scratch_bytes, cand.arena, cand.macs,
                          c.stage_macs, c.stage_macs_before, cand.fused, extra)
         log.info("multi-stage: %s -> predicted arena %s B", best.label, f"{best.arena:,}")
-    return best
+    return best, sorted(fixed[1:], key=lambda st: st[0].first)

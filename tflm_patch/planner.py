@@ -232,15 +232,12 @@ def _add_patched_stages(model: Model, result: PlanResult, units: UnitGraphs, c: 
     """Multi-stage: patched stages after the main stage of `c` (multistage.refine), then
     every main stage and grid evaluated again with them in place (new candidates)."""
     req = result.request
-    refined = refine(model, c, target=req.target, macs_before=result.macs_before,
-                     max_overhead=max_overhead, units=units)
-    if not refined.extra:
+    refined, fixed = refine(model, c, target=req.target, macs_before=result.macs_before,
+                            max_overhead=max_overhead, units=units)
+    if not fixed:
         return
     result.candidates.append(refined)
-    extra = [build_stage(model, a, b) for a, b, _ in refined.extra]
-    fixed = [(g, make_schedule(g, grid)) for g, (_, _, grid) in zip(extra, refined.extra,
-                                                                   strict=True)]
-    taken = [(g.first, g.last) for g in extra]
+    taken = [(g.first, g.last) for g, _ in fixed]
     for first, last in _stages(model, req):
         if last >= taken[0][0]:
             continue
