@@ -33,12 +33,11 @@ import numpy as np
 from tflm_patch import patch_format as pf
 from tflm_patch.errors import TflmPatchError
 from tflm_patch.model import Model, OperatorInfo
+from tflm_patch.native import CORE_DIR, REPO_ROOT, core_sources
 from tflm_patch.patch_ref import run_patch_exec
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CORE_DIR = REPO_ROOT / "custom_ops" / "patch_exec"
 HARNESS_DIR = REPO_ROOT / "custom_ops" / "m4_test"
 PATCH_EXEC = "PATCH_EXEC"
 
@@ -116,10 +115,6 @@ class CoreObject:
     stack_usage: Path  # .su (-fstack-usage)
     call_graph: Path  # .ci (-fcallgraph-info=su)
     command: tuple[str, ...]
-
-
-def core_sources() -> tuple[Path, ...]:
-    return tuple(sorted(CORE_DIR.glob("*.cc")))
 
 
 def compile_core(out_dir: Path) -> list[CoreObject]:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from tflm_patch.errors import TflmPatchError
+from tflm_patch.native import CORE_DIR, REPO_ROOT, core_headers, core_sources
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,7 @@ ENV_EXTRA = "TFLM_EXTRA_INCLUDES"
 LIBRARY_NAME = "libpatch_exec_tflm.so"
 RECIPE_VERSION = 1  # bump when the build recipe changes in a way the key does not see
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-OPS_DIR = REPO_ROOT / "custom_ops" / "patch_exec"
+OPS_DIR = CORE_DIR
 CORE_SOURCE = OPS_DIR / "patch_exec_core.cc"
 CORE_HEADER = OPS_DIR / "patch_exec_core.h"
 GLUE_SOURCE = OPS_DIR / "tflm" / "patch_exec_op.cc"
@@ -133,11 +133,6 @@ def wheel_runtime_library() -> Path:
     raise TflmBuildUnavailable("the tflite-micro wheel has no python/tflite_micro/_runtime*.so")
 
 
-def core_sources() -> tuple[Path, ...]:
-    """The portable core: every .cc directly in custom_ops/patch_exec/."""
-    return tuple(sorted(OPS_DIR.glob("*.cc")))
-
-
 def config_from_env(env: Mapping[str, str] | None = None,
                     core: Sequence[Path] | None = None) -> BuildConfig:
     """Build settings from TFLM_ROOT / TFLM_EXTRA_INCLUDES (and CXX); unavailable if unset."""
@@ -194,7 +189,7 @@ def build_key(config: BuildConfig) -> str:
 
     add(f"recipe {RECIPE_VERSION}")
     add(_compiler_version(config.compiler))
-    ours = {*config.core_sources, *OPS_DIR.glob("*.h"), GLUE_SOURCE, GLUE_HEADER,
+    ours = {*config.core_sources, *core_headers(), GLUE_SOURCE, GLUE_HEADER,
             REGISTERER_SOURCE}
     for src in sorted(ours):
         add(str(src))
