@@ -350,17 +350,13 @@ def image_files(image: BundledImage, shape: tuple[int, ...], source: str,
 
 
 def seeded_image(model: Model, seed: int) -> BundledImage:
-    """A deterministic synthetic input like the zoo's representative images: a smooth
-    random field in [-1, 1] (random walks along rows and columns plus 20% noise), seeded,
-    quantized with the input tensor's scale and zero point."""
+    """A deterministic synthetic input like the zoo's representative images
+    (zoo.sample_image), seeded, quantized with the input tensor's scale and zero point."""
+    from tflm_patch.zoo import sample_image
+
     info = model.tensors[model.inputs[0]]
     shape = tuple(info.shape[1:]) if len(info.shape) > 1 else tuple(info.shape)
-    rng = np.random.default_rng(seed)
-    walk = rng.normal(0, 1, shape)
-    for axis in range(min(2, walk.ndim)):
-        walk = np.cumsum(walk, axis=axis)
-    walk = walk / (np.abs(walk).max() + 1e-6)
-    x = 0.8 * walk + 0.2 * rng.uniform(-1, 1, shape)
+    x = sample_image(np.random.default_rng(seed), shape)
     q = info.quantization
     scale, zp = (q.scale[0], q.zero_point[0]) if q and q.scale else (1 / 128, 0)
     values = np.clip(np.round(x / scale) + zp, -128, 127).astype(np.int8)

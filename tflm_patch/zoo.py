@@ -191,18 +191,21 @@ ZOO_NAMES: tuple[str, ...] = tuple(ZOO)
 # ------------------------------------------------------------- building (child process)
 
 
-def _sample_image(rng: np.random.Generator, shape: tuple[int, int, int]) -> np.ndarray:
-    """A smooth random image in [-1, 1] (random walks along both axes plus noise)."""
-    walk = np.cumsum(np.cumsum(rng.normal(0, 1, shape), axis=0), axis=1)
+def sample_image(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """A smooth random field in [-1, 1], float64: random walks along the first two axes,
+    plus 20% noise (the zoo's representative images, `tflm-patch export`'s test image)."""
+    walk = rng.normal(0, 1, shape)
+    for axis in range(min(2, walk.ndim)):
+        walk = np.cumsum(walk, axis=axis)
     walk = walk / (np.abs(walk).max() + 1e-6)
-    return (0.8 * walk + 0.2 * rng.uniform(-1, 1, shape)).astype(np.float32)
+    return 0.8 * walk + 0.2 * rng.uniform(-1, 1, shape)
 
 
 def representative_inputs(name: str) -> np.ndarray:
     """The seeded float inputs (N, H, W, C) that set a model's batch norms and ranges."""
     shape = _spec(name).input_shape
     rng = np.random.default_rng(SEED)
-    smooth = [_sample_image(rng, shape) for _ in range(SMOOTH_SAMPLES)]
+    smooth = [sample_image(rng, shape).astype(np.float32) for _ in range(SMOOTH_SAMPLES)]
     noise = [rng.uniform(-1, 1, shape).astype(np.float32) for _ in range(NOISE_SAMPLES)]
     return np.stack(smooth + noise)
 
