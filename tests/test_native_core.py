@@ -13,14 +13,23 @@ import pytest
 from conftest import shared_file, shared_model_path
 from native_support import (
     BAD_STATUS,
+    CACHE_BAD_STATUS,
+    CACHE_CASES,
     PatchedStage,
+    array_model,
     bad_blob,
     base_blob,
+    cache_bad_blob,
+    cached_stage,
     core,
+    extra_cache_cases,
     extra_cases,
     patched_stage,
     python_accepts,
     random_input,
+    stream_stage,
+    to_nchw,
+    version2_op,
     zoo,
 )
 
@@ -28,7 +37,13 @@ from tflm_patch import native, ref_ops, tflm_runner
 from tflm_patch import patch_format as pf
 from tflm_patch.model import Model, load_model, model_from_object
 from tflm_patch.native import NativeBuildError, Status, run_patch_exec_native
-from tflm_patch.native_fuzz import random_constants, random_stage, stage_reference
+from tflm_patch.native_fuzz import (
+    random_constants,
+    random_stage,
+    random_stage_input,
+    stage_reference,
+    with_version2,
+)
 from tflm_patch.patch_ref import run_patch_exec
 from tflm_patch.planner import PlanRequest, _grids, build_plan, patched_model_object, plan
 from tflm_patch.ref_params import run_graph
@@ -102,14 +117,14 @@ def test_person_detect_stage_bit_exact(first: int, last: int, grid: tuple[int, i
 @pytest.mark.parametrize("seed", range(40))
 def test_random_stage_bit_exact(seed: int) -> None:
     """Random stages (every kind, depth multipliers 1-3, dilations, asymmetric padding,
-    PAD, residual ADD, random grids) against ref_ops on whole tensors; odd seeds use
-    extreme constants (any multiplier >= 0, shifts -31..30, any bias)."""
+    PAD, residual ADD, random grids, INPUT_NCHW, STREAM pairs) against ref_ops on whole
+    tensors; odd seeds use extreme constants (any multiplier >= 0, shifts -31..30, any
+    bias)."""
     lib = core()
     options = random_stage(random.Random(seed))
     blob = pf.encode(options)
     rng = np.random.default_rng(seed)
-    t0 = options.tensors[0]
-    x = rng.integers(-128, 128, (1, t0.height, t0.width, t0.channels), dtype=np.int8)
+    x = random_stage_input(options, rng)
     consts = random_constants(options, rng, extreme=seed % 2 == 1)
     want = stage_reference(options, x, consts)
     assert want is not None
@@ -122,6 +137,8 @@ def test_random_stages_cover_depth_multipliers_and_every_kind() -> None:
     assert {ly.kind for ly in layers} == set(pf.KIND_NAMES)
     assert {ly.depth_multiplier for ly in layers if ly.kind == pf.DEPTHWISE} >= {1, 2, 3}
     assert any(ly.dilation != (1, 1) for ly in layers)
+    assert sum(o.input_nchw for o in stages) >= 5 and sum(ly.stream for ly in layers) >= 5
+    assert any(o.version == 1 for o in stages)
 
 
 def test_a_window_reading_only_padding_gives_the_requantized_bias() -> None:
@@ -325,3 +342,210 @@ def test_build_is_cached(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> N
     assert native.build("release") == first
     assert native.build("portable") != first
     assert not [p for p in first.parent.iterdir() if p.name.startswith(".")]
+
+
+# ------------------------------------------------------------------ version 2
+
+# (model, first op, last op, grid, INPUT_NCHW, STREAM): stride-1 and stride-2 pairs,
+# 3x3/5x5/7x7 depthwise, residual ADD between pairs, pools (no pair), 1x1 to 8x8 grids
+V2_ZOO_CASES = [
+    ("odd_stride2", 0, 4, (3, 2), True, True),
+    ("odd_stride2", 0, 4, (1, 1), True, True),
+    ("odd_stride2", 0, 1, (8, 8), True, True),
+    ("mbv2_035_144", 0, 9, (5, 5), True, True),
+    ("mbv2_035_144", 0, 9, (2, 3), False, True),
+    ("mbv2_035_144", 0, 20, (2, 3), True, False),
+    ("mbv1_025_96", 0, 10, (3, 1), False, True),
+    ("mbv1_025_96", 0, 5, (1, 1), True, True),
+    ("mcunet_dw57", 0, 12, (3, 3), True, True),
+    ("mcunet_dw57", 0, 5, (2, 3), False, True),
+    ("pools_dilated", 0, 7, (2, 2), True, False),
+]
+
+
+def _check_version2(name: str, first: int, last: int, grid: tuple[int, int], nchw: bool,
+                    stream: bool, variant: str = "release") -> None:
+    """The core equals patch_ref and the original model's values on a real stage with
+    INPUT_NCHW and/or STREAM (the stage input transposed to NCHW for INPUT_NCHW)."""
+    core(variant)
+    s = patched_stage(zoo(name), first, last, grid)
+    op = version2_op(s, nchw=nchw, stream=stream)
+    values = run_graph(s.model, [random_input(s.model, first + last + grid[1])])
+    stage_in, want = values[s.graph.input], values[s.graph.output]
+    x = to_nchw(stage_in) if nchw else stage_in
+    ref = run_patch_exec(s.patched, op, x)
+    got = run_patch_exec_native(s.patched, op, x, variant=variant)
+    assert np.array_equal(ref, want), "the numpy reference differs from the original model"
+    assert np.array_equal(got, want), f"max |diff| {np.abs(got.astype(int) - want).max()}"
+
+
+@pytest.mark.parametrize(("name", "first", "last", "grid", "nchw", "stream"), V2_ZOO_CASES)
+def test_version2_zoo_stage_bit_exact(name: str, first: int, last: int, grid: tuple[int, int],
+                                      nchw: bool, stream: bool) -> None:
+    _check_version2(name, first, last, grid, nchw, stream)
+
+
+@pytest.mark.parametrize(("name", "first", "last", "grid"),
+                         [("mbv2_035_144", 0, 9, (5, 5)), ("mcunet_dw57", 0, 12, (3, 3)),
+                          ("odd_stride2", 0, 4, (3, 2))])
+def test_version2_portable_inner_loops_bit_exact(name: str, first: int, last: int,
+                                                 grid: tuple[int, int]) -> None:
+    _check_version2(name, first, last, grid, nchw=True, stream=True, variant="portable")
+
+
+@pytest.mark.parametrize(("name", "first", "last", "grid"),
+                         [("mbv2_035_144", 0, 9, (5, 5)), ("odd_stride2", 0, 4, (3, 2))])
+def test_version2_stream_without_bias_equals_patch_ref(name: str, first: int, last: int,
+                                                       grid: tuple[int, int]) -> None:
+    """No conv reads a bias (TFLM's no-bias path): the core equals patch_ref."""
+    lib = core()
+    s = patched_stage(zoo(name), first, last, grid)
+    op = version2_op(s, nchw=True, stream=True, bias=False)
+    x = to_nchw(run_graph(s.model, [random_input(s.model, 4)])[s.graph.input])
+    specs = lib.constant_specs(op.custom_options or b"")
+    biases = {ly.bias for ly in pf.decode(s.blob).layers if ly.kind in pf.CONV_KINDS}
+    assert biases and all(specs[i].dtype is None for i in biases)  # no layer reads them
+    got = run_patch_exec_native(s.patched, op, x)
+    assert np.array_equal(got, run_patch_exec(s.patched, op, x))
+
+
+STREAM_CASES = [(stride, bias, same, grid) for stride in (1, 2) for bias in (True, False)
+                for same in (True, False) for grid in ((1, 1), (2, 3), (4, 4))]
+
+
+@pytest.mark.parametrize(("stride", "bias", "same", "grid"), STREAM_CASES)
+def test_stream_pair_bit_exact(stride: int, bias: bool, same: bool,
+                               grid: tuple[int, int]) -> None:
+    """A synthetic STREAM pair (conv -> 3x3 depthwise of 18 channels) with and without
+    INPUT_NCHW: the core equals patch_ref, ref_ops on whole tensors, and the core running
+    the same stage as version 1; extreme constants on odd grids."""
+    lib = core()
+    for nchw in (False, True):
+        o = stream_stage(stride=stride, bias=bias, same=same, grid=grid, nchw=nchw,
+                         tail=grid[0] % 2 == 0, seed=stride + 2 * grid[1])
+        assert o.layers[0].stream and o.input_nchw == nchw
+        rng = np.random.default_rng(stride * 10 + grid[0])
+        x = random_stage_input(o, rng)
+        consts = random_constants(o, rng, extreme=grid[1] % 2 == 1)
+        got = lib.run(pf.encode(o), x, consts)
+        want = stage_reference(o, x, consts)
+        model, op = array_model(o, consts)
+        assert want is not None and np.array_equal(got, want)
+        assert np.array_equal(run_patch_exec(model, op, x), got)
+        v1 = with_version2(o, nchw=False, stream=False)
+        nhwc = x.transpose(0, 2, 3, 1) if nchw else x
+        assert np.array_equal(lib.run(pf.encode(v1), np.ascontiguousarray(nhwc), consts), got)
+
+
+def test_input_nchw_shape() -> None:
+    """PatchExecInputNchw, and the ctypes run checking input 0 against it."""
+    lib = core()
+    v1, v2 = base_blob(1), base_blob(2)
+    assert (lib.input_nchw(v1), lib.input_nchw(v2)) == (False, True)
+    _, h, w, c = lib.io_shape(v2, 0)
+    assert lib.input_shape(v1) == (1, h, w, c) and lib.input_shape(v2) == (1, c, h, w)
+    o = pf.decode(v2)
+    rng = np.random.default_rng(0)
+    consts = random_constants(o, rng)
+    nhwc = rng.integers(-128, 128, (1, h, w, c), dtype=np.int8)
+    with pytest.raises(native.NativeRunError, match=rf"the options say int8 \(1, {c}, {h}, {w}\)"):
+        lib.run(v2, nhwc, consts)
+    assert lib.run(v2, to_nchw(nhwc), consts).shape == lib.io_shape(v2, 1)
+
+
+@pytest.mark.parametrize(("name", "last", "grid"), [("zoo:nchw_input", 4, (3, 2)),
+                                                    ("zoo:nchw_input", 4, (1, 1)),
+                                                    ("mobilenet_v2_int8_224_nchw", 8, (4, 4))])
+def test_folded_transpose_stage_bit_exact(name: str, last: int, grid: tuple[int, int]) -> None:
+    """A stage starting at the model's NCHW -> NHWC TRANSPOSE, as the converter writes it
+    (INPUT_NCHW, STREAM pairs): the core reads the NCHW tensor and equals the model."""
+    model = zoo(name[4:]) if name.startswith("zoo:") else load_model(shared_model_path(name))
+    assert model.operators[0].name == "TRANSPOSE"
+    s = patched_stage(model, 0, last, grid)
+    o = pf.decode(s.blob)
+    assert o.input_nchw and any(ly.stream for ly in o.layers)
+    values = run_graph(model, [random_input(model, 2)])
+    stage_in, want = values[s.graph.input], values[s.graph.output]
+    assert stage_in.shape == core().input_shape(s.blob)
+    assert np.array_equal(run_patch_exec_native(s.patched, s.op, stage_in), want)
+
+
+# ------------------------------------------------------------------ halo caches
+
+
+def _check_cached(name: str, first: int, last: int, grid: tuple[int, int],
+                  variant: str = "release") -> None:
+    """The core equals patch_ref and the original model on a stage with CACHE_COLS."""
+    core(variant)
+    s = cached_stage(name, first, last, grid)
+    values = run_graph(s.model, [random_input(s.model, first + last)])
+    x, want = values[s.graph.input], values[s.graph.output]  # NCHW when TRANSPOSE is folded
+    ref = run_patch_exec(s.patched, s.op, x)
+    got = run_patch_exec_native(s.patched, s.op, x, variant=variant)
+    assert np.array_equal(ref, want), "the numpy reference differs from the original model"
+    assert np.array_equal(got, want), f"max |diff| {np.abs(got.astype(int) - want).max()}"
+
+
+@pytest.mark.parametrize(("name", "first", "last", "grid"), CACHE_CASES)
+def test_cached_stage_bit_exact(name: str, first: int, last: int,
+                                grid: tuple[int, int]) -> None:
+    _check_cached(name, first, last, grid)
+
+
+@pytest.mark.parametrize(("name", "first", "last", "grid"), CACHE_CASES)
+def test_cached_stage_portable_bit_exact(name: str, first: int, last: int,
+                                         grid: tuple[int, int]) -> None:
+    _check_cached(name, first, last, grid, variant="portable")
+
+
+def test_random_cached_stages_bit_exact() -> None:
+    """Synthetic stages with CACHE_COLS (random tensors, PAD, ADD, pools, STREAM
+    elsewhere): the core equals ref_ops on whole tensors, patch_ref where it runs, and
+    the portable build."""
+    lib, portable = core(), core("portable")
+    count = 0
+    for seed in range(600):
+        o = random_stage(random.Random(seed))
+        if not any(t.cached for t in o.tensors):
+            continue
+        rng = np.random.default_rng(seed)
+        x = random_stage_input(o, rng)
+        consts = random_constants(o, rng, extreme=seed % 2 == 1)
+        blob = pf.encode(o)
+        got = lib.run(blob, x, consts)
+        want = stage_reference(o, x, consts)
+        assert want is not None and np.array_equal(got, want), seed
+        assert np.array_equal(portable.run(blob, x, consts), got), seed
+        count += 1
+    assert count >= 20
+
+
+@pytest.mark.parametrize("case", sorted(CACHE_BAD_STATUS))
+def test_malformed_cache_is_rejected_by_both(case: str) -> None:
+    """test_halo_cache's malformed cases: the C status per case, the same message."""
+    lib = core()
+    blob, message = cache_bad_blob(case)
+    got = lib.validate(blob)
+    assert got.status == CACHE_BAD_STATUS[case], got.message
+    with pytest.raises(pf.OptionsError, match=message) as err:
+        pf.decode(blob)
+    assert got.message == str(err.value)
+
+
+@pytest.mark.parametrize("case", sorted(extra_cache_cases()))
+def test_more_malformed_cache_blobs(case: str) -> None:
+    lib = core()
+    blob, status, message = extra_cache_cases()[case]
+    got = lib.validate(blob)
+    assert got.status == status, got.message
+    with pytest.raises(pf.OptionsError, match=message) as err:
+        pf.decode(blob)
+    assert got.message == str(err.value)
+
+
+def test_cached_blob_truncations_are_rejected() -> None:
+    lib = core()
+    blob = cached_stage("mbv2_035_144", 0, 9, (3, 3)).blob
+    assert lib.validate(blob).ok
+    for n in range(len(blob)):
+        assert lib.validate(blob[:n]).status == Status.TRUNCATED, n

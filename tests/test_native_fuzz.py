@@ -38,6 +38,19 @@ def test_seed_corpus_is_small_and_covers_the_cases() -> None:
     assert any(n.startswith("real_") for n in names)
     assert any(n.startswith("synthetic_") for n in names)
     assert all(p.stat().st_size <= 4096 for p in DEFAULT_CORPUS.glob("*.bin"))
+    valid = [o for o in map(_decoded, load_corpus()) if o is not None]
+    assert any(o.version == 1 for o in valid)
+    assert any(o.input_nchw for o in valid) and any(ly.stream for o in valid for ly in o.layers)
+    assert any(t.cached for o in valid for t in o.tensors)
+    assert {f"bad_v2_cache_{n}" for n in ("cache_too_small", "cache_over_a_slot",
+                                          "columns_moving_left")} <= names
+
+
+def _decoded(blob: bytes) -> pf.PatchOptions | None:
+    try:
+        return pf.decode(blob)
+    except pf.OptionsError:
+        return None
 
 
 def test_seed_corpus_replays() -> None:
@@ -58,6 +71,29 @@ def test_mutations_are_seeded() -> None:
     assert sum(x != corpus[i % len(corpus)] for i, x in enumerate(a)) > 150
 
 
+def test_mutations_reach_version2_flags() -> None:
+    """Mutants (flag toggles among them) are version 2 with INPUT_NCHW or a STREAM set,
+    valid and not: the fuzzer reaches rules 8 and 9 from both sides."""
+    corpus = load_corpus()
+    mutants = [mutate(corpus[i % len(corpus)], random.Random(i), corpus) for i in range(3000)]
+    flagged = [m for m in mutants if len(m) >= 32 and m[4:6] == b"\x02\x00" and
+               (m[26] & pf.FLAG_INPUT_NCHW or _any_stream(m))]
+    valid = sum(_decoded(m) is not None for m in flagged)
+    assert valid > 10 and len(flagged) - valid > 100
+
+
+def test_mutations_reach_halo_caches() -> None:
+    """Mutants with the header flag CACHES and a CACHE_COLS tensor, valid and not: the
+    fuzzer reaches the cache rules from both sides."""
+    corpus = load_corpus()
+    mutants = [mutate(corpus[i % len(corpus)], random.Random(i), corpus) for i in range(3000)]
+    flagged = [m for m in mutants if len(m) >= 32 and m[4:6] == b"\x02\x00" and
+               m[26] & pf.FLAG_CACHES]
+    valid = [o for o in map(_decoded, flagged) if o is not None]
+    assert sum(any(t.cached for t in o.tensors) for o in valid) > 10
+    assert len(flagged) - len(valid) > 100
+
+
 @dataclass
 class _LenientCore:
     """A broken validator (accepts everything) wrapped around the real core."""
@@ -76,6 +112,11 @@ def test_a_disagreement_is_a_failure() -> None:
     blob = next(b for b in load_corpus() if not _accepts(b))
     with pytest.raises(FuzzFailure, match="validators disagree"):
         check_blob(_LenientCore(lib), blob, np.random.default_rng(0), FuzzStats())
+
+
+def _any_stream(blob: bytes) -> bool:
+    o = _decoded(blob)
+    return o is not None and any(ly.stream for ly in o.layers)
 
 
 def _accepts(blob: bytes) -> bool:

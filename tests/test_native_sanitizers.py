@@ -11,13 +11,21 @@ import pytest
 from conftest import shared_model_path
 from native_support import (
     BAD_STATUS,
+    CACHE_BAD_STATUS,
+    CACHE_CASES,
     PatchedStage,
     bad_blob,
     base_blob,
+    cache_bad_blob,
+    cached_stage,
+    extra_cache_cases,
     extra_cases,
     patched_stage,
     random_input,
     require_asan,
+    stream_stage,
+    to_nchw,
+    version2_op,
     zoo,
 )
 
@@ -25,7 +33,12 @@ from tflm_patch import native
 from tflm_patch import patch_format as pf
 from tflm_patch.model import load_model
 from tflm_patch.native import NativeJob, RunCase, Status, ValidateCase
-from tflm_patch.native_fuzz import random_constants, random_stage, stage_reference
+from tflm_patch.native_fuzz import (
+    random_constants,
+    random_stage,
+    random_stage_input,
+    stage_reference,
+)
 from tflm_patch.patch_ref import run_patch_exec
 from tflm_patch.ref_params import run_graph
 
@@ -48,14 +61,16 @@ def test_a_heap_overflow_is_reported() -> None:
 
 
 def test_validate_malformed_blobs_under_asan() -> None:
-    blob = base_blob()
     cases = [ValidateCase(f"BAD {c}", bad_blob(c)[0], s) for c, s in BAD_STATUS.items()]
     cases += [ValidateCase(c, b, s) for c, (b, s) in extra_cases().items() if s is not None]
-    cases += [ValidateCase(f"truncated to {n}", blob[:n], Status.TRUNCATED)
-              for n in range(len(blob))]
-    cases += [ValidateCase("valid", blob, Status.OK)]
+    for version in (1, 2):
+        blob = base_blob(version)
+        cases += [ValidateCase(f"v{version} truncated to {n}", blob[:n], Status.TRUNCATED)
+                  for n in range(len(blob))]
+        cases += [ValidateCase(f"v{version} valid", blob, Status.OK)]
     rng = random.Random(0)
     for i in range(300):  # random bytes after a valid header prefix
+        blob = base_blob(1 + i % 2)
         data = bytearray(blob[:rng.randrange(len(blob) + 1)])
         data += bytes(rng.getrandbits(8) for _ in range(rng.randrange(64)))
         accepted = True
@@ -68,14 +83,20 @@ def test_validate_malformed_blobs_under_asan() -> None:
     _run(NativeJob("asan", validate=tuple(cases)))
 
 
-def _stage_case(label: str, s: PatchedStage, seed: int) -> RunCase:
+def _stage_case(label: str, s: PatchedStage, seed: int, version2: tuple[bool, bool] | None = None
+                ) -> RunCase:
+    """A run of the stage, as the converter wrote it or with (INPUT_NCHW, STREAM)."""
     lib = native.load("release")
     x = random_input(s.model, seed)
     values = run_graph(s.model, [x])
     stage_in, want = values[s.graph.input], values[s.graph.output]
-    assert np.array_equal(run_patch_exec(s.patched, s.op, stage_in), want)
-    consts = tuple(native.model_constants(s.patched, s.op, lib))
-    return RunCase(label, s.blob, stage_in, consts, want)
+    op = s.op
+    if version2 is not None:
+        op = version2_op(s, nchw=version2[0], stream=version2[1])
+        stage_in = to_nchw(stage_in) if version2[0] else stage_in
+    assert np.array_equal(run_patch_exec(s.patched, op, stage_in), want)
+    consts = tuple(native.model_constants(s.patched, op, lib))
+    return RunCase(label, op.custom_options or b"", stage_in, consts, want)
 
 
 ZOO_RUNS = [("odd_stride2", 0, 4, (3, 2)), ("pools_dilated", 0, 7, (2, 2)),
@@ -90,6 +111,40 @@ def test_zoo_stages_run_under_asan() -> None:
     _run(NativeJob("asan", run=tuple(cases)))
 
 
+V2_RUNS = [("odd_stride2", 0, 4, (3, 2), True, True), ("odd_stride2", 0, 1, (8, 8), True, True),
+           ("mbv2_035_144", 0, 9, (5, 5), True, True), ("mcunet_dw57", 0, 12, (3, 3), False, True),
+           ("mbv1_025_96", 0, 10, (3, 1), True, True), ("pools_dilated", 0, 7, (2, 2), True, False)]
+
+
+def test_version2_zoo_stages_run_under_asan() -> None:
+    """INPUT_NCHW gathers and STREAM pairs on real stages."""
+    require_asan()
+    cases = [_stage_case(f"v2 {n} {f}..{la} {g} nchw={c} stream={st}",
+                         patched_stage(zoo(n), f, la, g), seed=f + la, version2=(c, st))
+             for n, f, la, g, c, st in V2_RUNS]
+    _run(NativeJob("asan", run=tuple(cases)))
+
+
+def test_stream_pairs_run_under_asan() -> None:
+    """Synthetic STREAM pairs: stride 1 and 2, with and without bias and padding, the
+    pair's output in the scratch or the stage output, with and without INPUT_NCHW."""
+    require_asan()
+    cases = []
+    for i, (stride, bias, same) in enumerate([(1, True, True), (2, False, True),
+                                              (2, True, False), (1, False, False)]):
+        for grid in ((1, 1), (3, 2), (4, 4)):
+            o = stream_stage(stride=stride, bias=bias, same=same, grid=grid, nchw=i % 2 == 0,
+                             tail=grid[0] > 1, seed=i)
+            rng = np.random.default_rng(i)
+            x = random_stage_input(o, rng)
+            consts = random_constants(o, rng, extreme=grid == (3, 2))
+            want = stage_reference(o, x, consts)
+            assert want is not None
+            cases.append(RunCase(f"stream {stride} {bias} {same} {grid}", pf.encode(o), x,
+                                 tuple(consts), want))
+    _run(NativeJob("asan", run=tuple(cases)))
+
+
 def test_person_detect_stages_run_under_asan() -> None:
     require_asan()
     model = load_model(shared_model_path("person_detect"))
@@ -99,14 +154,14 @@ def test_person_detect_stages_run_under_asan() -> None:
 
 
 def test_synthetic_stages_run_under_asan() -> None:
-    """Depth multipliers, dilations, PAD, ADD, pools, extreme constants."""
+    """Depth multipliers, dilations, PAD, ADD, pools, extreme constants, INPUT_NCHW and
+    STREAM pairs (version 2)."""
     require_asan()
     cases = []
     for seed in range(24):
         options = random_stage(random.Random(seed))
         rng = np.random.default_rng(seed)
-        t0 = options.tensors[0]
-        x = rng.integers(-128, 128, (1, t0.height, t0.width, t0.channels), dtype=np.int8)
+        x = random_stage_input(options, rng)
         consts = random_constants(options, rng, extreme=seed % 2 == 1)
         want = stage_reference(options, x, consts)
         assert want is not None
@@ -128,3 +183,39 @@ def test_windows_far_outside_the_image_run_under_asan(case: str) -> None:
     x = rng.integers(-128, 128, (1, t0.height, t0.width, t0.channels), dtype=np.int8)
     want = native.load("release").run(blob, x, consts)
     _run(NativeJob("asan", run=(RunCase(case, blob, x, tuple(consts), want),)))
+
+
+def test_cached_stages_run_under_asan() -> None:
+    """Halo caches (CACHE_COLS) on real stages: restores, computed columns, saves."""
+    require_asan()
+    lib = native.load("release")
+    cases = []
+    for name, first, last, grid in CACHE_CASES:
+        s = cached_stage(name, first, last, grid)
+        values = run_graph(s.model, [random_input(s.model, first + last)])
+        x, want = values[s.graph.input], values[s.graph.output]
+        assert np.array_equal(run_patch_exec(s.patched, s.op, x), want)
+        consts = tuple(native.model_constants(s.patched, s.op, lib))
+        cases.append(RunCase(f"cached {name} {first}..{last} {grid}", s.blob, x, consts, want))
+    for seed in range(300):  # synthetic stages with caches
+        o = random_stage(random.Random(seed))
+        if not any(t.cached for t in o.tensors):
+            continue
+        rng = np.random.default_rng(seed)
+        x = random_stage_input(o, rng)
+        consts = random_constants(o, rng, extreme=seed % 2 == 1)
+        want = stage_reference(o, x, consts)
+        assert want is not None
+        cases.append(RunCase(f"cached synthetic {seed}", pf.encode(o), x, tuple(consts), want))
+    _run(NativeJob("asan", run=tuple(cases)))
+
+
+def test_validate_malformed_cache_blobs_under_asan() -> None:
+    cases = [ValidateCase(f"cache {c}", cache_bad_blob(c)[0], s)
+             for c, s in CACHE_BAD_STATUS.items()]
+    cases += [ValidateCase(c, b, s) for c, (b, s, _) in extra_cache_cases().items()]
+    blob = cached_stage("mbv2_035_144", 0, 9, (3, 3)).blob
+    cases += [ValidateCase(f"cached truncated to {n}", blob[:n], Status.TRUNCATED)
+              for n in range(len(blob))]
+    cases.append(ValidateCase("cached valid", blob, Status.OK))
+    _run(NativeJob("asan", validate=tuple(cases)))

@@ -1,7 +1,9 @@
-"""PATCH_EXEC options v1: the byte layout of docs/patch_exec.md and every validation rule."""
+"""PATCH_EXEC options versions 1 and 2: the byte layout of docs/patch_exec.md and every
+validation rule."""
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable
 from dataclasses import replace
@@ -10,15 +12,17 @@ import pytest
 
 from tflm_patch import patch_format as pf
 from tflm_patch.model import load_model
+from tflm_patch.native_fuzz import with_version2
 from tflm_patch.rewrite import replace_stage
 from tflm_patch.schedule import make_schedule
 from tflm_patch.stage import build_stage
 from tflm_patch.zoo import ensure_model
 
 
-@pytest.fixture(scope="module")
-def options() -> pf.PatchOptions:
-    """A real plan: odd_stride2 ops 0..3 (conv, depthwise, conv, depthwise), grid 3x2."""
+@functools.cache
+def real_options() -> pf.PatchOptions:
+    """A real plan: odd_stride2 ops 0..3 (conv, depthwise, conv, depthwise), grid 3x2, as
+    the converter writes it."""
     model = load_model(ensure_model("odd_stride2"))
     graph = build_stage(model, 0, 3)
     obj = replace_stage(model, graph, make_schedule(graph, (3, 2)))
@@ -26,14 +30,38 @@ def options() -> pf.PatchOptions:
     return pf.decode(bytes(op.customOptions))
 
 
+@functools.cache
+def base_options(version: int) -> pf.PatchOptions:
+    """The real plan as version 1 (no flags), or as version 2 with INPUT_NCHW and STREAM
+    on both conv -> depthwise pairs (layers 0 and 2); slots sized and packed anew. The
+    malformed cases (BAD, BAD_V2) start from these; so do the C tests and the fuzz
+    corpus (tests/native_support.py, tools/make_fuzz_corpus.py)."""
+    v2 = version == 2
+    o = with_version2(real_options(), nchw=v2, stream=v2)
+    assert o.version == version and (not v2 or [ly.stream for ly in o.layers] ==
+                                     [True, False, True, False])
+    return o
+
+
+@pytest.fixture(scope="module")
+def options() -> pf.PatchOptions:
+    return base_options(1)
+
+
+@pytest.fixture(scope="module")
+def options_v2() -> pf.PatchOptions:
+    return base_options(2)
+
+
 @pytest.fixture(scope="module")
 def blob(options: pf.PatchOptions) -> bytes:
     return pf.encode(options)
 
 
-def test_roundtrip(options: pf.PatchOptions, blob: bytes) -> None:
+def test_roundtrip(options: pf.PatchOptions, blob: bytes, options_v2: pf.PatchOptions) -> None:
     assert pf.decode(blob) == options
     assert pf.encode(pf.decode(blob)) == blob
+    assert pf.decode(pf.encode(options_v2)) == options_v2
 
 
 def test_header_layout(options: pf.PatchOptions, blob: bytes) -> None:
@@ -45,6 +73,20 @@ def test_header_layout(options: pf.PatchOptions, blob: bytes) -> None:
                                                        options.scratch_bytes,
                                                        options.num_inputs)
     assert len(blob) == 32 + 16 * (num_l + 1) + 4 * (num_l + 1) * (n + m) + 80 * num_l
+    assert struct.unpack_from("<H", blob, 26) == (0,)
+
+
+def test_version2_flags_layout(options_v2: pf.PatchOptions) -> None:
+    """Version 2: header flags at offset 26 (INPUT_NCHW = bit 0), layer flags at byte 1
+    of a layer record (STREAM = bit 0); tensor 0 has a slot, a STREAM layer's output a
+    one-channel one."""
+    b = pf.encode(options_v2)
+    assert struct.unpack_from("<HHI", b, 4) == (2, 32, len(b))
+    assert struct.unpack_from("<H", b, 26) == (pf.FLAG_INPUT_NCHW,)
+    assert [b[_layer_offset(options_v2, k) + 1] for k in range(4)] == [1, 0, 1, 0]
+    t0, t1 = options_v2.tensors[0], options_v2.tensors[1]
+    assert struct.unpack_from("<II", b, 32 + 8) == (t0.slot_offset, t0.max_patch_bytes())
+    assert struct.unpack_from("<I", b, 32 + 16 + 12) == (t1.max_patch_bytes() // t1.channels,)
 
 
 def test_tensor_range_and_layer_layout(options: pf.PatchOptions, blob: bytes) -> None:
@@ -78,7 +120,7 @@ def _range_offset(o: pf.PatchOptions, t: int, band: int) -> int:
 Mutation = Callable[[pf.PatchOptions, bytearray], bytes]
 
 
-def _poke(fmt: str, offset: Callable[[pf.PatchOptions], int], *values: int) -> Mutation:
+def _poke(fmt: str, offset: Callable[[pf.PatchOptions], int], *values: int | bytes) -> Mutation:
     def mutate(o: pf.PatchOptions, b: bytearray) -> bytes:
         struct.pack_into(fmt, b, offset(o), *values)
         return bytes(b)
@@ -100,7 +142,7 @@ BAD: dict[str, tuple[Mutation, str]] = {
     "truncated": (lambda o, b: bytes(b[:-1]), "blob length"),
     "trailing byte": (lambda o, b: bytes(b) + b"\0", "blob length"),
     "bad magic": (_poke("<4s", lambda o: 0, b"TPEY"), "bad magic"),
-    "version 2": (_poke("<H", lambda o: 4, 2), "version 2 is not supported"),
+    "version 3": (_poke("<H", lambda o: 4, 3), "version 3 is not supported"),
     "header size": (_poke("<H", lambda o: 6, 36), "header_bytes"),
     "total bytes": (_poke("<I", lambda o: 8, 10), "total_bytes"),
     "tensor count": (_poke("<H", lambda o: 12, 3), "num_tensors"),
@@ -135,11 +177,102 @@ BAD: dict[str, tuple[Mutation, str]] = {
 }
 
 
+def _tensor_offset(t: int) -> int:
+    return 32 + 16 * t
+
+
+def _pokes(*mutations: Mutation) -> Mutation:
+    def mutate(o: pf.PatchOptions, b: bytearray) -> bytes:
+        for m in mutations:
+            b = bytearray(m(o, b))
+        return bytes(b)
+    return mutate
+
+
+def _shrink_slot(t: int) -> Mutation:
+    """Tensor t's slot one byte smaller than validation requires."""
+    def mutate(o: pf.PatchOptions, b: bytearray) -> bytes:
+        struct.pack_into("<I", b, _tensor_offset(t) + 12, o.slot_need(t) - 1)
+        return bytes(b)
+    return mutate
+
+
+def _share_fresh_slot(a: int, c: int) -> Mutation:
+    """Tensors a and c moved to one new slot after the end of the scratch (grown to hold
+    both): they overlap each other and nothing else."""
+    def mutate(o: pf.PatchOptions, b: bytearray) -> bytes:
+        end = (o.scratch_bytes + 3) // 4 * 4
+        for t in (a, c):
+            struct.pack_into("<I", b, _tensor_offset(t) + 8, end)
+        size = max(o.tensors[a].slot_bytes, o.tensors[c].slot_bytes)
+        struct.pack_into("<I", b, 20, end + size)
+        return bytes(b)
+    return mutate
+
+
+def _stream_on_last_layer(o: pf.PatchOptions, b: bytearray) -> bytes:
+    """The last layer (3, a depthwise conv) made a CONV_2D flagged STREAM; layer 2 loses
+    its STREAM and its output tensor 3 gets a full slot after the end of the scratch."""
+    last = len(o.layers) - 1
+    struct.pack_into("<BB", b, _layer_offset(o, last), pf.CONV, pf.LAYER_STREAM)
+    struct.pack_into("<B", b, _layer_offset(o, last - 1) + 1, 0)
+    full = o.tensors[last].max_patch_bytes()  # tensor `last` is layer last - 1's output
+    struct.pack_into("<II", b, _tensor_offset(last) + 8, o.scratch_bytes, full)
+    struct.pack_into("<I", b, 20, o.scratch_bytes + full)
+    return bytes(b)
+
+
+_STREAM_PAIR = "STREAM needs a CONV_2D followed by the DEPTHWISE_CONV_2D"
+
+# Version-2 rules, applied to base_options(2): INPUT_NCHW, layers 0 and 2 STREAM.
+BAD_V2: dict[str, tuple[Mutation, str]] = {
+    "v2 unknown header flag": (_poke("<H", lambda o: 26, 0x81), "unknown header flags 0x0081"),
+    "v2 header flag in version 1": (_poke("<H", lambda o: 4, 1), "reserved fields not 0"),
+    "v2 layer flag in version 1": (_pokes(_poke("<H", lambda o: 4, 1),
+                                          _poke("<H", lambda o: 26, 0)),
+                                   "layer 0: reserved byte is 1"),
+    "v2 unknown layer flag": (_poke("<B", lambda o: _layer_offset(o, 1) + 1, 0x40),
+                              "layer 1: unknown flags 0x40"),
+    "v2 stream on a depthwise": (_poke("<B", lambda o: _layer_offset(o, 1) + 1, 1),
+                                 r"layer 1 \(DEPTHWISE_CONV_2D\): " + _STREAM_PAIR),
+    "v2 stream on the last layer": (_stream_on_last_layer, "layer 3 .*" + _STREAM_PAIR),
+    "v2 stream partner with depth multiplier 2": (
+        _poke("<H", lambda o: _layer_offset(o, 1) + 22, 2), "layer 0 .*" + _STREAM_PAIR),
+    "v2 stream partner reads another tensor": (
+        _poke("<H", lambda o: _layer_offset(o, 1) + 2, 0), "layer 0 .*" + _STREAM_PAIR),
+    "v2 stream output read twice": (_poke("<H", lambda o: _layer_offset(o, 2) + 2, 1),
+                                    "output tensor 1 is also read by layer 2"),
+    "v2 stream output slot too small": (_shrink_slot(1), "tensor 1: slot .* largest patch"),
+    "v2 input without a slot": (_poke("<II", lambda o: _tensor_offset(0) + 8, pf.EXTERNAL, 0),
+                                "tensor 0: slot .* is outside the"),
+    "v2 input slot too small": (_shrink_slot(0), "tensor 0: slot .* largest patch"),
+    "v2 input slot overlaps tensor 1": (_share_fresh_slot(0, 1), "tensors 0 and 1 .*overlap"),
+    # tensor 0 lives until layer 1 only because layer 0 (its reader) is STREAM
+    "v2 stream input lives until the depthwise": (_share_fresh_slot(0, 2),
+                                                  "tensors 0 and 2 .*overlap"),
+}
+
+
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_malformed_blob_is_rejected(case: str, options: pf.PatchOptions, blob: bytes) -> None:
     mutate, message = BAD[case]
     with pytest.raises(pf.OptionsError, match=message):
         pf.decode(mutate(options, bytearray(blob)))
+
+
+@pytest.mark.parametrize("case", sorted(BAD_V2))
+def test_malformed_v2_blob_is_rejected(case: str, options_v2: pf.PatchOptions) -> None:
+    mutate, message = BAD_V2[case]
+    with pytest.raises(pf.OptionsError, match=message):
+        pf.decode(mutate(options_v2, bytearray(pf.encode(options_v2))))
+
+
+def test_version2_input_slot_may_share_with_a_later_tensor(options_v2: pf.PatchOptions
+                                                            ) -> None:
+    """Tensor 0 (INPUT_NCHW) dies after layer 1 (the STREAM pair reading it); tensor 3 is
+    made by layer 2: their slots may share bytes (rule 8 is about lifetimes only)."""
+    assert options_v2.lifetimes()[0] == (-1, 1) and options_v2.lifetimes()[3][0] == 2
+    pf.decode(_share_fresh_slot(0, 3)(options_v2, bytearray(pf.encode(options_v2))))
 
 
 def test_overlapping_live_slots_are_rejected(options: pf.PatchOptions) -> None:

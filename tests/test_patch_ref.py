@@ -3,13 +3,17 @@ exact int8 equality on seeded inputs, one (model, stage, grid) per test."""
 
 from __future__ import annotations
 
+import copy
+import random
 from dataclasses import replace
 from functools import cache
 
 import numpy as np
 import pytest
 from conftest import shared_model_path
+from native_support import array_model
 
+from tflm_patch import native_fuzz
 from tflm_patch import patch_format as pf
 from tflm_patch.geometry import tensor_rects
 from tflm_patch.model import Model, load_model, model_from_object
@@ -18,7 +22,7 @@ from tflm_patch.receptive_field import Rect
 from tflm_patch.ref_params import run_graph
 from tflm_patch.rewrite import CUSTOM_CODE, replace_stage
 from tflm_patch.schedule import axis_ranges, bands, make_schedule
-from tflm_patch.stage import build_stage
+from tflm_patch.stage import build_stage, op_support, stage_check
 from tflm_patch.zoo import ensure_model
 
 
@@ -27,8 +31,9 @@ def _zoo(name: str) -> Model:
     return load_model(ensure_model(name))
 
 
-def _check(model: Model, first: int, last: int, grid: tuple[int, int], seed: int) -> None:
-    graph = build_stage(model, first, last)
+def _check(model: Model, first: int, last: int, grid: tuple[int, int], seed: int,
+           stream: bool = True) -> None:
+    graph = build_stage(model, first, last, stream=stream)
     patched = model_from_object(replace_stage(model, graph, make_schedule(graph, grid)))
     op = next(o for o in patched.operators if o.name == CUSTOM_CODE)
     x = np.random.default_rng(seed).integers(-128, 128, model.tensors[model.inputs[0]].shape,
@@ -51,6 +56,8 @@ ZOO_CASES = [
     ("mcunet_dw57", 0, 12, (3, 3)),
     ("odd_stride2", 0, 4, (3, 2)),  # odd sizes with stride 2 (asymmetric SAME padding)
     ("odd_stride2", 0, 1, (8, 8)),
+    ("nchw_input", 0, 3, (3, 2)),  # folded TRANSPOSE (INPUT_NCHW), a STREAM pair
+    ("nchw_input", 0, 10, (2, 2)),  # folded TRANSPOSE, several STREAM pairs, ADD
 ]
 
 
@@ -69,6 +76,53 @@ def test_person_detect_stage_bit_exact(first: int, last: int, grid: tuple[int, i
 def test_mobilenet_v2_stage_with_explicit_pads_bit_exact(last: int, grid: tuple[int, int]
                                                          ) -> None:
     _check(load_model(shared_model_path("mobilenet_v2_int8_224_nchw")), 1, last, grid, seed=2)
+
+
+def test_mobilenet_v2_stage_with_folded_transpose_bit_exact() -> None:
+    _check(load_model(shared_model_path("mobilenet_v2_int8_224_nchw")), 0, 18, (3, 4), seed=3)
+
+
+@pytest.mark.parametrize(("name", "first", "last", "grid"),
+                         [("mbv2_035_144", 0, 9, (3, 3)), ("nchw_input", 0, 10, (2, 2))])
+def test_stage_without_stream_bit_exact(name: str, first: int, last: int,
+                                        grid: tuple[int, int]) -> None:
+    _check(_zoo(name), first, last, grid, seed=4, stream=False)
+
+
+@pytest.mark.parametrize(("name", "first", "last", "grid"),
+                         [("mbv2_035_144", 0, 9, (3, 3)), ("nchw_input", 0, 10, (2, 2)),
+                          ("mcunet_dw57", 0, 12, (3, 3))])
+def test_stream_shrinks_scratch_at_equal_macs(name: str, first: int, last: int,
+                                              grid: tuple[int, int]) -> None:
+    model = _zoo(name)
+    streamed = build_stage(model, first, last)
+    plain = build_stage(model, first, last, stream=False)
+    flagged = [k for k, ly in enumerate(streamed.layers) if ly.stream]
+    assert flagged and not any(ly.stream for ly in plain.layers)
+    for k in flagged:  # an expansion conv feeding its depthwise
+        assert streamed.layers[k].kind == pf.CONV
+        assert streamed.layers[k + 1].kind == pf.DEPTHWISE
+        assert streamed.layers[k + 1].input0 == k + 1
+    a, b = make_schedule(streamed, grid), make_schedule(plain, grid)
+    assert a.macs == b.macs
+    assert a.scratch_bytes < b.scratch_bytes
+    for k in flagged:  # the streamed tensor's slot holds one channel
+        assert a.slots[k + 1][1] * streamed.shapes[k + 1][2] == b.slots[k + 1][1]
+
+
+def test_leading_transpose_is_folded() -> None:
+    model = _zoo("nchw_input")
+    assert model.operators[0].name == "TRANSPOSE"
+    graph = build_stage(model, 0, 3)
+    assert graph.input_nchw and graph.input == model.inputs[0]
+    assert graph.shapes[0] == (80, 80, 3)  # described NHWC, read from NCHW
+    assert len(graph.layers) == 3  # the TRANSPOSE has no layer
+    sched = make_schedule(graph, (2, 2))
+    rows = max(hi - lo for lo, hi in sched.rows[0])
+    cols = max(hi - lo for lo, hi in sched.cols[0])
+    assert sched.slots[0][1] == rows * cols * 3  # tensor 0 gets a slot for the gather
+    after = build_stage(model, 1, 3)
+    assert not after.input_nchw and after.input == model.operators[0].outputs[0]
 
 
 def test_pads_before_convolutions_are_folded() -> None:
@@ -119,3 +173,36 @@ def test_a_read_outside_the_kept_range_raises() -> None:
                   {0: short}, sched.rows[1][1], sched.cols[1][0],
                   (np.zeros((8, 3, 3, 3), np.int8), None, np.ones(8, np.int32),
                    np.zeros(8, np.int32)))
+
+
+def test_transpose_alone_is_no_stage() -> None:
+    ok, reason = stage_check(_zoo("nchw_input"), 0, 0)
+    assert not ok and "besides the folded TRANSPOSE" in reason
+
+
+def test_other_permutation_is_not_folded() -> None:
+    model = _zoo("nchw_input")
+    obj = copy.deepcopy(model.obj)
+    perm = model.operators[0].inputs[1]
+    buf = obj.buffers[obj.subgraphs[0].tensors[perm].buffer]
+    buf.data = np.frombuffer(np.array([0, 3, 1, 2], dtype=np.int32).tobytes(), dtype=np.uint8)
+    other = model_from_object(obj)
+    ok, reason = op_support(other, other.operators[0])
+    assert not ok and "NCHW -> NHWC permutation" in reason and "[0, 3, 1, 2]" in reason
+    ok, reason = stage_check(other, 0, 3)
+    assert not ok and "NCHW -> NHWC" in reason
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_equals_whole_tensor_reference_on_random_stage(seed: int) -> None:
+    """Seeded random stages (the fuzzer's generator: versions 1 and 2, caches, windows
+    that at some borders read only padding) against the whole-tensor reference."""
+    o = native_fuzz.random_stage(random.Random(seed))
+    if not native_fuzz.runnable(o):
+        pytest.skip(f"seed {seed}: the generator made a stage TFLM itself cannot run")
+    rng = np.random.default_rng(seed)
+    consts = native_fuzz.random_constants(o, rng)
+    model, op = array_model(o, consts)
+    x = native_fuzz.random_stage_input(o, rng)
+    assert np.array_equal(run_patch_exec(model, op, x),  # type: ignore[arg-type]
+                          native_fuzz.stage_reference(o, x, consts))

@@ -33,6 +33,7 @@ from tflm_patch import tflm_build
 from tflm_patch.arena import predict_arena
 from tflm_patch.errors import TflmRunError
 from tflm_patch.model import Model, load_model, model_from_object, model_to_bytes
+from tflm_patch.native_fuzz import with_version2
 from tflm_patch.planner import patched_model_object, plan
 from tflm_patch.rewrite import CUSTOM_CODE, plan_metadata, replace_stage, to_checked_bytes
 from tflm_patch.schedule import make_schedule
@@ -226,9 +227,10 @@ def test_zoo_model_in_tflm(kernel: tflm_build.KernelLibrary, name: str) -> None:
 STAGE_CASES = [*ZOO_CASES, ("odd_stride2", 0, 1, (1, 1))]
 
 
-def _stage_model(model: Model, first: int, last: int, grid: tuple[int, int]) -> Any:
+def _stage_model(model: Model, first: int, last: int, grid: tuple[int, int],
+                 cache: bool = False) -> Any:
     graph = build_stage(model, first, last)
-    return replace_stage(model, graph, make_schedule(graph, grid))
+    return replace_stage(model, graph, make_schedule(graph, grid, cache=cache))
 
 
 @pytest.mark.parametrize(("name", "first", "last", "grid"), STAGE_CASES)
@@ -380,6 +382,21 @@ def _drop_last_input(obj: Any) -> None:
     op.inputs = list(op.inputs)[:-1]
 
 
+def _nchw_blob(b: bytearray) -> bytes:
+    """The options with INPUT_NCHW (and STREAM on every pair), slots packed anew."""
+    return pf.encode(with_version2(pf.decode(bytes(b)), nchw=True, stream=True))
+
+
+def _nchw_input(obj: Any) -> None:
+    """INPUT_NCHW options, and input 0 (the model input) made [1, C, H, W]."""
+    _edit_blob(_nchw_blob)(obj)
+    t = obj.subgraphs[0].tensors[_patch_op(obj).inputs[0]]
+    _, h, w, c = (int(v) for v in t.shape)
+    t.shape = [1, c, h, w]
+    if t.shapeSignature is not None and len(t.shapeSignature) == 4:
+        t.shapeSignature = [1, c, h, w]
+
+
 def _no_options(obj: Any) -> None:
     _patch_op(obj).customOptions = None
 
@@ -405,7 +422,9 @@ MALFORMED: dict[str, tuple[Callable[[Any], None], str]] = {
     "truncated_after_header": (_edit_blob(lambda b: b[:-8]),
                                r"invalid options \(status 1\): .*total_bytes"),
     "wrong_magic": (_edit_blob(_put("<4s", 0, b"XPEX")), r"invalid options \(status 2\)"),
-    "wrong_version": (_edit_blob(_put("<H", 4, 2)), r"invalid options \(status 3\): .*version 2"),
+    "wrong_version": (_edit_blob(_put("<H", 4, 3)), r"invalid options \(status 3\): .*version 3"),
+    "unknown_header_flag": (_edit_blob(_put("<H", 26, 4)),
+                            r"invalid options \(status 4\): .*unknown header flags 0x0004"),
     "overflowing_layer_count": (_edit_blob(_put("<H", 14, 0xFFFF)),
                                 r"invalid options \(status 4\): .*num_layers 65535"),
     "overflowing_grid": (_edit_blob(_put("<H", 16, 0xFFFF)),
@@ -422,6 +441,9 @@ MALFORMED: dict[str, tuple[Callable[[Any], None], str]] = {
                     r"num_inputs = \d+"),
     "input_shape": (_input_shape, r"input 0 has shape \[1, 98, 97, 3\]; the options say "
                     r"\[1, 97, 97, 3\]"),
+    "input_nhwc_for_input_nchw": (_edit_blob(_nchw_blob),
+                                  r"input 0 has shape \[1, 97, 97, 3\]; the options say "
+                                  r"\[1, 3, 97, 97\], i.e. \[1, C, H, W\] \(INPUT_NCHW\)"),
     "input_type": (_input_type, "input 0 is uint8 .*not int8"),
     "output_shape": (_output_shape, r"output 0 has shape \[1, \d+, \d+, \d+\]; the options"),
     "weights_type": (_weights_type, r"input \d+ is uint8 \(type 3\); the options need int8"),
@@ -454,6 +476,63 @@ def test_unmodified_small_model_runs(kernel: tflm_build.KernelLibrary) -> None:
     data = model_to_bytes(_small_patched())
     x = random_inputs(model, 5)
     assert _run(kernel, data, x)[0].tobytes() == run_model(model.raw, x)[0].tobytes()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_input_nchw_stage_in_tflm(kernel: tflm_build.KernelLibrary, seed: int) -> None:
+    """Version 2 in TFLM: PATCH_EXEC reads the model input as [1, C, H, W] (INPUT_NCHW)
+    and runs both conv -> depthwise pairs STREAM; Prepare accepts the NCHW input and
+    the model output equals the original's on the same image."""
+    model = _zoo("odd_stride2")
+    obj = _small_patched()
+    _nchw_input(obj)
+    o = _options(obj)
+    assert o.input_nchw and [k for k, ly in enumerate(o.layers) if ly.stream] == [0, 2]
+    x = random_inputs(model, seed)
+    nchw = [np.ascontiguousarray(x[0].transpose(0, 3, 1, 2))]
+    got = _run(kernel, model_to_bytes(obj), nchw)[0]
+    assert got.tobytes() == run_model(model.raw, x)[0].tobytes()
+
+
+@pytest.mark.parametrize(("name", "last", "grid"), [("zoo:nchw_input", 4, (3, 2)),
+                                                    ("mobilenet_v2_int8_224_nchw", 8, (4, 4))])
+def test_folded_transpose_stage_in_tflm(kernel: tflm_build.KernelLibrary, name: str, last: int,
+                                        grid: tuple[int, int]) -> None:
+    """A PATCH_EXEC that folds the model's NCHW -> NHWC TRANSPOSE reads the model input
+    [1, C, H, W] in TFLM (INPUT_NCHW; Prepare checks that shape) and equals the model."""
+    model = _model(name)
+    assert model.operators[0].name == "TRANSPOSE"
+    obj = _stage_model(model, 0, last, grid)
+    assert _options(obj).input_nchw
+    x = random_inputs(model, seed=last)
+    got = _run(kernel, model_to_bytes(obj), x)[0]
+    assert got.tobytes() == run_model(model.raw, x)[0].tobytes()
+
+
+# test_halo_cache.CASES: stages converted with halo caches (CACHE_COLS)
+CACHE_STAGES = [("mbv2_035_144", 0, 9, (3, 3)), ("mbv2_035_144", 0, 20, (2, 5)),
+                ("mbv1_025_96", 0, 10, (2, 4)), ("pools_dilated", 0, 7, (2, 3)),
+                ("mcunet_dw57", 0, 12, (2, 4)), ("odd_stride2", 0, 4, (3, 3)),
+                ("nchw_input", 0, 10, (2, 3))]
+
+
+@pytest.mark.parametrize(("name", "first", "last", "grid"), CACHE_STAGES)
+def test_cached_stage_in_tflm(kernel: tflm_build.KernelLibrary, name: str, first: int,
+                              last: int, grid: tuple[int, int]) -> None:
+    """A stage with halo caches (the caches in the one scratch buffer TFLM gives) equals
+    the original model, the PATCH_EXEC output tensor too."""
+    model = _zoo(name)
+    graph = build_stage(model, first, last)
+    obj = _stage_model(model, first, last, grid, cache=True)
+    assert any(t.cached for t in _options(obj).tensors)
+    patched = model_from_object(obj)
+    op = next(o for o in patched.operators if o.name == CUSTOM_CODE)
+    x = random_inputs(model, seed=first + last)
+    want = run_all_tensors(model.raw, x)
+    got = run_all_tensors(model_to_bytes(obj), x, **kernel.runner_kwargs())
+    assert got[op.outputs[0]].tobytes() == want[graph.output].tobytes()
+    (out_t,) = patched.outputs
+    assert got[out_t].tobytes() == want[model.outputs[0]].tobytes()
 
 
 # ------------------------------------------------------------------ the commands

@@ -38,6 +38,9 @@ EXPECTED: dict[str, tuple[tuple[int, ...], dict[str, int]]] = {
                                        "MEAN": 1, "FULLY_CONNECTED": 1}),
     "odd_stride2": ((1, 97, 97, 3), {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 2, "MEAN": 1,
                                      "FULLY_CONNECTED": 1}),
+    # NCHW input, the TRANSPOSE to NHWC first; stem, dw, pw + 4 blocks x (expand, project)
+    "nchw_input": ((1, 3, 80, 80), {"TRANSPOSE": 1, "CONV_2D": 10, "DEPTHWISE_CONV_2D": 5,
+                                    "ADD": 2, "MEAN": 1, "FULLY_CONNECTED": 1}),
 }
 
 # The x86 TFLM interpreter in its own process (TFLM aborts the process on some bad models):
@@ -71,7 +74,7 @@ def _weights_of(m: Model, kind: str) -> list[tuple[OperatorInfo, tuple[int, ...]
     return [(o, m.tensors[o.inputs[1]].shape) for o in m.operators if o.name == kind]
 
 
-def test_zoo_lists_the_five_models() -> None:
+def test_zoo_lists_the_six_models() -> None:
     assert set(ZOO_NAMES) == set(EXPECTED)
     assert all(zoo.ZOO[n].description for n in ZOO_NAMES)
 

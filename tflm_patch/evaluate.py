@@ -39,6 +39,8 @@ class Candidate:
     fused: tuple[OpRange, ...] = ()
     # more patched stages after the main one: (first, last, grid)
     extra: tuple[tuple[int, int, Grid], ...] = ()
+    # stage tensors of the main stage that reuse halos (CACHE_COLS, schedule.make_schedule)
+    cache: frozenset[int] = frozenset()
 
     def overhead(self, macs_before: int) -> float:
         return self.macs / macs_before - 1.0 if macs_before else 0.0
@@ -46,6 +48,7 @@ class Candidate:
     @property
     def label(self) -> str:
         text = f"ops {self.first}..{self.last} grid {self.grid[0]}x{self.grid[1]}"
+        text += " cached" if self.cache else ""
         for a, b, (n, m) in self.extra:
             text += f" + ops {a}..{b} grid {n}x{m}"
         return text + (f" + {len(self.fused)} fused convs" if self.fused else "")
@@ -109,8 +112,10 @@ class StageEvaluator:
         self.num_inputs = len(self.op.inputs)
         self.tail = predict_tail(self.patched, target)
 
-    def evaluate(self, grid: Grid) -> tuple[Candidate, Schedule]:
-        sched = make_schedule(self.graph, grid)
+    def evaluate(self, grid: Grid, cache: bool | frozenset[int] = False
+                 ) -> tuple[Candidate, Schedule]:
+        """cache: halo reuse between horizontally adjacent patches (make_schedule)."""
+        sched = make_schedule(self.graph, grid, cache)
         blob = pf.encode(stage_options(self.graph, sched, self.layers, self.num_inputs))
         ops = list(self.patched.operators)
         ops[self.op_index] = replace(self.op, custom_options=blob)
@@ -119,4 +124,4 @@ class StageEvaluator:
         g = self.graph
         return Candidate(g.first, g.last, grid, sched.scratch_bytes, arena,
                          self.macs_outside + sched.macs, sched.macs, g.macs,
-                         self.fused, self.extra), sched
+                         self.fused, self.extra, sched.cached), sched

@@ -40,23 +40,46 @@ def tail_stages(model: Model, after: int, taken: Sequence[OpRange],
         for e in range(s + 1, min(n, s + MAX_STAGE_OPS)):
             if any(s <= b and a <= e for a, b in taken):
                 break
-            if stage_check(model, s, e, support)[0]:
+            if _narrow_end(model, s, e) and stage_check(model, s, e, support)[0]:
                 out.append((s, e))
     return out
+
+
+def _narrow_end(model: Model, s: int, e: int) -> bool:
+    """Does the stage end on a tensor no larger than its input? One that ends on an
+    expansion leaves that big tensor to the layer-by-layer part; ending after the block
+    keeps it inside."""
+    ins = model.activation_inputs(model.operators[s])
+    out = model.tensors[model.operators[e].outputs[0]]
+    return bool(ins) and out.numel <= max(model.tensors[t].numel for t in ins)
 
 
 def _grids(graph: StageGraph) -> list[tuple[int, int]]:
     h, w, _ = graph.shapes[-1]
     return [(n, m) for n in range(1, min(h, MAX_TAIL_GRID) + 1)
-            for m in range(1, min(w, MAX_TAIL_GRID) + 1) if n * m > 1]
+            for m in range(1, min(w, MAX_TAIL_GRID) + 1)]
 
 
 def refine(model: Model, c: Candidate, *, target: str, macs_before: int,
-           max_overhead: float, units: UnitGraphs) -> tuple[Candidate, list[Stage]]:
+           max_overhead: float, units: UnitGraphs,
+           floor_grid: tuple[int, int] | None = None,
+           free_only: bool = False) -> tuple[Candidate, list[Stage]]:
     """`c` with patched stages added after its main stage while that lowers the arena,
-    and those stages (in model order) with their schedules."""
+    and those stages (in model order) with their schedules.
+
+    floor_grid: judge the added stages with the main stage at this (fine) grid instead of
+    `c.grid`, so that stages lowering a peak after the main stage count even while the
+    main stage's own peak is the higher one (the caller then chooses the main grid again
+    with these stages in place). MACs are always counted with the main stage at `c.grid`;
+    the returned candidate's arena is then the one at the floor grid. free_only: add only
+    1x1-grid stages (no extra MACs; they still shrink the arena by streaming and by
+    keeping a block's inner tensors out of it)."""
     main = build_stage(model, c.first, c.last)
-    fixed: list[Stage] = [(main, make_schedule(main, c.grid))]
+    grid = floor_grid or c.grid
+    main_sched = make_schedule(main, grid, c.cache)
+    # MACs of the plan at c.grid = MACs evaluated at `grid` + this correction
+    mac_fix = make_schedule(main, c.grid, c.cache).macs - main_sched.macs
+    fixed: list[Stage] = [(main, main_sched)]
     graphs: dict[OpRange, StageGraph] = {}
     best = c
     for _ in range(MAX_ROUNDS):
@@ -70,9 +93,9 @@ def refine(model: Model, c: Candidate, *, target: str, macs_before: int,
                 continue
             ev = StageEvaluator(model, g, target, macs_before,
                                 units.outside([*taken, (s, e)]), fixed)
-            for grid in _grids(g):
+            for grid in [(1, 1)] if free_only else _grids(g):
                 cand, sched = ev.evaluate(grid)
-                if cand.overhead(macs_before) > max_overhead + 1e-12:
+                if (cand.macs + mac_fix) / macs_before - 1.0 > max_overhead + 1e-12:
                     continue
                 limit = found[0].arena - 1 if found else best.arena * (1.0 - MIN_GAIN)
                 if cand.arena <= limit:
@@ -82,7 +105,8 @@ def refine(model: Model, c: Candidate, *, target: str, macs_before: int,
         cand, stage = found
         fixed.append(stage)
         extra = tuple(sorted((g.first, g.last, sc.grid) for g, sc in fixed[1:]))
-        best = Candidate(c.first, c.last, c.grid, c.scratch_bytes, cand.arena, cand.macs,
-                         c.stage_macs, c.stage_macs_before, cand.fused, extra)
+        best = Candidate(c.first, c.last, c.grid, c.scratch_bytes, cand.arena,
+                         cand.macs + mac_fix,
+                         c.stage_macs, c.stage_macs_before, cand.fused, extra, c.cache)
         log.info("multi-stage: %s -> predicted arena %s B", best.label, f"{best.arena:,}")
     return best, sorted(fixed[1:], key=lambda st: st[0].first)

@@ -334,6 +334,8 @@ def _bind(lib: ctypes.CDLL) -> None:
     i32p = _P(ctypes.c_int32)
     lib.PatchExecIoShape.argtypes = [ctypes.c_void_p, ctypes.c_int, i32p, i32p, i32p]
     lib.PatchExecIoShape.restype = None
+    lib.PatchExecInputNchw.argtypes = [ctypes.c_void_p]
+    lib.PatchExecInputNchw.restype = ctypes.c_int
     lib.PatchExecConstantSpec.argtypes = [ctypes.c_void_p, ctypes.c_uint32, _P(ctypes.c_int),
                                           _P(ctypes.c_uint32)]
     lib.PatchExecConstantSpec.restype = ctypes.c_int
@@ -365,7 +367,7 @@ class PreparedRun:
                                  f"{validation.message}")
         self._blob = _Buffer(len(blob), blob)
         self.output_shape = lib.io_shape(blob, 1)
-        self._check_input(lib.io_shape(blob, 0), stage_input)
+        self._check_input(lib.input_shape(blob), stage_input)
         self._input = _Buffer(stage_input.nbytes, np.ascontiguousarray(stage_input).tobytes())
         self._consts = self._copy_constants(blob, constants)
         ptrs = [None] + [c.ptr if c is not None else None for c in self._consts[1:]]
@@ -465,6 +467,18 @@ class CoreLibrary:
         buf.free()
         return 1, h.value, w.value, c.value
 
+    def input_nchw(self, blob: bytes) -> bool:
+        """PatchExecInputNchw: does input 0 come as [1, C, H, W] (a folded TRANSPOSE)?"""
+        buf = self._validated(blob)
+        value = bool(self._lib.PatchExecInputNchw(buf.ptr))
+        buf.free()
+        return value
+
+    def input_shape(self, blob: bytes) -> tuple[int, int, int, int]:
+        """The shape of operator input 0: (1, H, W, C), or (1, C, H, W) with INPUT_NCHW."""
+        _, h, w, c = self.io_shape(blob, 0)
+        return (1, c, h, w) if self.input_nchw(blob) else (1, h, w, c)
+
     def _spec(self, buf: _Buffer, index: int) -> ConstantSpec:
         t, n = ctypes.c_int(), ctypes.c_uint32()
         status = self._lib.PatchExecConstantSpec(buf.ptr, index, ctypes.byref(t),
@@ -513,8 +527,9 @@ class CoreLibrary:
 
     def run(self, blob: bytes, stage_input: np.ndarray,
             constants: Sequence[np.ndarray | None]) -> np.ndarray:
-        """The stage output int8 [1, H, W, C]. `constants[i]` is operator input i (entry 0,
-        the stage input, is ignored); unused inputs may be None."""
+        """The stage output int8 [1, H, W, C] of `stage_input` (shaped as `input_shape`:
+        [1, C, H, W] with INPUT_NCHW). `constants[i]` is operator input i (entry 0, the
+        stage input, is ignored); unused inputs may be None."""
         with self.prepare(blob, stage_input, constants) as prepared:
             return prepared.run()
 
@@ -563,7 +578,8 @@ def model_constants(model: Model, op: OperatorInfo, lib: CoreLibrary
 def run_patch_exec_native(model: Model, op: OperatorInfo, stage_input: np.ndarray,
                           variant: str = "release") -> np.ndarray:
     """Run one PATCH_EXEC operator of `model` with the C++ core (as
-    patch_ref.run_patch_exec does with numpy)."""
+    patch_ref.run_patch_exec does with numpy). `stage_input` is [1, H, W, C], or
+    [1, C, H, W] when the options set INPUT_NCHW."""
     lib = load(variant)
     blob = op.custom_options or b""
     validation = lib.validate(blob)
@@ -640,14 +656,13 @@ def _canary() -> int:
     import random
 
     from tflm_patch import patch_format as pf
-    from tflm_patch.native_fuzz import random_constants, random_stage
+    from tflm_patch.native_fuzz import random_constants, random_stage, random_stage_input
 
     options = random_stage(random.Random(1))
     blob = pf.encode(options)
     lib = load("asan" if under_sanitizers() else "release")
     rng = np.random.default_rng(0)
-    t0 = options.tensors[0]
-    x = rng.integers(-128, 128, (1, t0.height, t0.width, t0.channels), dtype=np.int8)
+    x = random_stage_input(options, rng)
     with lib.prepare(blob, x, random_constants(options, rng)) as prepared:
         short = _Buffer(prepared._output.size - 1)
         lib.run_ptrs(prepared._blob, prepared._input, prepared._ptr_array, short,

@@ -9,12 +9,13 @@ ref_ops applied layer by layer: the patch schedule must not change the result). 
 sanitizer report ends the (child) process with a non-zero status.
 
 Inputs come from mutations of a seed corpus (tests/fuzz_corpus: real blobs of zoo plans,
-synthetic stages and the malformed cases of the format tests): byte and bit flips,
-truncations, insertions, splices, and structure-aware mutations that set a field of the
-header, a tensor, a range or a layer to an interesting value (optionally fixing
-total_bytes so that the deeper rules run). Two engines: "atheris" (libFuzzer, coverage of
-the Python decoder, our mutator as its custom mutator) when it is installed, else
-"builtin" (seeded, time-bounded loop).
+synthetic stages of both format versions and the malformed cases of the format tests):
+byte and bit flips, truncations, insertions, splices, and structure-aware mutations that
+set a field of the header, a tensor, a range, a layer or a cache record to an interesting
+value (optionally fixing total_bytes so that the deeper rules run) or toggle a version-2
+flag (INPUT_NCHW, STREAM, CACHES with its cache table, a tensor's CACHE_COLS). Two
+engines: "atheris" (libFuzzer, coverage of the Python decoder, our mutator as its custom
+mutator) when it is installed, else "builtin" (seeded, time-bounded loop).
 
     python -m tflm_patch.native fuzz [--seconds 60] [--engine auto|atheris|builtin]
 """
@@ -34,7 +35,8 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +91,15 @@ def blob_fields(blob: bytes) -> list[Field]:
         out += [Field(pos, 1), Field(pos + 1, 1)] + [Field(pos + 2 + 2 * i, 2) for i in range(15)]
         out += [Field(pos + 32 + 4 * i, 4, signed=True) for i in range(pf.NUM_P)]
         pos += pf.LAYER_BYTES
+    if _has_caches(blob):
+        for _ in range(min(num_t, 512)):
+            out += [Field(pos, 4), Field(pos + 4, 4)]
+            pos += pf.CACHE_BYTES
     return [f for f in out if f.offset + f.size <= len(blob)]
+
+
+def _has_caches(blob: bytes | bytearray) -> bool:
+    return len(blob) >= pf.HEADER_BYTES and bool(blob[26] & pf.FLAG_CACHES)
 
 
 def _set_field(b: bytearray, f: Field, value: int) -> None:
@@ -106,7 +116,8 @@ def fix_total(b: bytearray) -> None:
     """Set total_bytes to the formula of the header's counts (a consistent header)."""
     if len(b) >= pf.HEADER_BYTES:
         num_l, n, m = struct.unpack_from("<HHH", b, 14)
-        struct.pack_into("<I", b, 8, pf.blob_size(num_l, (n, m)) & 0xFFFFFFFF)
+        size = pf.blob_size(num_l, (n, m), _has_caches(b))
+        struct.pack_into("<I", b, 8, size & 0xFFFFFFFF)
 
 
 # ------------------------------------------------------------------ mutations
@@ -143,12 +154,77 @@ def _resize(b: bytearray, rng: random.Random) -> bytearray:
     return b[:pos] + b[end:]
 
 
+def _toggle_flag(b: bytearray, rng: random.Random) -> bytearray:
+    """Flip INPUT_NCHW, a layer's STREAM, CACHES (adding or removing the cache table) or
+    a tensor's CACHE_COLS (a version-2 feature), usually making the blob version 2."""
+    if len(b) < pf.HEADER_BYTES:
+        return b
+    # layer records start at even offsets: the 1-byte fields at odd ones are their flags
+    layer_flags = [f for f in blob_fields(bytes(b)) if f.size == 1 and f.offset % 2 == 1]
+    roll = rng.random()
+    if layer_flags and roll < 0.45:
+        f = rng.choice(layer_flags)
+        _set_field(b, f, _get_field(b, f) ^ pf.LAYER_STREAM)
+    elif roll < 0.6:
+        _set_field(b, Field(26, 2), _get_field(b, Field(26, 2)) ^ pf.FLAG_INPUT_NCHW)
+    elif roll < 0.8:
+        b = _toggle_caches(b, rng)
+    else:
+        _toggle_cache_cols(b, rng)
+    if rng.random() < 0.8:
+        _set_field(b, Field(4, 2), 2)
+    return b
+
+
+def _toggle_caches(b: bytearray, rng: random.Random) -> bytearray:
+    """Flip the header flag CACHES; usually add (all EXTERNAL, 0) or drop the table too."""
+    num_t = struct.unpack_from("<H", b, 12)[0]
+    table = pf.CACHE_BYTES * num_t
+    on = not _has_caches(b)
+    _set_field(b, Field(26, 2), _get_field(b, Field(26, 2)) ^ pf.FLAG_CACHES)
+    if rng.random() < 0.9:
+        if on:
+            b = b + bytearray(struct.pack("<II", pf.EXTERNAL, 0) * num_t)
+        elif len(b) >= table:
+            b = b[:len(b) - table]
+        fix_total(b)
+    return b
+
+
+def _toggle_cache_cols(b: bytearray, rng: random.Random) -> None:
+    """Flip a tensor's CACHE_COLS; with the table, often give it a cache record (at the
+    end of the scratch, sized as a guess) or clear the record."""
+    num_t, num_l, n, m = struct.unpack_from("<HHHH", b, 12)
+    if num_t == 0:
+        return
+    t = rng.randrange(min(num_t, 512))
+    flags = Field(pf.HEADER_BYTES + pf.TENSOR_BYTES * t + 6, 2)
+    if flags.offset + 2 > len(b):
+        return
+    on = not _get_field(b, flags) & pf.TENSOR_CACHE_COLS
+    _set_field(b, flags, _get_field(b, flags) ^ pf.TENSOR_CACHE_COLS)
+    at = pf.blob_size(num_l, (n, m)) + pf.CACHE_BYTES * t
+    if not _has_caches(b) or at + pf.CACHE_BYTES > len(b) or rng.random() < 0.2:
+        return
+    if not on:
+        struct.pack_into("<II", b, at, pf.EXTERNAL, 0)
+        return
+    h, w, c = struct.unpack_from("<HHH", b, pf.HEADER_BYTES + pf.TENSOR_BYTES * t)
+    scratch = struct.unpack_from("<I", b, 20)[0]
+    size = h * c * rng.choice((0, 1, 2, 4, max(1, w // 2)))
+    struct.pack_into("<II", b, at, scratch, size)
+    if rng.random() < 0.7:
+        struct.pack_into("<I", b, 20, min(scratch + size, 0xFFFFFFFF))
+
+
 def mutate(blob: bytes, rng: random.Random, corpus: Sequence[bytes] = ()) -> bytes:
     """One to four mutations of `blob` (structure-aware most of the time)."""
     b = bytearray(blob)
     for _ in range(rng.choice((1, 1, 1, 2, 2, 3, 4))):
         roll = rng.random()
-        if roll < 0.55:
+        if roll < 0.08:
+            b = _toggle_flag(b, rng)
+        elif roll < 0.55:
             _mutate_field(b, rng)
         elif roll < 0.7 and b:
             i = rng.randrange(len(b))
@@ -181,12 +257,16 @@ def _window_out(n_in: int, k: int, s: int, d: int, rng: random.Random) -> tuple[
 
 
 def _random_layer(rng: random.Random, k: int, shapes: list[tuple[int, int, int]],
-                  next_input: int) -> tuple[pf.Layer, tuple[int, int, int], int]:
+                  next_input: int, after_conv: bool = False
+                  ) -> tuple[pf.Layer, tuple[int, int, int], int]:
     """Layer k reading tensor k (or an ADD of two equal tensors), its output shape and the
-    number of constant inputs it uses (from operator input `next_input` on)."""
+    number of constant inputs it uses (from operator input `next_input` on). After a
+    CONV_2D it is often a depthwise conv with multiplier 1 (a pair STREAM can take)."""
     h, w, c = shapes[k]
     kind = rng.choice((pf.CONV, pf.CONV, pf.DEPTHWISE, pf.DEPTHWISE, pf.AVERAGE_POOL,
                        pf.MAX_POOL, pf.PAD, pf.ADD))
+    pair = after_conv and rng.random() < 0.5
+    kind = pf.DEPTHWISE if pair else kind
     act = sorted(rng.sample(range(-128, 128), 2)) if rng.random() < 0.4 else [-128, 127]
     if kind == pf.ADD:
         same = [t for t, s in enumerate(shapes) if s == (h, w, c)]
@@ -212,7 +292,7 @@ def _random_layer(rng: random.Random, k: int, shapes: list[tuple[int, int, int]]
         p = (0, 0, act[0], act[1]) + (0,) * 8
         return pf.Layer(kind, k, kernel=(kh, kw), stride=(sh, sw), pad_top=top,
                         pad_left=left, p=p), (oh, ow, c), 0
-    dm = rng.choice((1, 1, 1, 2, 3)) if kind == pf.DEPTHWISE else 1
+    dm = rng.choice((1, 1, 1, 2, 3)) if kind == pf.DEPTHWISE and not pair else 1
     cout = c * dm if kind == pf.DEPTHWISE else rng.randrange(1, 13)
     p = (rng.randrange(-127, 129), rng.randrange(-128, 128), act[0], act[1]) + (0,) * 8
     bias = pf.NONE if rng.random() < 0.2 else next_input + 1
@@ -222,58 +302,173 @@ def _random_layer(rng: random.Random, k: int, shapes: list[tuple[int, int, int]]
     return layer, (oh, ow, cout), 4
 
 
-def _band_ranges(layers: Sequence[pf.Layer], shapes: Sequence[tuple[int, int, int]],
-                 axis: int, count: int) -> list[list[pf.Range]]:
-    """[tensor][band] ranges, box mode (what each band of the output needs)."""
+def band_ranges(layers: Sequence[pf.Layer], shapes: Sequence[tuple[int, int, int]],
+                axis: int, count: int) -> list[list[pf.Range]]:
+    """[tensor][band] ranges along `axis` of `count` output bands, box mode (what each
+    band of the output needs)."""
+    return cached_band_ranges(layers, shapes, axis, count, frozenset())[0]
+
+
+def cached_band_ranges(layers: Sequence[pf.Layer], shapes: Sequence[tuple[int, int, int]],
+                       axis: int, count: int, cached: frozenset[int]
+                       ) -> tuple[list[list[pf.Range]], frozenset[int]]:
+    """band_ranges, where a tensor of `cached` (columns only) whose ranges allow CACHE_COLS
+    (validation rule 9) gets it: its layer then reads only for the computed columns.
+    Returns the ranges and the tensors that got CACHE_COLS."""
     size = shapes[-1][axis]
-    per_band = []
+    ranges: list[list[pf.Range | None]] = [[None] * count for _ in shapes]
     base, extra = divmod(size, count)
     lo = 0
     for b in range(count):
         hi = lo + base + (1 if b < extra else 0)
-        ranges: list[pf.Range | None] = [None] * len(shapes)
-        ranges[-1] = (lo, hi)
-        for k in reversed(range(len(layers))):
-            out = ranges[k + 1]
+        ranges[-1][b] = (lo, hi)
+        lo = hi
+    kept: set[int] = set()
+    for k in reversed(range(len(layers))):  # every reader of tensor k + 1 is done
+        outs = ranges[k + 1]
+        if axis == 1 and k + 1 in cached and _cacheable(outs):
+            kept.add(k + 1)
+        for b, out in enumerate(outs):
             if out is None:
                 continue
+            if k + 1 in kept and b > 0:
+                prev = outs[b - 1]
+                out = (max(out[0], prev[1] if prev else 0), out[1])
             for t in (layers[k].input0, layers[k].input1):
                 if t == pf.NONE:
                     continue
                 need = pf.needed_range(layers[k], axis, out, shapes[t][axis])
                 if need is not None:
-                    have = ranges[t]
-                    ranges[t] = need if have is None else (min(have[0], need[0]),
-                                                           max(have[1], need[1]))
-        per_band.append([r if r is not None else (0, 0) for r in ranges])
-        lo = hi
-    return [[per_band[b][t] for b in range(count)] for t in range(len(shapes))]
+                    have = ranges[t][b]
+                    ranges[t][b] = need if have is None else (min(have[0], need[0]),
+                                                              max(have[1], need[1]))
+    final = [[r if r is not None else (0, 0) for r in per_t] for per_t in ranges]
+    return final, frozenset(kept)
 
 
-def random_stage(rng: random.Random, max_layers: int = 5) -> pf.PatchOptions:
+def _cacheable(ranges: Sequence[pf.Range | None]) -> bool:
+    """Column ranges CACHE_COLS accepts: all non-empty, moving right."""
+    if any(r is None or r[1] <= r[0] for r in ranges):
+        return False
+    cols = [r for r in ranges if r is not None]
+    return all(b[0] >= a[0] and b[1] >= a[1] for a, b in pairwise(cols))
+
+
+def stream_candidates(layers: Sequence[pf.Layer]) -> list[int]:
+    """The layers that may be flagged STREAM (validation rule 9): a CONV_2D followed by a
+    depthwise conv with multiplier 1 that alone reads its output."""
+    readers = Counter(t for ly in layers for t in (ly.input0, ly.input1) if t != pf.NONE)
+    return [k for k in range(len(layers) - 1)
+            if layers[k].kind == pf.CONV and layers[k + 1].kind == pf.DEPTHWISE
+            and layers[k + 1].depth_multiplier == 1 and layers[k + 1].input0 == k + 1
+            and readers[k + 1] == 1]
+
+
+def _live_together(life: Sequence[tuple[int, int]], a: int, b: int) -> bool:
+    return not (life[a][1] < life[b][0] or life[b][1] < life[a][0])
+
+
+def pack_slots(sizes: dict[int, int], life: Sequence[tuple[int, int]]) -> dict[int, int]:
+    """Offsets of the slots: largest first, first fit among the tensors live at the same
+    time (validation rule 8), 4-byte aligned."""
+    placed: dict[int, int] = {}
+    for t in sorted(sizes, key=lambda k: (-sizes[k], k)):
+        clashes = sorted((placed[o], placed[o] + sizes[o]) for o in placed
+                         if sizes[o] > 0 and _live_together(life, t, o))
+        offset = 0
+        for lo, hi in clashes:
+            if offset + sizes[t] <= lo:
+                break
+            offset = max(offset, (hi + 3) // 4 * 4)
+        placed[t] = offset
+    return placed
+
+
+def assign_slots(o: pf.PatchOptions, rng: random.Random | None = None) -> pf.PatchOptions:
+    """`o` with every slot (o.has_slot) sized as validation requires (o.slot_need):
+    packed by lifetime without `rng`, else separate with random gaps or packed; then
+    every CACHE_COLS tensor's cache (cache_need bytes) after the slots."""
+    slotted = [k for k in range(len(o.tensors)) if o.has_slot(k)]
+    sizes = {k: o.slot_need(k) for k in slotted}
+    if rng is None or rng.random() < 0.5:
+        offsets = pack_slots(sizes, o.lifetimes())
+        scratch = max((offsets[k] + sizes[k] for k in slotted), default=0)
+    else:
+        offsets, scratch = {}, 0
+        for k in slotted:
+            offsets[k] = scratch
+            scratch = (scratch + sizes[k] + rng.choice((0, 0, 3)) + 3) // 4 * 4
+    tensors = [replace(t, slot_offset=offsets[k], slot_bytes=sizes[k]) if k in offsets
+               else replace(t, slot_offset=pf.EXTERNAL, slot_bytes=0)
+               for k, t in enumerate(o.tensors)]
+    for k, t in enumerate(tensors):
+        if t.cached:
+            offset = (scratch + 3) // 4 * 4
+            tensors[k] = replace(t, cache_offset=offset, cache_bytes=t.cache_need())
+            scratch = offset + t.cache_need()
+        else:
+            tensors[k] = replace(t, cache_offset=pf.EXTERNAL, cache_bytes=0)
+    return replace(o, tensors=tuple(tensors), scratch_bytes=scratch)
+
+
+def with_version2(o: pf.PatchOptions, *, nchw: bool, stream: bool | Sequence[int]
+                  ) -> pf.PatchOptions:
+    """`o` with INPUT_NCHW set or not and STREAM on every candidate layer (stream=True;
+    never one whose output has CACHE_COLS), on the given layers, or on none, its slots
+    (and caches) sized and packed anew."""
+    chosen = set(stream_candidates(o.layers)) if stream is True else set(stream or ())
+    chosen -= {k for k in chosen if o.tensors[k + 1].cached}
+    layers = tuple(replace(ly, flags=pf.LAYER_STREAM if k in chosen else 0)
+                   for k, ly in enumerate(o.layers))
+    flags = (pf.FLAG_INPUT_NCHW if nchw else 0) | (o.flags & pf.FLAG_CACHES)
+    return assign_slots(replace(o, layers=layers, flags=flags))
+
+
+def random_stage(rng: random.Random, max_layers: int = 5, version2: bool | None = None
+                 ) -> pf.PatchOptions:
     """A random valid stage (small tensors) with a random grid: every kind, strides,
-    dilations, depth multipliers, asymmetric padding, PAD and residual ADD."""
+    dilations, depth multipliers, asymmetric padding, PAD and residual ADD; with
+    `version2` (at random when None) INPUT_NCHW, STREAM pairs and CACHE_COLS halo caches,
+    each at random."""
     shapes = [(rng.randrange(3, 17), rng.randrange(3, 17), rng.randrange(1, 9))]
     layers: list[pf.Layer] = []
     num_inputs = 1
     for k in range(rng.randrange(1, max_layers + 1)):
-        layer, shape, used = _random_layer(rng, k, shapes, num_inputs)
+        after_conv = bool(layers) and layers[-1].kind == pf.CONV
+        layer, shape, used = _random_layer(rng, k, shapes, num_inputs, after_conv)
         layers.append(layer)
         shapes.append(shape)
         num_inputs += used
     n = rng.randrange(1, min(shapes[-1][0], 4) + 1)
     m = rng.randrange(1, min(shapes[-1][1], 4) + 1)
-    rows = _band_ranges(layers, shapes, 0, n)
-    cols = _band_ranges(layers, shapes, 1, m)
-    tensors, offset = [], 0
-    for t, (h, w, c) in enumerate(shapes):
-        if t in (0, len(shapes) - 1):
-            tensors.append(pf.StageTensor(h, w, c, tuple(rows[t]), tuple(cols[t])))
-            continue
-        size = max(hi - lo for lo, hi in rows[t]) * max(hi - lo for lo, hi in cols[t]) * c
-        tensors.append(pf.StageTensor(h, w, c, tuple(rows[t]), tuple(cols[t]), offset, size))
-        offset = (offset + size + rng.choice((0, 0, 3)) + 3) // 4 * 4  # separate slots
-    return pf.PatchOptions(tuple(tensors), tuple(layers), (n, m), offset, num_inputs)
+    rows = band_ranges(layers, shapes, 0, n)
+    cols = band_ranges(layers, shapes, 1, m)
+    tensors = tuple(pf.StageTensor(h, w, c, tuple(rows[t]), tuple(cols[t]))
+                    for t, (h, w, c) in enumerate(shapes))
+    v2 = rng.random() < 0.5 if version2 is None else version2
+    flags = pf.FLAG_INPUT_NCHW if v2 and rng.random() < 0.5 else 0
+    stream = {k for k in stream_candidates(layers) if v2 and rng.random() < 0.8}
+    layers = [replace(ly, flags=pf.LAYER_STREAM) if k in stream else ly
+              for k, ly in enumerate(layers)]
+    if v2 and m > 1 and rng.random() < 0.6:  # halo caches on some intermediate tensors
+        wanted = frozenset(t for t in range(1, len(layers)) if t - 1 not in stream
+                           and rng.random() < 0.6)
+        cols, cached = cached_band_ranges(layers, shapes, 1, m, wanted)
+        flags |= pf.FLAG_CACHES
+        tensors = tuple(replace(t, cols=tuple(cols[k]),
+                                flags=pf.TENSOR_CACHE_COLS if k in cached else 0)
+                        for k, t in enumerate(tensors))
+    o = pf.PatchOptions(tensors, tuple(layers), (n, m), 0, num_inputs, flags)
+    return assign_slots(o, rng)
+
+
+def random_stage_input(o: pf.PatchOptions, rng: np.random.Generator) -> np.ndarray:
+    """A random operator input 0 of `o`: int8 [1, H, W, C], or [1, C, H, W] with
+    INPUT_NCHW."""
+    t0 = o.tensors[0]
+    shape = (1, t0.channels, t0.height, t0.width) if o.input_nchw else \
+        (1, t0.height, t0.width, t0.channels)
+    return rng.integers(-128, 128, shape, dtype=np.int8)
 
 
 # ------------------------------------------------------------------ runs
@@ -362,9 +557,14 @@ def random_constants(o: pf.PatchOptions, rng: np.random.Generator, extreme: bool
 def stage_reference(o: pf.PatchOptions, x: np.ndarray, consts: Sequence[np.ndarray | None]
                     ) -> np.ndarray | None:
     """The stage output computed on whole tensors with ref_ops (None where the reference
-    does not apply: a pool window entirely in padding)."""
-    values = [np.asarray(x).reshape(1, o.tensors[0].height, o.tensors[0].width,
-                                    o.tensors[0].channels)]
+    does not apply: a pool window entirely in padding). `x` is operator input 0 ([1, C, H,
+    W] with INPUT_NCHW); STREAM does not change the values."""
+    t0 = o.tensors[0]
+    if o.input_nchw:
+        nhwc = np.asarray(x).reshape(1, t0.channels, t0.height, t0.width).transpose(0, 2, 3, 1)
+    else:
+        nhwc = np.asarray(x).reshape(1, t0.height, t0.width, t0.channels)
+    values = [nhwc]
     for k, ly in enumerate(o.layers):
         src, dst = values[ly.input0], o.tensors[k + 1]
         try:
@@ -416,10 +616,13 @@ class FuzzStats:
     runs: int = 0
     compared: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
+    features: Counter[str] = field(default_factory=Counter)  # of the accepted blobs
 
     def summary(self) -> str:
         top = ", ".join(f"{k} {v}" for k, v in self.statuses.most_common())
-        return (f"{self.inputs} inputs, {self.accepted} accepted by both validators, "
+        v2 = ", ".join(f"{k} {self.features[k]}" for k in ("version 2", "INPUT_NCHW", "STREAM",
+                                                             "CACHE_COLS"))
+        return (f"{self.inputs} inputs, {self.accepted} accepted by both validators ({v2}), "
                 f"{self.runs} runs ({self.compared} compared with the reference); "
                 f"C statuses: {top}")
 
@@ -442,6 +645,10 @@ def check_blob(lib: Any, blob: bytes, rng: np.random.Generator, stats: FuzzStats
     if options is None:
         return
     stats.accepted += 1
+    stats.features["version 2"] += options.version == 2
+    stats.features["INPUT_NCHW"] += options.input_nchw
+    stats.features["STREAM"] += any(ly.stream for ly in options.layers)
+    stats.features["CACHE_COLS"] += any(t.cached for t in options.tensors)
     if lib.scratch_bytes(blob) != pf.scratch_bytes(blob):
         raise FuzzFailure("PatchExecScratchBytes differs from patch_format.scratch_bytes")
     _specs_agree(lib, blob, options)
@@ -452,8 +659,7 @@ def check_blob(lib: Any, blob: bytes, rng: np.random.Generator, stats: FuzzStats
 def _run_and_compare(lib: Any, blob: bytes, o: pf.PatchOptions, rng: np.random.Generator,
                      stats: FuzzStats) -> None:
     consts = random_constants(o, rng, extreme=bool(rng.integers(2)))
-    t0 = o.tensors[0]
-    x = rng.integers(-128, 128, (1, t0.height, t0.width, t0.channels), dtype=np.int8)
+    x = random_stage_input(o, rng)
     try:
         out = lib.run(blob, x, consts)
     except TflmPatchError as e:

@@ -1,4 +1,7 @@
-"""The PATCH_EXEC options blob, version 1 (docs/patch_exec.md): encode, decode, validate.
+"""The PATCH_EXEC options blob, versions 1 and 2 (docs/patch_exec.md): encode, decode,
+validate. Version 2 adds the header flag INPUT_NCHW (a folded TRANSPOSE), the layer flag
+STREAM (a CONV_2D and the depthwise after it run channel by channel) and the tensor flag
+CACHE_COLS with the cache table (halo reuse between horizontally adjacent patches).
 
 `encode(options)` writes the little-endian blob; `decode(blob)` parses it and checks every
 rule of the document, raising `OptionsError` that names the field. The numpy reference
@@ -11,13 +14,19 @@ from __future__ import annotations
 import functools
 import math
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tflm_patch.errors import TflmPatchError
 from tflm_patch.receptive_field import _window_axis
 
 MAGIC = b"TPEX"
-VERSION = 1
+VERSION = 2  # the newest version this module reads and writes
+VERSIONS = (1, 2)
+FLAG_INPUT_NCHW = 1  # header flags (version 2)
+FLAG_CACHES = 2  # a cache table follows the layer records
+LAYER_STREAM = 1  # layer flags (version 2)
+TENSOR_CACHE_COLS = 1  # tensor flags (version 2)
+CACHE_BYTES = 8  # one cache table record
 HEADER_BYTES = 32
 TENSOR_BYTES = 16
 RANGE_BYTES = 4
@@ -39,6 +48,7 @@ WINDOW_KINDS = CONV_KINDS + POOL_KINDS
 _HEADER = struct.Struct("<4sHHIHHHHIHHI")
 _TENSOR = struct.Struct("<HHHHII")
 _RANGE = struct.Struct("<HH")
+_CACHE = struct.Struct("<II")
 _LAYER = struct.Struct("<BBHH" + "H" * 13 + "i" * NUM_P)
 assert _HEADER.size == HEADER_BYTES and _TENSOR.size == TENSOR_BYTES
 assert _LAYER.size == LAYER_BYTES
@@ -62,6 +72,27 @@ class StageTensor:
     cols: tuple[Range, ...]  # one per grid column band
     slot_offset: int = EXTERNAL
     slot_bytes: int = 0
+    flags: int = 0  # TENSOR_CACHE_COLS
+    cache_offset: int = EXTERNAL
+    cache_bytes: int = 0
+
+    @property
+    def cached(self) -> bool:
+        return bool(self.flags & TENSOR_CACHE_COLS)
+
+    def overlap(self, j: int) -> int:
+        """Columns patch column j (> 0) shares with patch column j - 1 (0 for j = 0)."""
+        return max(0, self.cols[j - 1][1] - self.cols[j][0]) if j > 0 else 0
+
+    def computed_cols(self, j: int) -> Range:
+        """The columns patch column j computes: its range, less what the cache holds."""
+        lo, hi = self.cols[j]
+        return (max(lo, self.cols[j - 1][1]), hi) if self.cached and j > 0 else (lo, hi)
+
+    def cache_need(self) -> int:
+        """The bytes the cache must hold: the widest overlap, every row, every channel."""
+        ov = max((self.overlap(j) for j in range(1, len(self.cols))), default=0)
+        return max(hi - lo for lo, hi in self.rows) * ov * self.channels
 
     def max_patch_bytes(self) -> int:
         return (max(hi - lo for lo, hi in self.rows) * max(hi - lo for lo, hi in self.cols)
@@ -86,6 +117,11 @@ class Layer:
     multipliers: int = NONE
     shifts: int = NONE
     p: tuple[int, ...] = field(default=(0,) * NUM_P)
+    flags: int = 0  # LAYER_STREAM
+
+    @property
+    def stream(self) -> bool:
+        return bool(self.flags & LAYER_STREAM)
 
     @property
     def name(self) -> str:
@@ -107,10 +143,32 @@ class PatchOptions:
     grid: tuple[int, int]
     scratch_bytes: int
     num_inputs: int
+    flags: int = 0  # FLAG_INPUT_NCHW
+
+    @property
+    def input_nchw(self) -> bool:
+        return bool(self.flags & FLAG_INPUT_NCHW)
+
+    @property
+    def version(self) -> int:
+        """The lowest version that expresses these options (the one `encode` writes)."""
+        return 2 if self.flags or any(ly.flags for ly in self.layers) or \
+            any(t.flags for t in self.tensors) else 1
 
     @property
     def output(self) -> StageTensor:
         return self.tensors[-1]
+
+    def has_slot(self, k: int) -> bool:
+        """Does stage tensor k live in the scratch? (Tensor 0 only with INPUT_NCHW.)"""
+        return 0 < k < len(self.tensors) - 1 or (k == 0 and self.input_nchw)
+
+    def slot_need(self, k: int) -> int:
+        """The bytes tensor k's slot must hold: its largest patch, one channel of it for
+        the output of a STREAM layer."""
+        t = self.tensors[k]
+        streamed = 0 < k <= len(self.layers) and self.layers[k - 1].stream
+        return t.max_patch_bytes() // t.channels if streamed else t.max_patch_bytes()
 
     def lifetimes(self) -> list[tuple[int, int]]:
         """(first, last) layer index of every tensor's life (producer .. last reader)."""
@@ -118,36 +176,44 @@ class PatchOptions:
 
 
 def lifetimes(layers: tuple[Layer, ...] | list[Layer]) -> list[tuple[int, int]]:
+    """(first, last) layer of every tensor's life; a STREAM layer k reads its inputs
+    until layer k + 1 (the pair runs channel by channel)."""
     life = [(-1, -1)] + [(k, k) for k in range(len(layers))]
     for k, layer in enumerate(layers):
+        until = k + 1 if layer.stream else k
         for t in (layer.input0, layer.input1):
             if t != NONE:
-                life[t] = (life[t][0], max(life[t][1], k))
+                life[t] = (life[t][0], max(life[t][1], until))
     return life
 
 
-def blob_size(num_layers: int, grid: tuple[int, int]) -> int:
+def blob_size(num_layers: int, grid: tuple[int, int], caches: bool = False) -> int:
     t = num_layers + 1
     return HEADER_BYTES + TENSOR_BYTES * t + RANGE_BYTES * t * (grid[0] + grid[1]) \
-        + LAYER_BYTES * num_layers
+        + LAYER_BYTES * num_layers + (CACHE_BYTES * t if caches else 0)
 
 
 # ---------------------------------------------------------------------------- encode
 def encode(options: PatchOptions) -> bytes:
     """The blob; raises OptionsError when the options break a rule (checked by decoding)."""
     n, m = options.grid
-    parts = [_HEADER.pack(MAGIC, VERSION, HEADER_BYTES, blob_size(len(options.layers), (n, m)),
-                          len(options.tensors), len(options.layers), n, m,
-                          options.scratch_bytes, options.num_inputs, 0, 0)]
+    caches = bool(options.flags & FLAG_CACHES)
+    parts = [_HEADER.pack(MAGIC, options.version, HEADER_BYTES,
+                          blob_size(len(options.layers), (n, m), caches), len(options.tensors),
+                          len(options.layers), n, m, options.scratch_bytes,
+                          options.num_inputs, options.flags, 0)]
     for t in options.tensors:
-        parts.append(_TENSOR.pack(t.height, t.width, t.channels, 0, t.slot_offset, t.slot_bytes))
+        parts.append(_TENSOR.pack(t.height, t.width, t.channels, t.flags, t.slot_offset,
+                                  t.slot_bytes))
     for t in options.tensors:
         for lo, hi in (*t.rows, *t.cols):
             parts.append(_RANGE.pack(lo, hi))
     for ly in options.layers:
-        parts.append(_LAYER.pack(ly.kind, 0, ly.input0, ly.input1, *ly.kernel, *ly.stride,
+        parts.append(_LAYER.pack(ly.kind, ly.flags, ly.input0, ly.input1, *ly.kernel, *ly.stride,
                                  *ly.dilation, ly.pad_top, ly.pad_left, ly.depth_multiplier,
                                  ly.weights, ly.bias, ly.multipliers, ly.shifts, *ly.p))
+    if caches:
+        parts.extend(_CACHE.pack(t.cache_offset, t.cache_bytes) for t in options.tensors)
     blob = b"".join(parts)
     decode(blob)  # never hand out a blob the kernel would reject
     return blob
@@ -171,59 +237,73 @@ def _decode(blob: bytes) -> PatchOptions:
     if len(blob) < HEADER_BYTES:
         raise OptionsError(f"options are {len(blob)} bytes, shorter than the "
                            f"{HEADER_BYTES}-byte header")
-    (magic, version, header_bytes, total, num_t, num_l, n, m, scratch, num_inputs, r0,
+    (magic, version, header_bytes, total, num_t, num_l, n, m, scratch, num_inputs, flags,
      r1) = _HEADER.unpack_from(blob, 0)
     if magic != MAGIC:
         raise OptionsError(f"bad magic {magic!r} (expected {MAGIC!r}): not PATCH_EXEC options")
-    if version != VERSION:
+    if version not in VERSIONS:
         raise OptionsError(f"options format version {version} is not supported "
-                           f"(this build reads version {VERSION})")
-    if header_bytes != HEADER_BYTES or r0 or r1:
+                           f"(this build reads versions 1 and 2)")
+    if header_bytes != HEADER_BYTES or r1 or (version == 1 and flags):
         raise OptionsError(f"header_bytes {header_bytes} != {HEADER_BYTES} or reserved "
                            "fields not 0")
+    if flags & ~(FLAG_INPUT_NCHW | FLAG_CACHES):
+        raise OptionsError(f"unknown header flags 0x{flags:04x}")
     if not 1 <= num_l <= MAX_LAYERS:
         raise OptionsError(f"num_layers {num_l} outside [1, {MAX_LAYERS}]")
     if num_t != num_l + 1:
         raise OptionsError(f"num_tensors {num_t} != num_layers + 1 = {num_l + 1}")
     if not (1 <= n <= MAX_GRID and 1 <= m <= MAX_GRID):
         raise OptionsError(f"grid {n}x{m} outside [1, {MAX_GRID}]")
-    expect = blob_size(num_l, (n, m))
+    caches = bool(flags & FLAG_CACHES)
+    expect = blob_size(num_l, (n, m), caches)
     if total != expect or len(blob) != expect:
         raise OptionsError(f"total_bytes {total}, blob length {len(blob)}, expected {expect} "
                            f"for {num_l} layers and a {n}x{m} grid")
     if num_inputs < 1:
         raise OptionsError("num_inputs is 0 (input 0 is the stage input)")
-    tensors = _decode_tensors(blob, num_t, n, m)
-    layers = _decode_layers(blob, HEADER_BYTES + num_t * (TENSOR_BYTES + RANGE_BYTES * (n + m)),
-                            num_l)
-    options = PatchOptions(tuple(tensors), tuple(layers), (n, m), scratch, num_inputs)
+    tensors = _decode_tensors(blob, num_t, n, m, version, caches)
+    layers_at = HEADER_BYTES + num_t * (TENSOR_BYTES + RANGE_BYTES * (n + m))
+    layers = _decode_layers(blob, layers_at, num_l, version)
+    if caches:
+        at = layers_at + LAYER_BYTES * num_l
+        tensors = [replace(t, cache_offset=c[0], cache_bytes=c[1]) for t, c in zip(
+            tensors, (_CACHE.unpack_from(blob, at + CACHE_BYTES * k) for k in range(num_t)),
+            strict=True)]
+    options = PatchOptions(tuple(tensors), tuple(layers), (n, m), scratch, num_inputs, flags)
     validate(options)
     return options
 
 
-def _decode_tensors(blob: bytes, num_t: int, n: int, m: int) -> list[StageTensor]:
+def _decode_tensors(blob: bytes, num_t: int, n: int, m: int, version: int,
+                    caches: bool) -> list[StageTensor]:
     heads = [_TENSOR.unpack_from(blob, HEADER_BYTES + TENSOR_BYTES * k) for k in range(num_t)]
     pos = HEADER_BYTES + TENSOR_BYTES * num_t
     tensors: list[StageTensor] = []
-    for h, w, c, reserved, offset, nbytes in heads:
-        if reserved:
-            raise OptionsError(f"tensor {len(tensors)}: reserved field is {reserved}")
+    for h, w, c, flags, offset, nbytes in heads:
+        if version == 1 and flags:
+            raise OptionsError(f"tensor {len(tensors)}: reserved field is {flags}")
+        if flags & ~TENSOR_CACHE_COLS or (flags and not caches):
+            raise OptionsError(f"tensor {len(tensors)}: flags 0x{flags:04x} unknown or "
+                               "CACHE_COLS without the header flag CACHES")
         ranges = [_RANGE.unpack_from(blob, pos + RANGE_BYTES * k) for k in range(n + m)]
         pos += RANGE_BYTES * (n + m)
         tensors.append(StageTensor(h, w, c, tuple(ranges[:n]), tuple(ranges[n:]), offset,
-                                   nbytes))
+                                   nbytes, flags))
     return tensors
 
 
-def _decode_layers(blob: bytes, pos: int, num_l: int) -> list[Layer]:
+def _decode_layers(blob: bytes, pos: int, num_l: int, version: int) -> list[Layer]:
     layers = []
     for k in range(num_l):
         v = _LAYER.unpack_from(blob, pos + LAYER_BYTES * k)
-        kind, reserved, in0, in1, kh, kw, sh, sw, dh, dw, pt, pl, dm, wi, bi, mi, si = v[:17]
-        if reserved:
-            raise OptionsError(f"layer {k}: reserved byte is {reserved}")
+        kind, flags, in0, in1, kh, kw, sh, sw, dh, dw, pt, pl, dm, wi, bi, mi, si = v[:17]
+        if version == 1 and flags:
+            raise OptionsError(f"layer {k}: reserved byte is {flags}")
+        if flags & ~LAYER_STREAM:
+            raise OptionsError(f"layer {k}: unknown flags 0x{flags:02x}")
         layers.append(Layer(kind, in0, in1, (kh, kw), (sh, sw), (dh, dw), pt, pl, dm, wi, bi,
-                            mi, si, tuple(v[17:])))
+                            mi, si, tuple(v[17:]), flags))
     return layers
 
 
@@ -282,8 +362,8 @@ def _check_tensor(o: PatchOptions, k: int, t: StageTensor) -> None:
             if not 0 <= lo <= hi <= size:
                 raise OptionsError(f"{where}: {what} range {b} [{lo}, {hi}) is outside "
                                    f"[0, {size})")
-    edge = k in (0, len(o.tensors) - 1)
-    if edge:
+    _check_cache(o, k, t, where)
+    if not o.has_slot(k):
         if t.slot_offset != EXTERNAL or t.slot_bytes != 0:
             raise OptionsError(f"{where} is the stage {'input' if k == 0 else 'output'}: "
                                "it has no scratch slot")
@@ -291,9 +371,34 @@ def _check_tensor(o: PatchOptions, k: int, t: StageTensor) -> None:
     if t.slot_offset == EXTERNAL or t.slot_offset + t.slot_bytes > o.scratch_bytes:
         raise OptionsError(f"{where}: slot [{t.slot_offset}, +{t.slot_bytes}) is outside the "
                            f"{o.scratch_bytes}-byte scratch")
-    if t.slot_bytes < t.max_patch_bytes():
+    if t.slot_bytes < o.slot_need(k):
         raise OptionsError(f"{where}: slot of {t.slot_bytes} bytes < the largest patch "
-                           f"{t.max_patch_bytes()}")
+                           f"{o.slot_need(k)}")
+
+
+def _check_cache(o: PatchOptions, k: int, t: StageTensor, where: str) -> None:
+    """Rule 9 for CACHE_COLS and the cache table record."""
+    if not t.cached:
+        if t.cache_offset != EXTERNAL or t.cache_bytes != 0:
+            raise OptionsError(f"{where}: has a cache but not the flag CACHE_COLS")
+        return
+    streamed = 0 < k <= len(o.layers) and o.layers[k - 1].stream
+    if not 0 < k < len(o.tensors) - 1 or streamed:
+        raise OptionsError(f"{where}: CACHE_COLS only on an intermediate tensor that is not "
+                           "the output of a STREAM layer")
+    if any(hi <= lo for lo, hi in t.cols):
+        raise OptionsError(f"{where}: CACHE_COLS needs every column range non-empty")
+    for j in range(1, len(t.cols)):
+        if t.cols[j][0] < t.cols[j - 1][0] or t.cols[j][1] < t.cols[j - 1][1]:
+            raise OptionsError(f"{where}: CACHE_COLS needs column ranges moving right "
+                               f"(band {j} [{t.cols[j][0]}, {t.cols[j][1]}) after "
+                               f"[{t.cols[j - 1][0]}, {t.cols[j - 1][1]}))")
+    if t.cache_offset == EXTERNAL or t.cache_offset + t.cache_bytes > o.scratch_bytes:
+        raise OptionsError(f"{where}: cache [{t.cache_offset}, +{t.cache_bytes}) is outside "
+                           f"the {o.scratch_bytes}-byte scratch")
+    if t.cache_bytes < t.cache_need():
+        raise OptionsError(f"{where}: cache of {t.cache_bytes} bytes < the widest overlap "
+                           f"{t.cache_need()}")
 
 
 def _check_tiling(ranges: tuple[Range, ...], size: int, what: str) -> None:
@@ -335,9 +440,26 @@ def _check_layer(o: PatchOptions, k: int, ly: Layer) -> None:
         raise OptionsError(f"{where}: dilation must be 1")
     if ly.kind in (PAD, ADD) and (ly.kernel, ly.stride) != ((1, 1), (1, 1)):
         raise OptionsError(f"{where}: kernel and stride must be 1")
+    if ly.stream:
+        _check_stream(o, k, ly, where)
     _check_params(where, ly)
     _check_shapes(o, k, ly, where)
     _check_halo(o, k, ly, where)
+
+
+def _check_stream(o: PatchOptions, k: int, ly: Layer, where: str) -> None:
+    """Rule 9: a STREAM CONV_2D is followed by the depthwise (multiplier 1) that alone
+    reads its output."""
+    nxt = o.layers[k + 1] if k + 1 < len(o.layers) else None
+    if (ly.kind != CONV or nxt is None or nxt.kind != DEPTHWISE or nxt.depth_multiplier != 1
+            or nxt.input0 != k + 1):
+        raise OptionsError(f"{where}: STREAM needs a CONV_2D followed by the "
+                           "DEPTHWISE_CONV_2D (depth multiplier 1) that reads its output")
+    readers = [j for j, other in enumerate(o.layers)
+               if j != k + 1 and k + 1 in (other.input0, other.input1)]
+    if readers:
+        raise OptionsError(f"{where}: STREAM output tensor {k + 1} is also read by layer "
+                           f"{readers[0]}")
 
 
 def _check_params(where: str, ly: Layer) -> None:
@@ -410,6 +532,8 @@ def _check_halo(o: PatchOptions, k: int, ly: Layer, where: str) -> None:
         for axis, (out_ranges, in_ranges, n_in) in enumerate(
                 ((dst.rows, src.rows, src.height), (dst.cols, src.cols, src.width))):
             for b, (out_r, in_r) in enumerate(zip(out_ranges, in_ranges, strict=True)):
+                if axis == 1:
+                    out_r = dst.computed_cols(b)
                 need = needed_range(ly, axis, out_r, n_in)
                 if need is not None and not (in_r[0] <= need[0] and need[1] <= in_r[1]):
                     what = "row" if axis == 0 else "column"
@@ -420,7 +544,7 @@ def _check_halo(o: PatchOptions, k: int, ly: Layer, where: str) -> None:
 
 def _check_slots(o: PatchOptions) -> None:
     life = o.lifetimes()
-    inner = range(1, len(o.tensors) - 1)
+    inner = [k for k in range(len(o.tensors)) if o.has_slot(k)]
     for a in inner:
         for b in inner:
             if b <= a:
@@ -432,3 +556,15 @@ def _check_slots(o: PatchOptions) -> None:
                     tb.slot_offset < ta.slot_offset + ta.slot_bytes:
                 raise OptionsError(f"tensors {a} and {b} are live together but their scratch "
                                    "slots overlap")
+    # caches live for the whole run: they overlap no slot and no other cache
+    regions = [(t.slot_offset, t.slot_bytes, f"the slot of tensor {k}")
+               for k, t in enumerate(o.tensors) if o.has_slot(k)]
+    regions += [(t.cache_offset, t.cache_bytes, f"the cache of tensor {k}")
+                for k, t in enumerate(o.tensors) if t.cached]
+    for k, t in enumerate(o.tensors):
+        if not t.cached:
+            continue
+        for off, size, what in regions:
+            if what != f"the cache of tensor {k}" and size > 0 and t.cache_bytes > 0 and \
+                    off < t.cache_offset + t.cache_bytes and t.cache_offset < off + size:
+                raise OptionsError(f"the cache of tensor {k} overlaps {what}")

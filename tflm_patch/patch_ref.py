@@ -19,6 +19,8 @@ from tflm_patch import ref_ops
 from tflm_patch.errors import TflmPatchError, UnsupportedModelError
 from tflm_patch.model import Model, OperatorInfo
 
+Consts = tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]
+
 
 class HaloError(TflmPatchError):
     """A layer would read outside the range the options keep of its input."""
@@ -87,10 +89,28 @@ def _window_input(ly: pf.Layer, view: _View, src: pf.StageTensor, out_r: pf.Rang
     return x[np.newaxis], pad_top, pad_left
 
 
+def _padding_only(ly: pf.Layer, oh: int, ow: int, channels: int, consts: Consts | None,
+                  what: str) -> np.ndarray:
+    """A window whose every tap is padding (a patch at a wide border): TFLM skips all
+    taps, so a convolution gives its requantized bias and a max pool its activation
+    clamp of -128; an average pool has nothing to divide by (TFLM's AveragePool fails)."""
+    if ly.kind == pf.AVERAGE_POOL:
+        raise HaloError(f"{what}: the output range reads only padding (TFLM's AveragePool "
+                        "fails on an empty window)")
+    if ly.kind == pf.MAX_POOL:
+        return np.full((oh, ow, channels), np.clip(-128, ly.act_min, ly.act_max), dtype=np.int8)
+    assert consts is not None
+    _, b, mult, shift = consts
+    acc = np.zeros((oh, ow, mult.size), dtype=np.int64)
+    cp = ref_ops.ConvParams(ly.p[0], ly.p[1], tuple(int(v) for v in mult),
+                            tuple(int(v) for v in shift), 1, 1, 1, 1, 0, 0, oh, ow,
+                            ly.act_min, ly.act_max)
+    return ref_ops._finish_conv(acc, b, cp)
+
+
 def run_layer(ly: pf.Layer, k: int, o: pf.PatchOptions, views: dict[int, _View],
               out_r: pf.Range, out_c: pf.Range,
-              consts: tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray] | None
-              ) -> np.ndarray:
+              consts: Consts | None) -> np.ndarray:
     """Layer k over output rows out_r x cols out_c: int8 [rows, cols, C]."""
     what = f"layer {k} ({ly.name})"
     src = o.tensors[ly.input0]
@@ -111,6 +131,9 @@ def run_layer(ly: pf.Layer, k: int, o: pf.PatchOptions, views: dict[int, _View],
             y0, x0 = need_r[0] + ly.pad_top - out_r[0], need_c[0] + ly.pad_left - out_c[0]
             out[y0:y0 + x.shape[0], x0:x0 + x.shape[1]] = x
         return out
+    if pf.needed_range(ly, 0, out_r, src.height) is None or \
+            pf.needed_range(ly, 1, out_c, src.width) is None:
+        return _padding_only(ly, oh, ow, src.channels, consts, what)
     x, pad_top, pad_left = _window_input(ly, views[ly.input0], src, out_r, out_c, what)
     if ly.kind in pf.POOL_KINDS:
         pp = ref_ops.PoolParams(ly.kernel[0], ly.kernel[1], ly.stride[0], ly.stride[1],
@@ -130,40 +153,148 @@ def run_layer(ly: pf.Layer, k: int, o: pf.PatchOptions, views: dict[int, _View],
     return ref_ops.depthwise_conv2d(x, w, b, dp)[0]
 
 
+def _channel(consts: Consts | None, kind: int, c: int) -> Consts:
+    """The constants of output channel c alone (weights [Cout,..] or [1,KH,KW,Cout])."""
+    assert consts is not None
+    w, b, mult, shift = consts
+    wc = w[c:c + 1] if kind == pf.CONV else w[..., c:c + 1]
+    return wc, None if b is None else b[c:c + 1], mult[c:c + 1], shift[c:c + 1]
+
+
+class _Patch:
+    """One patch (i, j) of a PATCH_EXEC run: every stage tensor in its slot of the one
+    scratch array (the output tensor in the operator's output)."""
+
+    def __init__(self, o: pf.PatchOptions, scratch: np.ndarray, output: np.ndarray,
+                 i: int, j: int):
+        self.o, self.scratch, self.output, self.i, self.j = o, scratch, output, i, j
+        self.views: dict[int, _View] = {}
+
+    def ranges(self, t: int) -> tuple[pf.Range, pf.Range]:
+        st = self.o.tensors[t]
+        return st.rows[self.i], st.cols[self.j]
+
+    def empty(self, t: int) -> bool:
+        r, c = self.ranges(t)
+        return r[1] <= r[0] or c[1] <= c[0]
+
+    def dest(self, t: int, channels: int) -> np.ndarray:
+        """Where tensor t of this patch goes: [rows, cols, channels]; also its view."""
+        r, c = self.ranges(t)
+        if t == len(self.o.tensors) - 1:
+            return self.output[0, r[0]:r[1], c[0]:c[1], :]
+        st = self.o.tensors[t]
+        size = (r[1] - r[0]) * (c[1] - c[0]) * channels
+        slot = self.scratch[st.slot_offset:st.slot_offset + size]
+        slot = slot.reshape(r[1] - r[0], c[1] - c[0], channels)
+        self.views[t] = _View(slot, r[0], c[0])
+        return slot
+
+    def _cache(self, t: int, cols: int) -> np.ndarray:
+        st = self.o.tensors[t]
+        r = st.rows[self.i]
+        size = (r[1] - r[0]) * cols * st.channels
+        return self.scratch[st.cache_offset:st.cache_offset + size].reshape(
+            r[1] - r[0], cols, st.channels)
+
+    def restore(self, t: int, slot: np.ndarray) -> None:
+        """CACHE_COLS: the columns patch (i, j - 1) left in the cache, into the slot."""
+        ov = self.o.tensors[t].overlap(self.j)
+        if self.o.tensors[t].cached and ov > 0:
+            slot[:, :ov, :] = self._cache(t, ov)
+
+    def save(self, t: int, slot: np.ndarray) -> None:
+        """CACHE_COLS: the columns patch (i, j + 1) shares with this one, into the cache."""
+        st = self.o.tensors[t]
+        if not st.cached or self.j + 1 >= len(st.cols):
+            return
+        ov = st.overlap(self.j + 1)
+        if ov > 0:
+            self._cache(t, ov)[...] = slot[:, slot.shape[1] - ov:, :]
+
+    def computed(self, t: int) -> tuple[pf.Range, pf.Range, int]:
+        """Rows, computed columns and their offset in the slot."""
+        st = self.o.tensors[t]
+        comp = st.computed_cols(self.j)
+        return st.rows[self.i], comp, comp[0] - st.cols[self.j][0]
+
+
+def _gather_nchw(patch: _Patch, x: np.ndarray) -> None:
+    """INPUT_NCHW: tensor 0's range of this patch, from the [1, C, H, W] input into its
+    slot as [rows][cols][C] (the folded TRANSPOSE)."""
+    r, c = patch.ranges(0)
+    patch.dest(0, patch.o.tensors[0].channels)[...] = \
+        x[0, :, r[0]:r[1], c[0]:c[1]].transpose(1, 2, 0)
+
+
+def _run_stream(patch: _Patch, k: int, consts: list[Consts | None]) -> None:
+    """STREAM: layer k (CONV_2D) and k + 1 (depthwise) channel by channel, tensor k + 1
+    holding one channel in its slot."""
+    o = patch.o
+    conv, dw = o.layers[k], o.layers[k + 1]
+    out = patch.dest(k + 2, o.tensors[k + 2].channels)
+    patch.restore(k + 2, out)
+    mid_r, mid_c = patch.ranges(k + 1)
+    out_r, out_c, at = patch.computed(k + 2)
+    # nothing new to compute when the cache holds every column of this patch
+    for ch in range(o.tensors[k + 1].channels if out_c[1] > out_c[0] else 0):
+        one = run_layer(conv, k, o, patch.views, mid_r, mid_c, _channel(consts[k], pf.CONV, ch))
+        patch.dest(k + 1, 1)[...] = one
+        out[:, at:at + out_c[1] - out_c[0], ch] = run_layer(
+            dw, k + 1, o, patch.views, out_r, out_c,
+            _channel(consts[k + 1], pf.DEPTHWISE, ch))[:, :, 0]
+    patch.save(k + 2, out)
+
+
+def _run_one(patch: _Patch, k: int, consts: list[Consts | None]) -> None:
+    """Layer k over this patch's computed range of its output (the whole range unless
+    the output has a cache)."""
+    o = patch.o
+    out = patch.dest(k + 1, o.tensors[k + 1].channels)
+    patch.restore(k + 1, out)
+    r, c, at = patch.computed(k + 1)
+    if c[1] > c[0]:
+        out[:, at:at + c[1] - c[0], :] = run_layer(o.layers[k], k, o, patch.views, r, c,
+                                                   consts[k])
+    patch.save(k + 1, out)
+
+
 def run_patch_exec(model: Model, op: OperatorInfo, stage_input: np.ndarray) -> np.ndarray:
-    """Run one PATCH_EXEC operator of `model` on its input activation."""
+    """Run one PATCH_EXEC operator of `model` on its input activation ([1, H, W, C], or
+    [1, C, H, W] with INPUT_NCHW)."""
     o = pf.decode(op.custom_options or b"")
     if len(op.inputs) != o.num_inputs or len(op.outputs) != 1:
         raise UnsupportedModelError(f"PATCH_EXEC operator {op.index}: {len(op.inputs)} inputs, "
                                     f"the options say {o.num_inputs}")
     first, out_t = o.tensors[0], o.output
     x = np.asarray(stage_input)
-    if x.dtype != np.int8 or x.shape != (1, first.height, first.width, first.channels):
+    hwc = (first.height, first.width, first.channels)
+    expect = (1, hwc[2], hwc[0], hwc[1]) if o.input_nchw else (1, *hwc)
+    if x.dtype != np.int8 or x.shape != expect:
         raise UnsupportedModelError(f"PATCH_EXEC operator {op.index}: input {x.dtype} "
-                                    f"{x.shape}, the options say int8 "
-                                    f"(1, {first.height}, {first.width}, {first.channels})")
+                                    f"{x.shape}, the options say int8 {expect}")
     consts = [(_constants(model, op, o, ly, k) if ly.kind in pf.CONV_KINDS else None)
               for k, ly in enumerate(o.layers)]
     scratch = np.zeros(o.scratch_bytes, dtype=np.int8)
     output = np.zeros((1, out_t.height, out_t.width, out_t.channels), dtype=np.int8)
     n, m = o.grid
-    last = len(o.tensors) - 1
     for i in range(n):
         for j in range(m):
-            r, c = first.rows[i], first.cols[j]
-            views = {0: _View(x[0, r[0]:r[1], c[0]:c[1], :], r[0], c[0])}
-            for k, ly in enumerate(o.layers):
-                t = o.tensors[k + 1]
-                out_r, out_c = t.rows[i], t.cols[j]
-                if out_r[1] <= out_r[0] or out_c[1] <= out_c[0]:
+            patch = _Patch(o, scratch, output, i, j)
+            if o.input_nchw:
+                _gather_nchw(patch, x)
+            else:
+                r, c = first.rows[i], first.cols[j]
+                patch.views[0] = _View(x[0, r[0]:r[1], c[0]:c[1], :], r[0], c[0])
+            k = 0
+            while k < len(o.layers):
+                ly = o.layers[k]
+                if ly.stream:
+                    if not patch.empty(k + 2):
+                        _run_stream(patch, k, consts)
+                    k += 2
                     continue
-                result = run_layer(ly, k, o, views, out_r, out_c, consts[k])
-                if k + 1 == last:
-                    output[0, out_r[0]:out_r[1], out_c[0]:out_c[1], :] = result
-                    continue
-                size = result.size
-                slot = scratch[t.slot_offset:t.slot_offset + size].reshape(result.shape)
-                slot[...] = result
-                views[k + 1] = _View(slot, out_r[0], out_c[0])
+                if not patch.empty(k + 1):
+                    _run_one(patch, k, consts)
+                k += 1
     return output
-

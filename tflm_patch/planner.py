@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_OVERHEAD = 0.20
 DEFAULT_MAX_GRID = 8
 DEFAULT_MIN_SAVING = 0.10
+OTHER_SEEDS = 3  # main stages besides the chosen one that get stages added after them
 
 
 class PlanError(TflmPatchError):
@@ -87,6 +88,7 @@ class PlanResult:
             "target": self.request.target,
             "stage": {"first_op": c.first, "last_op": c.last},
             "grid": list(c.grid),
+            "halo_cache": sorted(c.cache),  # stage tensors with a column cache
             "fused_stages": [{"first_op": a, "last_op": b} for a, b in c.fused],
             "patched_stages": [{"first_op": a, "last_op": b, "grid": list(g)}
                                for a, b, g in c.extra],
@@ -149,8 +151,7 @@ def plan(model: Model, request: PlanRequest | None = None,
         if fused:
             evaluators.append(StageEvaluator(model, graph, request.target, macs_before, fused))
         for ev in evaluators:
-            for grid in _grids(graph, request):
-                candidates.append(ev.evaluate(grid)[0])
+            candidates.extend(_evaluate(ev, _grids(graph, request)))
     if progress is not None:
         progress(len(stages), len(stages))
     result = PlanResult(arena_before, macs_before, candidates, None, "", request)
@@ -163,10 +164,67 @@ def plan(model: Model, request: PlanRequest | None = None,
         _add_patched_stages(model, result, units, seed, float("inf"))
     result.chosen, result.message = choose(result)
     if multi and budget is None and result.chosen is not None:
-        _add_patched_stages(model, result, units, result.chosen, request.max_overhead)
+        chosen = result.chosen
+        _add_patched_stages(model, result, units, chosen, request.max_overhead)
+        # the best plan with the other halo strategy (recompute vs cache) as well: the
+        # greedy stage search is seed-dependent, and either may end up smaller
+        flipped = [c for c in result.candidates if not c.extra and bool(c.cache) !=
+                   bool(chosen.cache) and result.overhead(c) <= request.max_overhead + 1e-12]
+        if flipped:
+            _add_patched_stages(model, result, units, min(flipped, key=lambda c: (c.arena,
+                                                                                   c.macs)),
+                                request.max_overhead)
+        for seed in _other_seeds(result, chosen):
+            _add_patched_stages(model, result, units, seed, request.max_overhead,
+                                free_only=True)
         result.chosen, result.message = choose(result)
+    if budget is None and result.chosen is not None and result.chosen.cache:
+        _tune_caches(model, result, units)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _tune_caches(model: Model, result: PlanResult, units: UnitGraphs) -> None:
+    """Cache or recompute, per layer: the chosen plan caches every halo it can; drop one
+    cache at a time where recomputing that tensor's halo gives a smaller arena (the cache's
+    bytes against the larger ranges before it) within the MAC limit, until none does."""
+    c = result.chosen
+    assert c is not None
+    req = result.request
+    graph = build_stage(model, c.first, c.last)
+    fixed = [(g, make_schedule(g, grid)) for g, (_, _, grid) in
+             zip((build_stage(model, a, b) for a, b, _ in c.extra), c.extra, strict=True)]
+    fused = units.outside([(c.first, c.last), *((a, b) for a, b, _ in c.extra)]) \
+        if c.fused else []
+    if tuple((g.first, g.last) for g, _ in fused) != c.fused:
+        return  # not a configuration this planner builds
+    ev = StageEvaluator(model, graph, req.target, result.macs_before, fused, fixed)
+    best = c
+    improved = True
+    while improved:
+        improved = False
+        for t in sorted(best.cache):
+            cand = ev.evaluate(c.grid, best.cache - {t})[0]
+            if cand.arena < best.arena and \
+                    result.overhead(cand) <= req.max_overhead + 1e-12:
+                best, improved = cand, True
+                log.info("halo reuse: recompute tensor %d of the main stage -> %s B", t,
+                         f"{best.arena:,}")
+                break
+    if best is not c:
+        result.candidates.append(best)
+        result.chosen, result.message = choose(result)
+
+
+def _evaluate(ev: StageEvaluator, grids: Iterable[tuple[int, int]]) -> Iterator[Candidate]:
+    """Every grid, recomputing the halos and (when the grid has column bands and some
+    tensor can keep a cache) reusing them: fewer MACs, the caches' bytes more."""
+    for grid in grids:
+        yield ev.evaluate(grid)[0]
+        if grid[1] > 1:
+            cached, sched = ev.evaluate(grid, cache=True)
+            if sched.cache:
+                yield cached
 
 
 def choose(result: PlanResult) -> tuple[Candidate | None, str]:
@@ -214,7 +272,7 @@ def choose(result: PlanResult) -> tuple[Candidate | None, str]:
 def build_plan(model: Model, c: Candidate) -> tuple[StageGraph, Schedule]:
     """The patched stage of a candidate and its schedule."""
     graph = build_stage(model, c.first, c.last)
-    return graph, make_schedule(graph, c.grid)
+    return graph, make_schedule(graph, c.grid, c.cache)
 
 
 def plan_stages(model: Model, c: Candidate) -> list[tuple[StageGraph, Schedule]]:
@@ -227,16 +285,61 @@ def plan_stages(model: Model, c: Candidate) -> list[tuple[StageGraph, Schedule]]
             *((u, make_schedule(u, (1, 1))) for u in fused)]
 
 
+def _other_seeds(result: PlanResult, chosen: Candidate) -> list[Candidate]:
+    """The best single-stage candidate (within the MAC limit) of each of the next
+    OTHER_SEEDS main stages after the chosen one's: with stages added after them they
+    may beat it (a shorter main stage leaves more blocks to the added stages)."""
+    limit = result.request.max_overhead + 1e-12
+    best: dict[tuple[int, int], Candidate] = {}
+    for c in result.candidates:
+        if c.extra or result.overhead(c) > limit or (c.first, c.last) == (chosen.first,
+                                                                           chosen.last):
+            continue
+        key = (c.first, c.last)
+        if key not in best or (c.arena, c.macs) < (best[key].arena, best[key].macs):
+            best[key] = c
+    return sorted(best.values(), key=lambda c: (c.arena, c.macs))[:OTHER_SEEDS]
+
+
 def _add_patched_stages(model: Model, result: PlanResult, units: UnitGraphs, c: Candidate,
-                        max_overhead: float) -> None:
+                        max_overhead: float, *, free_only: bool = False) -> None:
     """Multi-stage: patched stages after the main stage of `c` (multistage.refine), then
-    every main stage and grid evaluated again with them in place (new candidates)."""
+    every main stage and grid evaluated again with them in place (new candidates).
+    free_only: only the cheap search (1x1-grid stages judged at the floor grid)."""
     req = result.request
-    refined, fixed = refine(model, c, target=req.target, macs_before=result.macs_before,
-                            max_overhead=max_overhead, units=units)
-    if not fixed:
+    fixed: list[tuple[StageGraph, Schedule]] = []
+    if not free_only:
+        refined, fixed = refine(model, c, target=req.target, macs_before=result.macs_before,
+                                max_overhead=max_overhead, units=units)
+        if fixed:
+            result.candidates.append(refined)
+            _reevaluate(model, result, units, fixed)
+    # the same with the added stages judged against the main stage at its finest grid:
+    # finds the stages that lower the peaks after the main stage while the main stage's
+    # own peak is still the higher one
+    main = build_stage(model, c.first, c.last)
+    floor = max(_grids(main, req), key=lambda g: (g[0] * g[1], g), default=None)
+    if floor is None or floor == c.grid:
         return
-    result.candidates.append(refined)
+    tried = [_key(fixed)]
+    # also with MAC-free stages only, which leave the whole MAC budget to the main grid
+    for free in (True,) if free_only else (False, True):
+        _, floor_fixed = refine(model, c, target=req.target, macs_before=result.macs_before,
+                                max_overhead=max_overhead, units=units, floor_grid=floor,
+                                free_only=free)
+        if floor_fixed and _key(floor_fixed) not in tried:
+            tried.append(_key(floor_fixed))
+            _reevaluate(model, result, units, floor_fixed)
+
+
+def _key(stages: list[tuple[StageGraph, Schedule]]) -> list[tuple[int, int, tuple[int, int]]]:
+    return [(g.first, g.last, s.grid) for g, s in stages]
+
+
+def _reevaluate(model: Model, result: PlanResult, units: UnitGraphs,
+                fixed: list[tuple[StageGraph, Schedule]]) -> None:
+    """Every main stage before the `fixed` stages under every grid, with them in place."""
+    req = result.request
     taken = [(g.first, g.last) for g, _ in fixed]
     for first, last in _stages(model, req):
         if last >= taken[0][0]:
@@ -244,7 +347,7 @@ def _add_patched_stages(model: Model, result: PlanResult, units: UnitGraphs, c: 
         graph = build_stage(model, first, last)
         ev = StageEvaluator(model, graph, req.target, result.macs_before,
                             units.outside([(first, last), *taken]), fixed)
-        result.candidates.extend(ev.evaluate(grid)[0] for grid in _grids(graph, req))
+        result.candidates.extend(_evaluate(ev, _grids(graph, req)))
 
 
 def patched_model_object(model: Model, result: PlanResult) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import pairwise
 
 from tflm_patch import patch_format as pf
 from tflm_patch.stage import StageGraph
@@ -37,36 +38,75 @@ class Schedule:
     slots: tuple[tuple[int, int], ...]  # (offset, bytes) per stage tensor (EXTERNAL, 0 at ends)
     scratch_bytes: int
     macs: int  # of the stage, patch by patch
+    cached: frozenset[int] = frozenset()  # tensors with CACHE_COLS (halo reuse)
+    caches: tuple[tuple[int, int], ...] = ()  # (offset, bytes) per stage tensor
+
+    @property
+    def cache(self) -> bool:
+        return bool(self.cached)
 
 
 @lru_cache(maxsize=4096)  # per graph object: the planner asks for each count many times
 def axis_ranges(graph: StageGraph, axis: int, count: int) -> tuple[tuple[pf.Range, ...], ...]:
     """Per stage tensor, the range along `axis` (0 rows, 1 columns) of each of `count`
     bands. Box mode: each tensor keeps the union of what its consumers' ranges read."""
+    return _ranges(graph, axis, count, False, None)[0]
+
+
+@lru_cache(maxsize=4096)
+def cached_col_ranges(graph: StageGraph, count: int, allowed: frozenset[int] | None = None
+                      ) -> tuple[tuple[tuple[pf.Range, ...], ...], frozenset[int]]:
+    """Column ranges with halo reuse (CACHE_COLS): every intermediate tensor that can have
+    a cache (and is in `allowed`, when given) gets one, so its layer computes only the
+    columns the previous patch did not, and the layers before it need correspondingly
+    less. Returns the ranges and the cached tensors."""
+    return _ranges(graph, 1, count, True, allowed)
+
+
+def _cacheable(graph: StageGraph, t: int, outs: list[pf.Range | None]) -> bool:
+    """Can tensor t (ranges `outs` per band) have a cache that saves something?"""
+    if not 0 < t < len(graph.tensors) - 1 or graph.layers[t - 1].stream:
+        return False
+    if any(r is None or r[1] <= r[0] for r in outs):
+        return False
+    rs = [r for r in outs if r is not None]
+    moving = all(a[0] <= b[0] and a[1] <= b[1] for a, b in pairwise(rs))
+    return moving and any(a[1] > b[0] for a, b in pairwise(rs))
+
+
+def _ranges(graph: StageGraph, axis: int, count: int, cache: bool,
+            allowed: frozenset[int] | None
+            ) -> tuple[tuple[tuple[pf.Range, ...], ...], frozenset[int]]:
     size = graph.shapes[-1][axis]
     sizes = [s[axis] for s in graph.shapes]
-    per_band = []
-    for band in bands(size, count):
-        ranges: list[pf.Range | None] = [None] * len(graph.tensors)
-        ranges[-1] = band
-        for k in reversed(range(len(graph.layers))):
-            out = ranges[k + 1]
-            if out is None:
+    num_t = len(graph.tensors)
+    ranges: list[list[pf.Range | None]] = [[None] * count for _ in range(num_t)]
+    ranges[-1] = list(bands(size, count))
+    cached: set[int] = set()
+    for k in reversed(range(len(graph.layers))):
+        outs = ranges[k + 1]
+        comp = list(outs)
+        if cache and (allowed is None or k + 1 in allowed) and \
+                _cacheable(graph, k + 1, outs):
+            cached.add(k + 1)
+            for b in range(1, count):
+                lo, hi = outs[b]  # type: ignore[misc]
+                comp[b] = (max(lo, outs[b - 1][1]), hi)  # type: ignore[index]
+        ly = graph.layers[k]
+        for t in (ly.input0, ly.input1):
+            if t == pf.NONE:
                 continue
-            ly = graph.layers[k]
-            for t in (ly.input0, ly.input1):
-                if t == pf.NONE:
+            for b, out in enumerate(comp):
+                if out is None:
                     continue
                 need = pf.needed_range(ly, axis, out, sizes[t])
                 if need is None:
                     continue
-                have = ranges[t]
-                ranges[t] = need if have is None else (min(have[0], need[0]),
-                                                       max(have[1], need[1]))
-        per_band.append([r if r is not None else (0, 0) for r in ranges])
-    return tuple(tuple(per_band[b][k] for b in range(count)) for k in range(len(graph.tensors)))
-
-
+                have = ranges[t][b]
+                ranges[t][b] = need if have is None else (min(have[0], need[0]),
+                                                          max(have[1], need[1]))
+    final = tuple(tuple(r if r is not None else (0, 0) for r in per_t) for per_t in ranges)
+    return final, frozenset(cached)
 
 
 def pack_slots(sizes: list[int], life: list[tuple[int, int]]) -> tuple[list[int], int]:
@@ -96,31 +136,58 @@ def _align(v: int, a: int = pf.SLOT_ALIGNMENT) -> int:
     return (v + a - 1) // a * a
 
 
-def make_schedule(graph: StageGraph, grid: tuple[int, int]) -> Schedule:
+def make_schedule(graph: StageGraph, grid: tuple[int, int],
+                  cache: bool | frozenset[int] = False) -> Schedule:
+    """The schedule of `graph` under an n x m grid; cache: halo reuse between horizontally
+    adjacent patches (cached_col_ranges) wherever a tensor can have a cache (True), or
+    only for these stage tensors (a set; the empty set is no cache)."""
     n, m = grid
     rows = axis_ranges(graph, 0, n)
-    cols = axis_ranges(graph, 1, m)
+    if cache is False or cache == frozenset():
+        cols, cached = axis_ranges(graph, 1, m), frozenset[int]()
+    else:
+        cols, cached = cached_col_ranges(graph, m, None if cache is True else cache)
     num_t = len(graph.tensors)
     sizes = [0] * num_t
-    for k in range(1, num_t - 1):
+    slotted = [k for k in range(num_t - 1) if k > 0 or graph.input_nchw]
+    for k in slotted:
+        # a STREAM layer's output holds one channel; tensor 0 has a slot only when the
+        # kernel gathers it from an NCHW input
+        depth = 1 if k > 0 and graph.layers[k - 1].stream else graph.shapes[k][2]
         sizes[k] = (max(hi - lo for lo, hi in rows[k]) * max(hi - lo for lo, hi in cols[k])
-                    * graph.shapes[k][2])
+                    * depth)
     life = pf.lifetimes(list(graph.layers))
-    offsets, total = pack_slots(sizes, life)
-    slots = tuple((pf.EXTERNAL, 0) if k in (0, num_t - 1) else (offsets[k], sizes[k])
+    # a cache lives for the whole run: the widest overlap, every row, every channel
+    order = sorted(cached)
+    cache_sizes = [max(hi - lo for lo, hi in rows[t])
+                   * max(cols[t][j - 1][1] - cols[t][j][0] for j in range(1, m))
+                   * graph.shapes[t][2] for t in order]
+    whole = (-1, len(graph.layers))
+    offsets, total = pack_slots(sizes + cache_sizes, life + [whole] * len(order))
+    slots = tuple((offsets[k], sizes[k]) if k in slotted else (pf.EXTERNAL, 0)
                   for k in range(num_t))
+    caches = [(pf.EXTERNAL, 0)] * num_t
+    for i, t in enumerate(order):
+        caches[t] = (offsets[num_t + i], cache_sizes[i])
     macs = 0
     for k, per_pixel in enumerate(graph.macs_per_pixel):
-        sum_rows = sum(hi - lo for lo, hi in rows[k + 1])
-        sum_cols = sum(hi - lo for lo, hi in cols[k + 1])
+        t = k + 1
+        sum_rows = sum(hi - lo for lo, hi in rows[t])
+        # a cached tensor computes only the columns the previous patch did not
+        sum_cols = sum(hi - max(lo, cols[t][j - 1][1] if j and t in cached else lo)
+                       for j, (lo, hi) in enumerate(cols[t]))
         macs += per_pixel * sum_rows * sum_cols
-    return Schedule(grid, rows, cols, slots, total, macs)
+    return Schedule(grid, rows, cols, slots, total, macs, cached, tuple(caches))
 
 
 def stage_options(graph: StageGraph, sched: Schedule, layers: tuple[pf.Layer, ...],
                   num_inputs: int) -> pf.PatchOptions:
     """The options of the stage under this schedule (layers with their input indices)."""
     tensors = tuple(
-        pf.StageTensor(h, w, c, sched.rows[k], sched.cols[k], *sched.slots[k])
+        pf.StageTensor(h, w, c, sched.rows[k], sched.cols[k], *sched.slots[k],
+                       *((pf.TENSOR_CACHE_COLS, *sched.caches[k]) if k in sched.cached
+                         else ()))
         for k, (h, w, c) in enumerate(graph.shapes))
-    return pf.PatchOptions(tensors, layers, sched.grid, sched.scratch_bytes, num_inputs)
+    flags = (pf.FLAG_INPUT_NCHW if graph.input_nchw else 0) | \
+        (pf.FLAG_CACHES if sched.cached else 0)
+    return pf.PatchOptions(tensors, layers, sched.grid, sched.scratch_bytes, num_inputs, flags)

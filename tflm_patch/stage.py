@@ -9,8 +9,9 @@ is what the user sees when a forced `--split-op` cannot be honoured.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -36,12 +37,41 @@ STAGE_OPS = {"CONV_2D": pf.CONV, "DEPTHWISE_CONV_2D": pf.DEPTHWISE,
 FUSED_OK = {0: "NONE", 1: "RELU", 2: "RELU_N1_TO_1", 3: "RELU6"}
 
 
+NCHW_TO_NHWC = (0, 2, 3, 1)
+
+
+def transpose_support(model: Model, op: OperatorInfo) -> tuple[bool, str]:
+    """(ok, reason): can PATCH_EXEC fold this TRANSPOSE (read its NCHW input by
+    addressing)? Only the NCHW -> NHWC permutation of an int8 tensor, quantization
+    unchanged; stage_check also requires it to be the stage's first operator."""
+    where = f"operator {op.index} (TRANSPOSE)"
+    if len(op.inputs) != 2 or len(op.outputs) != 1 or \
+            not model.tensors[op.inputs[1]].is_constant:
+        return False, f"{where}: the permutation is not a constant input"
+    perm = tuple(int(v) for v in model.constant(op.inputs[1]).reshape(-1))
+    src, dst = model.tensors[op.inputs[0]], model.tensors[op.outputs[0]]
+    if perm != NCHW_TO_NHWC or len(src.shape) != 4 or src.shape[0] != 1:
+        return False, (f"{where}: PATCH_EXEC folds only the NCHW -> NHWC permutation "
+                       f"{list(NCHW_TO_NHWC)} of a batch-1 tensor, not {list(perm)}")
+    if src.dtype != "int8" or dst.dtype != "int8":
+        return False, f"{where}: tensors are {src.dtype} -> {dst.dtype}, not int8"
+    qs, qd = src.quantization, dst.quantization
+    same = qs is not None and qd is not None and list(qs.scale) == list(qd.scale) and \
+        list(qs.zero_point) == list(qd.zero_point)
+    if not same:
+        return False, f"{where}: input and output quantization differ"
+    return True, ""
+
+
 def op_support(model: Model, op: OperatorInfo) -> tuple[bool, str]:
     """(ok, reason): can PATCH_EXEC execute this operator?"""
     where = f"operator {op.index} ({op.name})"
+    if op.name == "TRANSPOSE":
+        return transpose_support(model, op)
     if op.name not in STAGE_OPS:
         return False, (f"{where}: PATCH_EXEC executes only "
-                       f"{', '.join(sorted(STAGE_OPS))}")
+                       f"{', '.join(sorted(STAGE_OPS))} (and folds an NCHW -> NHWC "
+                       "TRANSPOSE at a stage's start)")
     for t in (*model.activation_inputs(op), *op.outputs):
         if model.tensors[t].dtype != "int8":
             return False, f"{where}: tensor {t} is {model.tensors[t].dtype}, not int8"
@@ -104,6 +134,7 @@ class StageGraph:
     layers: tuple[pf.Layer, ...]
     constants: tuple[LayerConstants | None, ...]
     macs_per_pixel: tuple[int, ...]  # per layer, per output pixel (all channels)
+    input_nchw: bool = False  # a folded TRANSPOSE: tensors[0] is the NCHW model tensor
 
     @property
     def ops(self) -> range:
@@ -149,10 +180,16 @@ def stage_check(model: Model, first: int, last: int,
         ok, reason = support[i] if support is not None else op_support(model, op)
         if not ok:
             return False, reason
+        if op.name == "TRANSPOSE" and i != first:
+            return False, (f"operator {i} (TRANSPOSE): PATCH_EXEC folds a TRANSPOSE only as "
+                           "the first operator of a stage (reading the NCHW input)")
         for t in model.activation_inputs(op):
             if t not in produced:
                 outside_inputs.add(t)
         produced.update(op.outputs)
+    if model.operators[first].name == "TRANSPOSE" and first == last:
+        return False, (f"operator {first} (TRANSPOSE): a stage needs an operator besides the "
+                       "folded TRANSPOSE")
     if len(outside_inputs) != 1:
         return False, (f"operators {first}..{last} read {len(outside_inputs)} activations "
                        "from before the stage (PATCH_EXEC takes exactly one)")
@@ -191,12 +228,34 @@ def foldable_pad(model: Model, op: OperatorInfo, consumers: dict[int, list[int]]
     return q is not None and bool(q.zero_point) and value == q.zero_point[0]
 
 
+def stream_pairs(graph_layers: list[pf.Layer], shapes: list[tuple[int, int, int]]) -> set[int]:
+    """Layers k to flag STREAM: a CONV_2D whose output only the next layer, a depthwise
+    conv with multiplier 1, reads, and whose input is no larger than its output (the
+    pair keeps the input one layer longer and the output one channel deep)."""
+    readers: dict[int, int] = {}
+    for ly in graph_layers:
+        for t in (ly.input0, ly.input1):
+            if t != pf.NONE:
+                readers[t] = readers.get(t, 0) + 1
+    flagged: set[int] = set()
+    for k, ly in enumerate(graph_layers[:-1]):
+        nxt = graph_layers[k + 1]
+        if (ly.kind != pf.CONV or nxt.kind != pf.DEPTHWISE or nxt.depth_multiplier != 1
+                or nxt.input0 != k + 1 or readers.get(k + 1) != 1):
+            continue
+        if math.prod(shapes[ly.input0]) <= math.prod(shapes[k + 1]):
+            flagged.add(k)
+    return flagged
+
+
 def build_stage(model: Model, first: int, last: int, *, fold_pads: bool = True,
-                live_input: bool = False) -> StageGraph:
+                live_input: bool = False, stream: bool = True) -> StageGraph:
     """The stage of operators first..last; UnsupportedModelError with the reason if not.
 
     fold_pads: a zero-point PAD feeding a single convolution becomes that convolution's
-    padding (the padded copy is never made). live_input: as in `stage_check`."""
+    padding (the padded copy is never made). live_input: as in `stage_check`. stream:
+    flag STREAM on the conv -> depthwise pairs of `stream_pairs`. A TRANSPOSE at the
+    start is folded: the stage reads its NCHW input (INPUT_NCHW)."""
     ok, reason = stage_check(model, first, last, live_input=live_input)
     if not ok:
         raise UnsupportedModelError(reason)
@@ -205,6 +264,12 @@ def build_stage(model: Model, first: int, last: int, *, fold_pads: bool = True,
     stage_out = ops[-1].outputs[0]
     consumers = model.consumers()
     index = {stage_in: 0}
+    nhwc_in = stage_in
+    nchw = ops[0].name == "TRANSPOSE"
+    if nchw:
+        nhwc_in = ops[0].outputs[0]
+        index[nhwc_in] = 0
+        ops = ops[1:]
     extra_pad: dict[int, tuple[int, int, int]] = {}  # PAD output -> (PAD input, top, left)
     layers: list[pf.Layer] = []
     constants: list[LayerConstants | None] = []
@@ -222,9 +287,12 @@ def build_stage(model: Model, first: int, last: int, *, fold_pads: bool = True,
         tensors.append(op.outputs[0])
         out = model.tensors[op.outputs[0]].shape
         macs.append(op_macs(model, op) // (out[1] * out[2]))
-    shapes = tuple(_shape3(model, t) for t in tensors)
-    return StageGraph(first, last, tuple(tensors), shapes, tuple(layers), tuple(constants),
-                      tuple(macs))
+    shapes = [_shape3(model, t) for t in (nhwc_in, *tensors[1:])]
+    if stream:
+        for k in stream_pairs(layers, shapes):
+            layers[k] = replace(layers[k], flags=pf.LAYER_STREAM)
+    return StageGraph(first, last, tuple(tensors), tuple(shapes), tuple(layers),
+                      tuple(constants), tuple(macs), nchw)
 
 
 def _shape3(model: Model, tensor: int) -> tuple[int, int, int]:

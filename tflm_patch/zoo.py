@@ -168,6 +168,26 @@ def _odd_stride2(tf: Any) -> Any:
     return tf.keras.Model(inp, out)
 
 
+def _nchw_input(tf: Any) -> Any:
+    """A PyTorch-style export: NCHW input, transposed to NHWC by the first operator."""
+    layers = tf.keras.layers
+    inp = tf.keras.Input((3, 80, 80))
+    x = layers.Permute((2, 3, 1))(inp)  # TFLite TRANSPOSE [0, 2, 3, 1]
+    x = layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False)(x)  # 40
+    x = _bn_relu(tf, x)
+    x = layers.DepthwiseConv2D(3, padding="same", use_bias=False)(x)
+    x = _bn_relu(tf, x)
+    x = layers.Conv2D(8, 1, use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = _inverted_residual(tf, x, 6, 16, 3, 2)  # 20
+    x = _inverted_residual(tf, x, 6, 16, 3, 1)
+    x = _inverted_residual(tf, x, 6, 24, 3, 2)  # 10
+    x = _inverted_residual(tf, x, 6, 24, 3, 1)
+    x = layers.GlobalAveragePooling2D()(x)
+    out = layers.Dense(4)(x)
+    return tf.keras.Model(inp, out)
+
+
 # No model ends in a softmax: after random weights TFLM aborts on its requantization
 # (QuantizeMultiplierGreaterThanOne), and the zoo models must run in TFLM.
 ZOO: dict[str, ZooSpec] = {
@@ -183,6 +203,8 @@ ZOO: dict[str, ZooSpec] = {
                 "kernels, 112x112x3", (112, 112, 3), _mcunet),
         ZooSpec("odd_stride2", "stride-2 SAME convs on odd sizes (97 -> 49 -> 25 -> 13 -> 7): "
                 "TFLite's asymmetric padding", (97, 97, 3), _odd_stride2),
+        ZooSpec("nchw_input", "NCHW input 3x80x80 (a leading TRANSPOSE, as PyTorch exports "
+                "have) into inverted residuals with ADD", (3, 80, 80), _nchw_input),
     )
 }
 ZOO_NAMES: tuple[str, ...] = tuple(ZOO)

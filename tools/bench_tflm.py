@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from tflm_patch import tflm_build, tflm_runner
+from tflm_patch.cli_patch import parse_fraction
 from tflm_patch.model import Model, load_model
-from tflm_patch.planner import patched_model_object, plan
+from tflm_patch.planner import DEFAULT_MAX_OVERHEAD, PlanRequest, patched_model_object, plan
 from tflm_patch.rewrite import CUSTOM_CODE, replace_stage, to_checked_bytes
 from tflm_patch.schedule import make_schedule
 from tflm_patch.stage import build_stage
@@ -93,9 +94,10 @@ def _stage_models(model: Model, first: int, last: int, grid: tuple[int, int]
 
 
 def bench(name: str, path: Path, kernel: tflm_build.KernelLibrary, repeats: int,
-          seed: int) -> tuple[ModelRow, StageRow] | None:
+          seed: int, max_overhead: float = DEFAULT_MAX_OVERHEAD
+          ) -> tuple[ModelRow, StageRow] | None:
     model = load_model(path)
-    result = plan(model)
+    result = plan(model, PlanRequest(max_overhead=max_overhead))
     c = result.chosen
     if c is None:
         log.warning("%s: no plan (%s)", name, result.message)
@@ -171,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-zoo", action="store_true")
     ap.add_argument("--repeats", type=int, default=9, help="timed invokes per model (>= 7)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random input")
+    ap.add_argument("--max-overhead", type=parse_fraction, default=DEFAULT_MAX_OVERHEAD,
+                    metavar="FRACTION", help="the planner's MAC-overhead limit, e.g. 10%% (default "
+                    f"{DEFAULT_MAX_OVERHEAD * 100:.0f}%%, as `tflm-patch convert`)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if args.repeats < 7:
@@ -181,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows, stages = [], []
     for name, path in _models(args.shared, not args.no_zoo):
-        out = bench(name, path, kernel, args.repeats, args.seed)
+        out = bench(name, path, kernel, args.repeats, args.seed, args.max_overhead)
         if out is not None:
             rows.append(out[0])
             stages.append(out[1])

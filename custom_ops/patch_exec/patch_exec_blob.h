@@ -1,8 +1,10 @@
 // Copyright 2026 The tflm-patch Authors. Licensed under the Apache License, Version 2.0.
 //
-// PATCH_EXEC options blob, version 1 (docs/patch_exec.md): layout constants,
-// little-endian field reads (byte loads only, no unaligned casts) and the window
-// geometry shared by the validator and the kernels. Internal to the core.
+// PATCH_EXEC options blob, versions 1 and 2 (docs/patch_exec.md): layout constants,
+// little-endian field reads (byte loads only, no unaligned casts), the record accessors
+// (header, tensors, ranges, layers and, with the header flag CACHES, the cache table
+// after the layer records) and the window geometry shared by the validator and the
+// kernels. Internal to the core.
 #ifndef TFLM_PATCH_CUSTOM_OPS_PATCH_EXEC_PATCH_EXEC_BLOB_H_
 #define TFLM_PATCH_CUSTOM_OPS_PATCH_EXEC_PATCH_EXEC_BLOB_H_
 
@@ -15,11 +17,18 @@ constexpr uint32_t kHeaderBytes = 32;
 constexpr uint32_t kTensorBytes = 16;
 constexpr uint32_t kRangeBytes = 4;
 constexpr uint32_t kLayerBytes = 80;
+constexpr uint32_t kCacheBytes = 8;  // one cache table record (header flag CACHES)
 constexpr uint16_t kNone = 0xFFFF;
 constexpr uint32_t kExternal = 0xFFFFFFFFu;
 constexpr uint32_t kMaxLayers = 128;
 constexpr uint32_t kMaxGrid = 256;
 constexpr int kNumP = 12;
+constexpr uint16_t kFlagInputNchw = 1;    // header flags (version 2): input 0 is [1, C, H, W]
+constexpr uint16_t kFlagCaches = 2;       // a cache table follows the layer records
+constexpr uint16_t kTensorCacheCols = 1;  // tensor flags (version 2): halo reuse between
+                                          // horizontally adjacent patches
+constexpr uint8_t kLayerStream = 1;       // layer flags (version 2): run with the next layer
+                                          // channel by channel
 
 enum Kind : uint8_t {
   kConv = 1,
@@ -44,10 +53,12 @@ inline int32_t ToInt32(uint32_t v) {
 
 inline int32_t LoadI32(const uint8_t* p) { return ToInt32(LoadU32(p)); }
 
-// Size of a blob with this many layers and grid (64-bit: cannot overflow).
-inline uint64_t BlobSize(uint64_t num_layers, uint64_t n, uint64_t m) {
+// Size of a blob with this many layers and grid, with or without the cache table
+// (64-bit: cannot overflow).
+inline uint64_t BlobSize(uint64_t num_layers, uint64_t n, uint64_t m, bool caches) {
   const uint64_t t = num_layers + 1;
-  return kHeaderBytes + kTensorBytes * t + kRangeBytes * t * (n + m) + kLayerBytes * num_layers;
+  return kHeaderBytes + kTensorBytes * t + kRangeBytes * t * (n + m) + kLayerBytes * num_layers +
+         (caches ? kCacheBytes * t : 0);
 }
 
 struct Header {
@@ -60,8 +71,8 @@ struct Header {
   uint16_t grid_cols;
   uint32_t scratch_bytes;
   uint16_t num_inputs;
-  uint16_t reserved0;
-  uint32_t reserved1;
+  uint16_t flags;  // version 1: reserved (0)
+  uint32_t reserved;
 };
 
 // Reads the 32-byte header; the caller guarantees 32 readable bytes.
@@ -76,8 +87,8 @@ inline Header ReadHeader(const uint8_t* b) {
   h.grid_cols = LoadU16(b + 18);
   h.scratch_bytes = LoadU32(b + 20);
   h.num_inputs = LoadU16(b + 24);
-  h.reserved0 = LoadU16(b + 26);
-  h.reserved1 = LoadU32(b + 28);
+  h.flags = LoadU16(b + 26);
+  h.reserved = LoadU32(b + 28);
   return h;
 }
 
@@ -85,9 +96,16 @@ struct TensorRec {
   int32_t height;
   int32_t width;
   int32_t channels;
-  uint16_t reserved;
+  uint16_t flags;  // version 1: reserved (0); version 2: kTensorCacheCols
   uint32_t slot_offset;
   uint32_t slot_bytes;
+};
+
+// A cache table record: where tensor t's cache lives in the scratch (kExternal and 0
+// without CACHE_COLS).
+struct CacheRec {
+  uint32_t offset;
+  uint32_t bytes;
 };
 
 // [lo, hi) along one axis.
@@ -100,7 +118,7 @@ struct Range {
 
 struct LayerRec {
   uint8_t kind;
-  uint8_t reserved;
+  uint8_t flags;  // version 1: reserved (0)
   uint16_t input0;
   uint16_t input1;
   int32_t kernel_h;
@@ -136,6 +154,20 @@ class Layout {
   uint32_t grid_cols() const { return grid_cols_; }
   uint32_t scratch_bytes() const { return LoadU32(blob_ + 20); }
   uint32_t num_inputs() const { return LoadU16(blob_ + 24); }
+  bool input_nchw() const { return (LoadU16(blob_ + 26) & kFlagInputNchw) != 0; }
+  // Whether the blob has a cache table (header flag CACHES).
+  bool caches() const { return (LoadU16(blob_ + 26) & kFlagCaches) != 0; }
+  // Whether tensor t has CACHE_COLS (validated blobs: only with the cache table).
+  bool cached(uint32_t t) const {
+    return (LoadU16(blob_ + kHeaderBytes + kTensorBytes * static_cast<size_t>(t) + 6) &
+            kTensorCacheCols) != 0;
+  }
+  // Whether layer k runs with layer k + 1 channel by channel (its STREAM flag).
+  bool stream(uint32_t k) const { return (LayerAt(k)[1] & kLayerStream) != 0; }
+  // Whether stage tensor t lives in the scratch (tensor 0 only with INPUT_NCHW).
+  bool has_slot(uint32_t t) const {
+    return (t > 0 && t + 1 < num_tensors_) || (t == 0 && input_nchw());
+  }
 
   TensorRec Tensor(uint32_t t) const {
     const uint8_t* p = blob_ + kHeaderBytes + kTensorBytes * static_cast<size_t>(t);
@@ -143,7 +175,7 @@ class Layout {
     r.height = LoadU16(p);
     r.width = LoadU16(p + 2);
     r.channels = LoadU16(p + 4);
-    r.reserved = LoadU16(p + 6);
+    r.flags = LoadU16(p + 6);
     r.slot_offset = LoadU32(p + 8);
     r.slot_bytes = LoadU32(p + 12);
     return r;
@@ -156,7 +188,22 @@ class Layout {
 
   LayerRec Layer(uint32_t k) const;
 
+  // Tensor t's cache table record; only when caches() (the table follows the layers).
+  CacheRec Cache(uint32_t t) const {
+    const uint8_t* p = LayerAt(num_layers_) + kCacheBytes * static_cast<size_t>(t);
+    CacheRec c;
+    c.offset = LoadU32(p);
+    c.bytes = LoadU32(p + 4);
+    return c;
+  }
+
  private:
+  const uint8_t* LayerAt(uint32_t k) const {
+    const size_t bands = static_cast<size_t>(grid_rows_) + grid_cols_;
+    return blob_ + kHeaderBytes +
+           (kTensorBytes + kRangeBytes * bands) * static_cast<size_t>(num_tensors_) +
+           kLayerBytes * static_cast<size_t>(k);
+  }
   Range RangeAt(uint32_t t, uint32_t band) const {
     const size_t bands = static_cast<size_t>(grid_rows_) + grid_cols_;
     const uint8_t* p = blob_ + kHeaderBytes + kTensorBytes * static_cast<size_t>(num_tensors_) +
@@ -175,13 +222,10 @@ class Layout {
 };
 
 inline LayerRec Layout::Layer(uint32_t k) const {
-  const size_t bands = static_cast<size_t>(grid_rows_) + grid_cols_;
-  const uint8_t* p = blob_ + kHeaderBytes +
-                     (kTensorBytes + kRangeBytes * bands) * static_cast<size_t>(num_tensors_) +
-                     kLayerBytes * static_cast<size_t>(k);
+  const uint8_t* p = LayerAt(k);
   LayerRec r;
   r.kind = p[0];
-  r.reserved = p[1];
+  r.flags = p[1];
   r.input0 = LoadU16(p + 2);
   r.input1 = LoadU16(p + 4);
   r.kernel_h = LoadU16(p + 6);

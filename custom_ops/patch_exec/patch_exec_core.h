@@ -1,8 +1,9 @@
 // Copyright 2026 The tflm-patch Authors. Licensed under the Apache License, Version 2.0.
 //
-// PATCH_EXEC portable core: validates an options blob (docs/patch_exec.md, version 1)
-// and runs a stage patch by patch. No TFLM dependency, no heap, no exceptions, no
-// float at run time, C++14 (the API is plain C so ctypes can call it).
+// PATCH_EXEC portable core: validates an options blob (docs/patch_exec.md, versions 1
+// and 2: INPUT_NCHW, STREAM pairs and CACHE_COLS halo caches) and runs a stage patch by
+// patch. No TFLM dependency, no heap, no exceptions, no float at run time, C++14 (the API
+// is plain C so ctypes can call it). Caches live in the one scratch buffer.
 #ifndef TFLM_PATCH_CUSTOM_OPS_PATCH_EXEC_PATCH_EXEC_CORE_H_
 #define TFLM_PATCH_CUSTOM_OPS_PATCH_EXEC_PATCH_EXEC_CORE_H_
 
@@ -19,14 +20,14 @@ typedef enum {
   kPatchExecOk = 0,
   kPatchExecErrTruncated = 1,     // blob shorter than its header or total_bytes
   kPatchExecErrMagic = 2,         // not "TPEX"
-  kPatchExecErrVersion = 3,       // version != 1 or header_bytes != 32
-  kPatchExecErrCounts = 4,        // T, L, n, m, num_inputs, reserved fields
-  kPatchExecErrTensor = 5,        // tensor records, slots
+  kPatchExecErrVersion = 3,       // version not 1 or 2, or header_bytes != 32
+  kPatchExecErrCounts = 4,        // T, L, n, m, num_inputs, header flags, reserved fields
+  kPatchExecErrTensor = 5,        // tensor records and flags, slots, caches (CACHE_COLS)
   kPatchExecErrRange = 6,         // range table, output tiling
-  kPatchExecErrLayer = 7,         // layer records (kind, indices, params)
+  kPatchExecErrLayer = 7,         // layer records (kind, flags, indices, params, STREAM)
   kPatchExecErrShape = 8,         // rule 6: shapes
-  kPatchExecErrHalo = 9,          // rule 7: halo containment
-  kPatchExecErrSlotOverlap = 10,  // rule 8: live slots overlap
+  kPatchExecErrHalo = 9,          // rule 7: halo containment (of the computed columns)
+  kPatchExecErrSlotOverlap = 10,  // rule 8: live slots overlap; a cache overlaps a slot/cache
   kPatchExecErrConstant = 11,     // a constant input's type/size/value is wrong
   kPatchExecErrArgument = 12,     // a null pointer or bad index passed to the API
 } PatchExecStatus;
@@ -38,7 +39,7 @@ typedef enum {
   kPatchExecConstInt32 = 2,   // bias, multipliers, shifts
 } PatchExecConstType;
 
-// Checks all 8 rules of docs/patch_exec.md in bounded time; never reads outside
+// Checks all 9 rules of docs/patch_exec.md in bounded time; never reads outside
 // [blob, blob + size). On error writes a NUL-terminated message into `message`
 // (if non-null, at most message_size bytes including the NUL).
 PatchExecStatus PatchExecValidate(const uint8_t* blob, size_t size, char* message,
@@ -50,9 +51,12 @@ uint32_t PatchExecScratchBytes(const uint8_t* validated_blob);
 
 // Header fields of a validated blob.
 uint32_t PatchExecNumInputs(const uint8_t* validated_blob);
-// Shape [1, h, w, c] of stage tensor 0 (input) or T-1 (output): which = 0 input,
-// 1 output.
+// Size h x w x c of stage tensor 0 (input) or T-1 (output): which = 0 input,
+// 1 output. The output (and the input without INPUT_NCHW) is [1, h, w, c].
 void PatchExecIoShape(const uint8_t* validated_blob, int which, int32_t* h, int32_t* w, int32_t* c);
+// 1 when the blob sets INPUT_NCHW (version 2): input 0 is [1, c, h, w] (a folded
+// TRANSPOSE) instead of [1, h, w, c]; else 0.
+int PatchExecInputNchw(const uint8_t* validated_blob);
 // What operator input `index` (1..num_inputs-1) must be: type and element count.
 // Unreferenced inputs give kPatchExecConstUnused and 0.
 PatchExecStatus PatchExecConstantSpec(const uint8_t* validated_blob, uint32_t index,
@@ -66,10 +70,10 @@ typedef const void* (*PatchExecInputFn)(void* context, uint32_t index);
 PatchExecStatus PatchExecCheckConstants(const uint8_t* validated_blob, PatchExecInputFn get_input,
                                         void* context, char* message, size_t message_size);
 
-// Runs the stage: input int8 [1,H,W,C] of tensor 0, output int8 of tensor T-1,
-// scratch of PatchExecScratchBytes() bytes (may be null when that is 0). The blob
-// must have passed PatchExecValidate and the constants PatchExecCheckConstants;
-// Run validates nothing and allocates nothing.
+// Runs the stage: input int8 [1,H,W,C] of tensor 0 ([1,C,H,W] with INPUT_NCHW), output
+// int8 [1,H,W,C] of tensor T-1, scratch of PatchExecScratchBytes() bytes (may be null
+// when that is 0). The blob must have passed PatchExecValidate and the constants
+// PatchExecCheckConstants; Run validates nothing and allocates nothing.
 PatchExecStatus PatchExecRun(const uint8_t* validated_blob, const int8_t* input,
                              PatchExecInputFn get_input, void* context, int8_t* output,
                              int8_t* scratch);

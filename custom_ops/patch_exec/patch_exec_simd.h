@@ -48,6 +48,18 @@ inline void DotRunPortable(const int8_t* xa, const int8_t* xb, const int8_t* wa,
   acc[3] += static_cast<uint32_t>(s11);
 }
 
+// acc[i] += dot(x + i * step, w) over n values (n <= 2^16), for four pixels i < 4
+// `step` bytes apart and one filter (a 1x1 convolution with one output channel).
+inline void DotRun4Portable(const int8_t* x, ptrdiff_t step, const int8_t* w, int32_t n,
+                            uint32_t* acc) {
+  int32_t s[4] = {0, 0, 0, 0};
+  for (int32_t i = 0; i < n; ++i) {
+    const int32_t wi = w[i];
+    for (int q = 0; q < 4; ++q) s[q] += x[q * step + i] * wi;
+  }
+  for (int q = 0; q < 4; ++q) acc[q] += static_cast<uint32_t>(s[q]);
+}
+
 // acc[c] += w[c] * x[c] for c < n (no input offset: interior depthwise pixels).
 inline void MacChannelsPortable(const int8_t* x, const int8_t* w, int32_t n, uint32_t* acc) {
   for (int32_t c = 0; c < n; ++c) acc[c] += static_cast<uint32_t>(w[c] * x[c]);
@@ -62,6 +74,14 @@ inline void MacChannelsOffsetPortable(const int8_t* x, const int8_t* w, int32_t 
 // acc[c] += w[c] * v for c < n (|v| <= 383: an input value plus its offset).
 inline void MacBroadcastPortable(int32_t v, const int8_t* w, int32_t n, uint32_t* acc) {
   for (int32_t c = 0; c < n; ++c) acc[c] += static_cast<uint32_t>(w[c] * v);
+}
+
+// acc[p] += w * x[p * step] for p < n (|w * x| <= 2^14: a depthwise tap of interior
+// pixels of one channel).
+inline void MacStridedPortable(const int8_t* x, size_t step, int32_t w, int32_t n, uint32_t* acc) {
+  for (int32_t p = 0; p < n; ++p) {
+    acc[p] += static_cast<uint32_t>(w * x[static_cast<size_t>(p) * step]);
+  }
 }
 
 // dst[c] = the int8 output of accumulator acc[c] (c < n): requantized with channel
@@ -141,6 +161,32 @@ inline void DotRun(const int8_t* xa, const int8_t* xb, const int8_t* wa, const i
   }
 }
 
+inline void DotRun4(const int8_t* x, ptrdiff_t step, const int8_t* w, int32_t n, uint32_t* acc) {
+  __m128i s[4] = {_mm_setzero_si128(), _mm_setzero_si128(), _mm_setzero_si128(),
+                  _mm_setzero_si128()};
+  int32_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m128i u = Load16(w + i);
+    const __m128i u_lo = Low16(u), u_hi = High16(u);
+    for (int q = 0; q < 4; ++q) {
+      const __m128i a = Load16(x + q * step + i);
+      s[q] = _mm_add_epi32(
+          s[q], _mm_add_epi32(_mm_madd_epi16(Low16(a), u_lo), _mm_madd_epi16(High16(a), u_hi)));
+    }
+  }
+  if (i + 8 <= n) {
+    const __m128i u = Low16(Load8(w + i));
+    for (int q = 0; q < 4; ++q) {
+      s[q] = _mm_add_epi32(s[q], _mm_madd_epi16(Low16(Load8(x + q * step + i)), u));
+    }
+    i += 8;
+  }
+  uint32_t sums[4];
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(sums), HorizontalSums(s[0], s[1], s[2], s[3]));
+  for (int q = 0; q < 4; ++q) acc[q] += sums[q];
+  if (i < n) DotRun4Portable(x + i, step, w + i, n - i, acc);
+}
+
 inline void MacChannels(const int8_t* x, const int8_t* w, int32_t n, uint32_t* acc) {
   int32_t c = 0;
   for (; c + 16 <= n; c += 16) {
@@ -161,6 +207,22 @@ inline void MacChannels(const int8_t* x, const int8_t* w, int32_t n, uint32_t* a
     c += 8;
   }
   if (c < n) MacChannelsPortable(x + c, w + c, n - c, acc + c);
+}
+
+// Step 1 loads exactly the 8 values it uses (never past x[n - 1]); products are exact
+// in int16.
+inline void MacStrided(const int8_t* x, size_t step, int32_t w, int32_t n, uint32_t* acc) {
+  int32_t p = 0;
+  if (step == 1) {
+    const __m128i weight = _mm_set1_epi16(static_cast<int16_t>(w));
+    for (; p + 8 <= n; p += 8) {
+      const __m128i prod = _mm_mullo_epi16(Low16(Load8(x + p)), weight);
+      __m128i* out = reinterpret_cast<__m128i*>(acc + p);
+      _mm_storeu_si128(out, _mm_add_epi32(_mm_loadu_si128(out), Low32(prod)));
+      _mm_storeu_si128(out + 1, _mm_add_epi32(_mm_loadu_si128(out + 1), High32(prod)));
+    }
+  }
+  if (p < n) MacStridedPortable(x + static_cast<size_t>(p) * step, step, w, n - p, acc + p);
 }
 
 inline void AddTo(uint32_t* acc, __m128i v) {
@@ -290,6 +352,14 @@ inline void DotRun(const int8_t* xa, const int8_t* xb, const int8_t* wa, const i
 
 inline void MacChannels(const int8_t* x, const int8_t* w, int32_t n, uint32_t* acc) {
   MacChannelsPortable(x, w, n, acc);
+}
+
+inline void MacStrided(const int8_t* x, size_t step, int32_t w, int32_t n, uint32_t* acc) {
+  MacStridedPortable(x, step, w, n, acc);
+}
+
+inline void DotRun4(const int8_t* x, ptrdiff_t step, const int8_t* w, int32_t n, uint32_t* acc) {
+  DotRun4Portable(x, step, w, n, acc);
 }
 
 #endif  // PATCH_EXEC_SSE2

@@ -1,14 +1,17 @@
 // Copyright 2026 The tflm-patch Authors. Licensed under the Apache License, Version 2.0.
 //
-// PATCH_EXEC portable core (patch_exec_core.h): the options validator (the 8 rules of
-// docs/patch_exec.md, messages like tflm_patch/patch_format.py) and the patch-by-patch
-// executor (like tflm_patch/patch_ref.run_patch_exec). One translation unit; the
-// kernels are in patch_exec_kernels.h. No heap, no exceptions, no float, no mutable
-// static state.
+// PATCH_EXEC portable core (patch_exec_core.h): the options validator (the 9 rules of
+// docs/patch_exec.md, versions 1 and 2, messages like tflm_patch/patch_format.py) and
+// the patch-by-patch executor (like tflm_patch/patch_ref.run_patch_exec: a CACHE_COLS
+// output is restored from its cache, computed over its computed columns only, then
+// saved for the next column band; no heap, row copies with memcpy). One
+// translation unit; the kernels are in patch_exec_kernels.h. No heap, no exceptions, no
+// float, no mutable static state.
 #include "patch_exec_core.h"
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <initializer_list>
 
@@ -49,11 +52,30 @@ class MessageWriter {
     if (v < 0) Put('-');
     while (n > 0) Put(digits[--n]);
   }
-  // Writes `format` with every "{}" replaced by the next argument.
+  // Lowercase hexadecimal of v >= 0, at least `width` digits (Python's "{:0<width>x}").
+  void Hex(uint64_t v, int width) {
+    char digits[16];
+    int n = 0;
+    do {
+      const int d = static_cast<int>(v & 15u);
+      digits[n++] = static_cast<char>(d < 10 ? '0' + d : 'a' + d - 10);
+      v >>= 4;
+    } while (v != 0 && n < 16);
+    for (int pad = n; pad < width; ++pad) Put('0');
+    while (n > 0) Put(digits[--n]);
+  }
+  // Writes `format` with every "{}" replaced by the next argument, and every "{:0Nx}"
+  // (N one digit) by the next integer argument in hexadecimal, at least N digits.
   void Format(const char* format, const std::initializer_list<Arg>& args) {
     const Arg* next = args.begin();
     for (const char* f = format; *f != '\0'; ++f) {
-      if (f[0] == '{' && f[1] == '}' && next != args.end()) {
+      const bool hex = f[0] == '{' && f[1] == ':' && f[2] == '0' && f[3] >= '0' && f[3] <= '9' &&
+                       f[4] == 'x' && f[5] == '}';
+      if (next != args.end() && hex) {
+        Hex(next->is_int ? static_cast<uint64_t>(next->i) : 0u, f[3] - '0');
+        ++next;
+        f += 5;
+      } else if (next != args.end() && f[0] == '{' && f[1] == '}') {
         if (next->is_int) {
           Int(next->i);
         } else {
@@ -216,6 +238,17 @@ bool NeededRange(const LayerRec& ly, int axis, Range out, int64_t n_in, int64_t*
   return *lo < *hi;
 }
 
+// The columns patch column j computes of tensor t: its range, less what the cache
+// holds (CACHE_COLS, j > 0: from max(col_lo[j], col_hi[j - 1])).
+Range ComputedCols(const Layout& L, uint32_t t, uint32_t j) {
+  Range r = L.Col(t, j);
+  if (j > 0 && L.cached(t)) {
+    const int32_t prev_hi = L.Col(t, j - 1).hi;
+    r.lo = r.lo > prev_hi ? r.lo : prev_hi;
+  }
+  return r;
+}
+
 // ------------------------------------------------------------------ validation
 
 PatchExecStatus LayerConstant(const Layout& L, uint32_t k, uint32_t index, PatchExecConstType* type,
@@ -238,9 +271,13 @@ class Validator {
   PatchExecStatus CheckReserved();
   PatchExecStatus CheckTensor(uint32_t k);
   PatchExecStatus CheckTensorSlot(uint32_t k, const TensorRec& t);
+  PatchExecStatus CheckCache(uint32_t k, const TensorRec& t);
+  PatchExecStatus CheckCacheColumns(uint32_t k);
+  PatchExecStatus CheckCacheOverlap();
   PatchExecStatus CheckTiling(bool rows);
   PatchExecStatus CheckLayer(uint32_t k);
   PatchExecStatus CheckIndices(uint32_t k, const LayerRec& ly);
+  PatchExecStatus CheckStream(uint32_t k, const LayerRec& ly);
   PatchExecStatus CheckParams(uint32_t k, const LayerRec& ly);
   PatchExecStatus CheckAddParams(uint32_t k, const LayerRec& ly);
   PatchExecStatus CheckShapes(uint32_t k, const LayerRec& ly);
@@ -267,17 +304,20 @@ PatchExecStatus Validator::CheckHeader() {
                 {blob_[0], blob_[1], blob_[2], blob_[3]});
   }
   h_ = ReadHeader(blob_);
-  if (h_.version != 1) {
+  if (h_.version != 1 && h_.version != 2) {
     return Fail(kPatchExecErrVersion,
                 "options format version {} is not supported (this build "
-                "reads version 1)",
+                "reads versions 1 and 2)",
                 {h_.version});
   }
   if (h_.header_bytes != kHeaderBytes) {
     return Fail(kPatchExecErrVersion, "header_bytes {} != {}", {h_.header_bytes, kHeaderBytes});
   }
-  if (h_.reserved0 != 0 || h_.reserved1 != 0) {
+  if (h_.reserved != 0 || (h_.version == 1 && h_.flags != 0)) {
     return Fail(kPatchExecErrCounts, "header reserved fields not 0", {});
+  }
+  if ((h_.flags & ~(kFlagInputNchw | kFlagCaches)) != 0) {
+    return Fail(kPatchExecErrCounts, "unknown header flags 0x{:04x}", {h_.flags});
   }
   if (h_.num_layers < 1 || h_.num_layers > kMaxLayers) {
     return Fail(kPatchExecErrCounts, "num_layers {} outside [1, {}]", {h_.num_layers, kMaxLayers});
@@ -290,7 +330,8 @@ PatchExecStatus Validator::CheckHeader() {
     return Fail(kPatchExecErrCounts, "grid {}x{} outside [1, {}]",
                 {h_.grid_rows, h_.grid_cols, kMaxGrid});
   }
-  const uint64_t expect = BlobSize(h_.num_layers, h_.grid_rows, h_.grid_cols);
+  const uint64_t expect =
+      BlobSize(h_.num_layers, h_.grid_rows, h_.grid_cols, (h_.flags & kFlagCaches) != 0);
   if (h_.total_bytes != expect || size_ != expect) {
     const PatchExecStatus status =
         h_.total_bytes == expect && size_ < expect ? kPatchExecErrTruncated : kPatchExecErrCounts;
@@ -310,14 +351,23 @@ PatchExecStatus Validator::CheckReserved() {
   const Layout& L = *layout_;
   for (uint32_t k = 0; k < L.num_tensors(); ++k) {
     const TensorRec t = L.Tensor(k);
-    if (t.reserved != 0) {
-      return Fail(kPatchExecErrTensor, "tensor {}: reserved field is {}", {k, t.reserved});
+    if (h_.version == 1 && t.flags != 0) {
+      return Fail(kPatchExecErrTensor, "tensor {}: reserved field is {}", {k, t.flags});
+    }
+    if ((t.flags & ~kTensorCacheCols) != 0 || (t.flags != 0 && !L.caches())) {
+      return Fail(kPatchExecErrTensor,
+                  "tensor {}: flags 0x{:04x} unknown or CACHE_COLS without the header flag "
+                  "CACHES",
+                  {k, t.flags});
     }
   }
   for (uint32_t k = 0; k < L.num_layers(); ++k) {
     const LayerRec ly = L.Layer(k);
-    if (ly.reserved != 0) {
-      return Fail(kPatchExecErrLayer, "layer {}: reserved byte is {}", {k, ly.reserved});
+    if (h_.version == 1 && ly.flags != 0) {
+      return Fail(kPatchExecErrLayer, "layer {}: reserved byte is {}", {k, ly.flags});
+    }
+    if ((ly.flags & ~kLayerStream) != 0) {
+      return Fail(kPatchExecErrLayer, "layer {}: unknown flags 0x{:02x}", {k, ly.flags});
     }
   }
   return kPatchExecOk;
@@ -341,13 +391,72 @@ PatchExecStatus Validator::CheckTensor(uint32_t k) {
       }
     }
   }
-  return CheckTensorSlot(k, t);
+  const PatchExecStatus s = CheckCache(k, t);
+  return s != kPatchExecOk ? s : CheckTensorSlot(k, t);
+}
+
+// Rule 9 for CACHE_COLS and the cache table record of tensor k. O(n + m).
+PatchExecStatus Validator::CheckCache(uint32_t k, const TensorRec& t) {
+  const Layout& L = *layout_;
+  const CacheRec c = L.caches() ? L.Cache(k) : CacheRec{kExternal, 0};
+  if ((t.flags & kTensorCacheCols) == 0) {
+    if (c.offset != kExternal || c.bytes != 0) {
+      return Fail(kPatchExecErrTensor, "tensor {}: has a cache but not the flag CACHE_COLS", {k});
+    }
+    return kPatchExecOk;
+  }
+  const bool streamed = k > 0 && k <= L.num_layers() && L.stream(k - 1);
+  if (k == 0 || k + 1 >= L.num_tensors() || streamed) {
+    return Fail(kPatchExecErrTensor,
+                "tensor {}: CACHE_COLS only on an intermediate tensor that is not the output "
+                "of a STREAM layer",
+                {k});
+  }
+  PatchExecStatus s = CheckCacheColumns(k);
+  if (s != kPatchExecOk) return s;
+  if (c.offset == kExternal || static_cast<uint64_t>(c.offset) + c.bytes > h_.scratch_bytes) {
+    return Fail(kPatchExecErrTensor, "tensor {}: cache [{}, +{}) is outside the {}-byte scratch",
+                {k, c.offset, c.bytes, h_.scratch_bytes});
+  }
+  int64_t rows = 0;
+  int64_t overlap = 0;
+  for (uint32_t i = 0; i < L.grid_rows(); ++i) rows = Max64(rows, L.Row(k, i).size());
+  for (uint32_t j = 1; j < L.grid_cols(); ++j) {
+    overlap = Max64(overlap, L.Col(k, j - 1).hi - L.Col(k, j).lo);
+  }
+  const int64_t need = rows * overlap * t.channels;
+  if (static_cast<int64_t>(c.bytes) < need) {
+    return Fail(kPatchExecErrTensor, "tensor {}: cache of {} bytes < the widest overlap {}",
+                {k, c.bytes, need});
+  }
+  return kPatchExecOk;
+}
+
+// CACHE_COLS: every column range of tensor k non-empty, lo and hi nondecreasing.
+PatchExecStatus Validator::CheckCacheColumns(uint32_t k) {
+  const Layout& L = *layout_;
+  for (uint32_t j = 0; j < L.grid_cols(); ++j) {
+    if (L.Col(k, j).empty()) {
+      return Fail(kPatchExecErrTensor, "tensor {}: CACHE_COLS needs every column range non-empty",
+                  {k});
+    }
+  }
+  for (uint32_t j = 1; j < L.grid_cols(); ++j) {
+    const Range prev = L.Col(k, j - 1);
+    const Range cur = L.Col(k, j);
+    if (cur.lo < prev.lo || cur.hi < prev.hi) {
+      return Fail(kPatchExecErrTensor,
+                  "tensor {}: CACHE_COLS needs column ranges moving right (band {} [{}, {}) "
+                  "after [{}, {}))",
+                  {k, j, cur.lo, cur.hi, prev.lo, prev.hi});
+    }
+  }
+  return kPatchExecOk;
 }
 
 PatchExecStatus Validator::CheckTensorSlot(uint32_t k, const TensorRec& t) {
   const Layout& L = *layout_;
-  const uint32_t last = L.num_tensors() - 1;
-  if (k == 0 || k == last) {
+  if (!L.has_slot(k)) {
     if (t.slot_offset != kExternal || t.slot_bytes != 0) {
       return Fail(kPatchExecErrTensor, "tensor {} is the stage {}: it has no scratch slot",
                   {k, k == 0 ? "input" : "output"});
@@ -363,7 +472,9 @@ PatchExecStatus Validator::CheckTensorSlot(uint32_t k, const TensorRec& t) {
   int64_t cols = 0;
   for (uint32_t i = 0; i < L.grid_rows(); ++i) rows = Max64(rows, L.Row(k, i).size());
   for (uint32_t j = 0; j < L.grid_cols(); ++j) cols = Max64(cols, L.Col(k, j).size());
-  const int64_t largest = rows * cols * t.channels;
+  // the output of a STREAM layer holds one channel at a time
+  const bool streamed = k > 0 && L.stream(k - 1);
+  const int64_t largest = rows * cols * (streamed ? 1 : t.channels);
   if (static_cast<int64_t>(t.slot_bytes) < largest) {
     return Fail(kPatchExecErrTensor, "tensor {}: slot of {} bytes < the largest patch {}",
                 {k, t.slot_bytes, largest});
@@ -554,7 +665,7 @@ PatchExecStatus Validator::CheckHalo(uint32_t k, const LayerRec& ly) {
     for (int axis = 0; axis < 2; ++axis) {
       const uint32_t bands = axis == 0 ? L.grid_rows() : L.grid_cols();
       for (uint32_t b = 0; b < bands; ++b) {
-        const Range out = axis == 0 ? L.Row(k + 1, b) : L.Col(k + 1, b);
+        const Range out = axis == 0 ? L.Row(k + 1, b) : ComputedCols(L, k + 1, b);
         const Range kept = axis == 0 ? L.Row(t, b) : L.Col(t, b);
         int64_t lo = 0;
         int64_t hi = 0;
@@ -577,12 +688,41 @@ PatchExecStatus Validator::CheckLayer(uint32_t k) {
     return Fail(kPatchExecErrLayer, "layer {}: unknown kind {}", {k, ly.kind});
   }
   PatchExecStatus s = CheckIndices(k, ly);
+  if (s == kPatchExecOk && (ly.flags & kLayerStream) != 0) s = CheckStream(k, ly);
   if (s == kPatchExecOk) s = CheckParams(k, ly);
   if (s == kPatchExecOk) s = CheckShapes(k, ly);
   if (s == kPatchExecOk) s = CheckHalo(k, ly);
   return s;
 }
 
+// Rule 9: a STREAM layer k is a CONV_2D whose output only the next layer reads, a
+// DEPTHWISE_CONV_2D with depth multiplier 1. O(L).
+PatchExecStatus Validator::CheckStream(uint32_t k, const LayerRec& ly) {
+  const Layout& L = *layout_;
+  bool paired = ly.kind == kConv && k + 1 < L.num_layers();
+  if (paired) {
+    const LayerRec next = L.Layer(k + 1);
+    paired = next.kind == kDepthwise && next.depth_multiplier == 1 && next.input0 == k + 1;
+  }
+  if (!paired) {
+    return Fail(kPatchExecErrLayer,
+                "layer {} ({}): STREAM needs a CONV_2D followed by the "
+                "DEPTHWISE_CONV_2D (depth multiplier 1) that reads its output",
+                {k, KindName(ly.kind)});
+  }
+  for (uint32_t j = 0; j < L.num_layers(); ++j) {
+    const LayerRec other = L.Layer(j);
+    if (j != k + 1 && (other.input0 == k + 1 || other.input1 == k + 1)) {
+      return Fail(kPatchExecErrLayer,
+                  "layer {} ({}): STREAM output tensor {} is also read by layer {}",
+                  {k, KindName(ly.kind), k + 1, j});
+    }
+  }
+  return kPatchExecOk;
+}
+
+// Rule 8. Tensor t lives from layer t - 1 (tensor 0: before layer 0) to its last
+// reader; a STREAM layer k reads its inputs until layer k + 1.
 PatchExecStatus Validator::CheckSlots() {
   const Layout& L = *layout_;
   const uint32_t num_t = L.num_tensors();
@@ -590,10 +730,11 @@ PatchExecStatus Validator::CheckSlots() {
   for (uint32_t t = 0; t < num_t; ++t) last_use[t] = static_cast<int16_t>(t) - 1;
   for (uint32_t k = 0; k < L.num_layers(); ++k) {
     const LayerRec ly = L.Layer(k);
-    last_use[ly.input0] = static_cast<int16_t>(k);  // k >= every earlier use
-    if (ly.input1 != kNone) last_use[ly.input1] = static_cast<int16_t>(k);
+    const int16_t until = static_cast<int16_t>((ly.flags & kLayerStream) != 0 ? k + 1 : k);
+    if (last_use[ly.input0] < until) last_use[ly.input0] = until;
+    if (ly.input1 != kNone && last_use[ly.input1] < until) last_use[ly.input1] = until;
   }
-  for (uint32_t a = 1; a + 1 < num_t; ++a) {
+  for (uint32_t a = L.has_slot(0) ? 0 : 1; a + 1 < num_t; ++a) {
     const TensorRec ta = L.Tensor(a);
     for (uint32_t b = a + 1; b + 1 < num_t; ++b) {
       if (last_use[a] < static_cast<int32_t>(b) - 1) continue;  // a dies before b is made
@@ -605,6 +746,35 @@ PatchExecStatus Validator::CheckSlots() {
                     "tensors {} and {} are live together but their "
                     "scratch slots overlap",
                     {a, b});
+      }
+    }
+  }
+  return kPatchExecOk;
+}
+
+// Rule 9: caches live for the whole run; a cache overlaps no slot and no other cache
+// (zero-size regions overlap nothing). Reported like patch_format: per cached tensor,
+// the slots first, then the caches, in tensor order. O(T^2).
+PatchExecStatus Validator::CheckCacheOverlap() {
+  const Layout& L = *layout_;
+  const uint32_t num_t = L.num_tensors();
+  for (uint32_t k = 0; k < num_t; ++k) {
+    if (!L.cached(k)) continue;
+    const CacheRec c = L.Cache(k);
+    if (c.bytes == 0) continue;
+    const uint64_t c0 = c.offset, c1 = c0 + c.bytes;
+    for (uint32_t pass = 0; pass < 2; ++pass) {
+      for (uint32_t o = 0; o < num_t; ++o) {
+        const bool slot = pass == 0;
+        if (slot ? !L.has_slot(o) : (o == k || !L.cached(o))) continue;
+        const TensorRec t = L.Tensor(o);
+        const uint64_t o0 = slot ? t.slot_offset : L.Cache(o).offset;
+        const uint64_t o1 = o0 + (slot ? t.slot_bytes : L.Cache(o).bytes);
+        if (o1 > o0 && o0 < c1 && c0 < o1) {
+          return Fail(kPatchExecErrSlotOverlap,
+                      "the cache of tensor {} overlaps the {} of tensor {}",
+                      {k, slot ? "slot" : "cache", o});
+        }
       }
     }
   }
@@ -629,6 +799,7 @@ PatchExecStatus Validator::Run() {
   if (s == kPatchExecOk) s = CheckTiling(false);
   for (uint32_t k = 0; k < layout.num_layers() && s == kPatchExecOk; ++k) s = CheckLayer(k);
   if (s == kPatchExecOk) s = CheckSlots();
+  if (s == kPatchExecOk && layout.caches()) s = CheckCacheOverlap();
   if (s == kPatchExecOk) s = CheckConstantUses();
   return s;
 }
@@ -705,7 +876,7 @@ InView MakeInView(const Runner& r, uint32_t t, uint32_t i, uint32_t j) {
   v.height = rec.height;
   v.width = rec.width;
   v.channels = rec.channels;
-  if (t == 0) {  // read in place from input 0
+  if (t == 0 && !r.layout->input_nchw()) {  // read in place from input 0
     v.data = r.input;
     v.r0 = 0;
     v.c0 = 0;
@@ -727,6 +898,7 @@ OutView MakeOutView(const Runner& r, uint32_t t, uint32_t i, uint32_t j) {
   v.rows = r.layout->Row(t, i);
   v.cols = r.layout->Col(t, j);
   v.channels = rec.channels;
+  v.pixel_stride = rec.channels;
   if (t + 1 == r.layout->num_tensors()) {  // written in place into output 0
     v.row_stride = static_cast<ptrdiff_t>(rec.width) * rec.channels;
     v.data = r.output + v.rows.lo * v.row_stride + static_cast<ptrdiff_t>(v.cols.lo) * rec.channels;
@@ -737,20 +909,49 @@ OutView MakeOutView(const Runner& r, uint32_t t, uint32_t i, uint32_t j) {
   return v;
 }
 
+// INPUT_NCHW: rows row[0][i] x columns col[0][j] of the [1, C, H, W] input into tensor
+// 0's slot as dense [rows][cols][C], at the start of patch (i, j).
+void GatherInput(const Runner& r, uint32_t i, uint32_t j) {
+  const TensorRec rec = r.layout->Tensor(0);
+  const Range rows = r.layout->Row(0, i);
+  const Range cols = r.layout->Col(0, j);
+  if (rows.empty() || cols.empty()) return;
+  const size_t channels = static_cast<size_t>(rec.channels);
+  const size_t width = static_cast<size_t>(cols.size());
+  const size_t plane = static_cast<size_t>(rec.height) * static_cast<size_t>(rec.width);
+  int8_t* dst = r.scratch + rec.slot_offset;
+  for (int32_t y = rows.lo; y < rows.hi; ++y) {
+    const int8_t* src = r.input + static_cast<size_t>(y) * static_cast<size_t>(rec.width) +
+                        static_cast<size_t>(cols.lo);
+    for (size_t c = 0; c < channels; ++c) {
+      const int8_t* s = src + c * plane;
+      int8_t* d = dst + c;
+      for (size_t x = 0; x < width; ++x) d[x * channels] = s[x];
+    }
+    dst += width * channels;
+  }
+}
+
+// The window, parameters and constants of a convolution layer (in and out unset).
+PatchExecStatus MakeConvArgs(const Runner& r, const LayerRec& ly, ConvArgs* a) {
+  a->g = MakeWindow(ly);
+  a->input_offset = ly.p[0];
+  a->os = MakeOutputStage(ly.p[1], ly.p[2], ly.p[3]);
+  a->weights = static_cast<const int8_t*>(r.get_input(r.context, ly.weights));
+  a->bias =
+      ly.bias == kNone ? nullptr : static_cast<const int32_t*>(r.get_input(r.context, ly.bias));
+  a->multipliers = static_cast<const int32_t*>(r.get_input(r.context, ly.multipliers));
+  a->shifts = static_cast<const int32_t*>(r.get_input(r.context, ly.shifts));
+  const bool missing = a->weights == nullptr || a->multipliers == nullptr || a->shifts == nullptr ||
+                       (ly.bias != kNone && a->bias == nullptr);
+  return missing ? kPatchExecErrConstant : kPatchExecOk;
+}
+
 PatchExecStatus RunConv(const Runner& r, const LayerRec& ly, const InView& in, const OutView& out) {
   ConvArgs a;
-  a.g = MakeWindow(ly);
-  a.input_offset = ly.p[0];
-  a.os = MakeOutputStage(ly.p[1], ly.p[2], ly.p[3]);
-  a.weights = static_cast<const int8_t*>(r.get_input(r.context, ly.weights));
-  a.bias =
-      ly.bias == kNone ? nullptr : static_cast<const int32_t*>(r.get_input(r.context, ly.bias));
-  a.multipliers = static_cast<const int32_t*>(r.get_input(r.context, ly.multipliers));
-  a.shifts = static_cast<const int32_t*>(r.get_input(r.context, ly.shifts));
-  if (a.weights == nullptr || a.multipliers == nullptr || a.shifts == nullptr ||
-      (ly.bias != kNone && a.bias == nullptr)) {
-    return kPatchExecErrConstant;
-  }
+  const PatchExecStatus s = MakeConvArgs(r, ly, &a);
+  if (s != kPatchExecOk) return s;
+  a.tap_stride = static_cast<size_t>(out.channels);
   a.in = in;
   a.out = out;
   if (ly.kind == kConv) {
@@ -761,9 +962,69 @@ PatchExecStatus RunConv(const Runner& r, const LayerRec& ly, const InView& in, c
   return kPatchExecOk;
 }
 
+PatchExecStatus ComputeLayer(const Runner& r, uint32_t k, uint32_t i, uint32_t j,
+                             const OutView& out);
+
+// ------------------------------------------------------------------ halo caches
+
+// CACHE_COLS: copies `count` columns from column `at` of the slot view `slot` (dense
+// [rows][cols][C]) to the cache (dense [rows][count][C]), or back with `restore`.
+void CopyCacheColumns(const Runner& r, uint32_t t, const OutView& slot, int32_t at, int32_t count,
+                      bool restore) {
+  const size_t width = static_cast<size_t>(count) * static_cast<size_t>(slot.channels);
+  int8_t* cache = r.scratch + r.layout->Cache(t).offset;
+  int8_t* row = slot.data + static_cast<ptrdiff_t>(at - slot.cols.lo) * slot.pixel_stride;
+  for (int32_t y = slot.rows.lo; y < slot.rows.hi; ++y) {
+    if (restore) {
+      memcpy(row, cache, width);
+    } else {
+      memcpy(cache, row, width);
+    }
+    row += slot.row_stride;
+    cache += width;
+  }
+}
+
+// Before tensor t of patch (i, j) is computed into `slot` (its whole range): restores
+// the columns patch (i, j - 1) left in the cache and returns the view of the columns
+// still to compute (empty when the cache held them all). Without CACHE_COLS: `slot`.
+OutView RestoreCache(const Runner& r, uint32_t t, uint32_t j, const OutView& slot) {
+  if (j == 0 || !r.layout->cached(t)) return slot;
+  const int32_t prev_hi = r.layout->Col(t, j - 1).hi;  // validated: <= slot.cols.hi
+  if (prev_hi <= slot.cols.lo) return slot;
+  CopyCacheColumns(r, t, slot, slot.cols.lo, prev_hi - slot.cols.lo, true);
+  OutView comp = slot;
+  comp.data += static_cast<ptrdiff_t>(prev_hi - slot.cols.lo) * slot.pixel_stride;
+  comp.cols.lo = prev_hi;
+  return comp;
+}
+
+// After tensor t of patch (i, j) is in `slot`: saves the columns patch (i, j + 1)
+// shares with it, [col_lo[t][j + 1], col_hi[t][j]), into the cache.
+void SaveCache(const Runner& r, uint32_t t, uint32_t j, const OutView& slot) {
+  if (j + 1 >= r.layout->grid_cols() || !r.layout->cached(t)) return;
+  const int32_t next_lo = r.layout->Col(t, j + 1).lo;  // validated: >= slot.cols.lo
+  if (next_lo >= slot.cols.hi) return;
+  CopyCacheColumns(r, t, slot, next_lo, slot.cols.hi - next_lo, false);
+}
+
+// ------------------------------------------------------------------ layers
+
+// Layer k of patch (i, j) over its output range; with CACHE_COLS on the output, restore,
+// compute the computed columns only, save.
 PatchExecStatus RunLayer(const Runner& r, uint32_t k, uint32_t i, uint32_t j) {
-  const OutView out = MakeOutView(r, k + 1, i, j);
-  if (out.rows.empty() || out.cols.empty()) return kPatchExecOk;  // not needed by this patch
+  const OutView slot = MakeOutView(r, k + 1, i, j);
+  if (slot.rows.empty() || slot.cols.empty()) return kPatchExecOk;  // not needed by this patch
+  const OutView out = RestoreCache(r, k + 1, j, slot);
+  PatchExecStatus s = kPatchExecOk;
+  if (!out.cols.empty()) s = ComputeLayer(r, k, i, j, out);
+  if (s == kPatchExecOk) SaveCache(r, k + 1, j, slot);
+  return s;
+}
+
+// Layer k of patch (i, j) into `out` (its output range or the computed part of it).
+PatchExecStatus ComputeLayer(const Runner& r, uint32_t k, uint32_t i, uint32_t j,
+                             const OutView& out) {
   const LayerRec ly = r.layout->Layer(k);
   const InView in = MakeInView(r, ly.input0, i, j);
   switch (ly.kind) {
@@ -790,6 +1051,80 @@ PatchExecStatus RunLayer(const Runner& r, uint32_t k, uint32_t i, uint32_t j) {
     default:
       return kPatchExecErrLayer;  // unreachable for a validated blob
   }
+}
+
+// Channel c of a convolution alone: its filter (`filter` weights apart), bias,
+// multiplier and shift; one output channel.
+ConvArgs ChannelOf(ConvArgs a, int32_t c, size_t filter) {
+  a.weights += static_cast<size_t>(c) * filter;
+  if (a.bias != nullptr) a.bias += c;
+  a.multipliers += c;
+  a.shifts += c;
+  a.out.channels = 1;
+  return a;
+}
+
+PatchExecStatus ComputeStreamPair(const Runner& r, uint32_t k, uint32_t i, uint32_t j,
+                                  const OutView& out);
+
+// The STREAM pair of layers k (CONV_2D) and k + 1 (DEPTHWISE_CONV_2D, depth multiplier
+// 1) over patch (i, j), channel by channel: channel c of tensor k + 1 into its slot,
+// which holds one channel ([rows][cols]), then channel c of tensor k + 2 from it.
+// With CACHE_COLS on tensor k + 2: restore, the pair over the computed columns only
+// (nothing when the cache held them all), save.
+PatchExecStatus RunStreamPair(const Runner& r, uint32_t k, uint32_t i, uint32_t j) {
+  const OutView slot = MakeOutView(r, k + 2, i, j);
+  if (slot.rows.empty() || slot.cols.empty()) return kPatchExecOk;  // not needed by this patch
+  const OutView out = RestoreCache(r, k + 2, j, slot);
+  PatchExecStatus s = kPatchExecOk;
+  if (!out.cols.empty()) s = ComputeStreamPair(r, k, i, j, out);
+  if (s == kPatchExecOk) SaveCache(r, k + 2, j, slot);
+  return s;
+}
+
+// The pair into `out` (the range of tensor k + 2 or the computed part of it).
+PatchExecStatus ComputeStreamPair(const Runner& r, uint32_t k, uint32_t i, uint32_t j,
+                                  const OutView& out) {
+  const LayerRec ly = r.layout->Layer(k);
+  ConvArgs conv;
+  ConvArgs dw;
+  PatchExecStatus s = MakeConvArgs(r, ly, &conv);
+  if (s == kPatchExecOk) s = MakeConvArgs(r, r.layout->Layer(k + 1), &dw);
+  if (s != kPatchExecOk) return s;
+  conv.in = MakeInView(r, ly.input0, i, j);
+  conv.out = MakeOutView(r, k + 1, i, j);
+  conv.out.row_stride = conv.out.cols.size();  // one channel
+  conv.out.pixel_stride = 1;
+  conv.tap_stride = 1;
+  dw.in = MakeInView(r, k + 1, i, j);
+  dw.in.row_stride = conv.out.row_stride;
+  dw.in.channels = 1;
+  dw.out = out;  // channel c: pixels stay out.channels apart
+  dw.tap_stride = static_cast<size_t>(out.channels);
+  // An empty range of tensor k + 1 with a non-empty one of k + 2 means that the
+  // depthwise windows read only padding (validation rule 7): nothing to compute first.
+  const bool mid = !conv.out.rows.empty() && !conv.out.cols.empty();
+  const size_t filter = static_cast<size_t>(conv.g.kh) * static_cast<size_t>(conv.g.kw) *
+                        static_cast<size_t>(conv.in.channels);
+  for (int32_t c = 0; c < out.channels; ++c) {
+    if (mid) ConvOneChannel(ChannelOf(conv, c, filter));
+    ConvArgs d = ChannelOf(dw, c, 1);
+    d.out.data += c;
+    DepthwiseOneChannel(d);
+  }
+  return kPatchExecOk;
+}
+
+PatchExecStatus RunPatch(const Runner& r, uint32_t i, uint32_t j) {
+  if (r.layout->input_nchw()) GatherInput(r, i, j);
+  uint32_t k = 0;
+  while (k < r.layout->num_layers()) {
+    const bool stream = r.layout->stream(k);  // validated: layer k + 1 exists
+    const PatchExecStatus s = stream ? RunStreamPair(r, k, i, j) : RunLayer(r, k, i, j);
+    if (s != kPatchExecOk) return s;
+    k += stream ? 2u : 1u;
+  }
+  return kPatchExecOk;
 }
 
 struct ArrayInputs {
@@ -835,6 +1170,10 @@ void PatchExecIoShape(const uint8_t* validated_blob, int which, int32_t* h, int3
   if (h != nullptr) *h = t.height;
   if (w != nullptr) *w = t.width;
   if (c != nullptr) *c = t.channels;
+}
+
+int PatchExecInputNchw(const uint8_t* validated_blob) {
+  return Layout(validated_blob).input_nchw() ? 1 : 0;
 }
 
 PatchExecStatus PatchExecConstantSpec(const uint8_t* validated_blob, uint32_t index,
@@ -916,10 +1255,8 @@ PatchExecStatus PatchExecRun(const uint8_t* validated_blob, const int8_t* input,
   const patch_exec::Runner r = {&layout, input, output, scratch, get_input, context};
   for (uint32_t i = 0; i < layout.grid_rows(); ++i) {
     for (uint32_t j = 0; j < layout.grid_cols(); ++j) {
-      for (uint32_t k = 0; k < layout.num_layers(); ++k) {
-        const PatchExecStatus s = patch_exec::RunLayer(r, k, i, j);
-        if (s != kPatchExecOk) return s;
-      }
+      const PatchExecStatus s = patch_exec::RunPatch(r, i, j);
+      if (s != kPatchExecOk) return s;
     }
   }
   return kPatchExecOk;

@@ -9,10 +9,12 @@
 // taps of an output pixel are clipped to the image once (interior pixels have no
 // per-tap test). Convolutions of interior pixels compute raw int8 dot products and
 // fold the input offset into the bias (offset * sum of the channel's weights), two
-// output pixels x two output channels at a time. Sums wrap modulo 2^32 in uint32
+// output pixels x two output channels at a time. A STREAM pair (version 2) runs one
+// channel at a time: its kernels (ConvOneChannel, DepthwiseOneChannel) accumulate up to
+// kChunk pixels of a row and requantize them together. Sums wrap modulo 2^32 in uint32
 // exactly like TFLM's int32 accumulator (no signed overflow, hence no UB, for any
 // blob that passed validation). Stack: under 1 KB (ChunkQuant plus two accumulator
-// arrays of kChunk = 16 channels).
+// arrays of kChunk = 16 channels or pixels).
 //
 // Reads stay inside the range the options keep of each input (validation rule 7):
 // a kernel only forms pointers to in-image taps, and in-image taps of the patch
@@ -48,15 +50,18 @@ struct InView {
   }
 };
 
-// The patch of a layer's output tensor to compute: rows x cols x channels.
+// The patch of a layer's output tensor to compute: rows x cols x channels, pixels
+// pixel_stride bytes apart (= channels, except for one channel of a wider tensor, which
+// a STREAM pair writes; PAD and ADD write dense views only).
 struct OutView {
   int8_t* data;  // element (rows.lo, cols.lo, 0)
   ptrdiff_t row_stride;
+  ptrdiff_t pixel_stride;
   Range rows;
   Range cols;
   int32_t channels;
   int8_t* Pixel(int32_t y, int32_t x) const {
-    return data + (y - rows.lo) * row_stride + static_cast<ptrdiff_t>(x - cols.lo) * channels;
+    return data + (y - rows.lo) * row_stride + static_cast<ptrdiff_t>(x - cols.lo) * pixel_stride;
   }
 };
 
@@ -89,6 +94,7 @@ struct ConvArgs {
   int32_t input_offset;
   OutputStage os;
   const int8_t* weights;
+  size_t tap_stride;    // depthwise: weights between two taps of a channel (the layer's Cout)
   const int32_t* bias;  // may be null (no bias)
   const int32_t* multipliers;
   const int32_t* shifts;
@@ -197,7 +203,7 @@ inline void ConvInterior(const ConvArgs& a, int32_t oy, int32_t ox, int32_t oc0,
   }
   int8_t* da = a.out.Pixel(oy, ox) + oc0;
   RequantizeChannels(acc_a, q, cn, a.os, da);
-  if (NX == 2) RequantizeChannels(acc_b, q, cn, a.os, da + a.out.channels);
+  if (NX == 2) RequantizeChannels(acc_b, q, cn, a.os, da + a.out.pixel_stride);
 }
 
 // sum of w * (x + offset) over n values (any n), modulo 2^32.
@@ -215,6 +221,27 @@ inline uint32_t OffsetDot(const int8_t* x, const int8_t* w, size_t n, int32_t of
   return total;
 }
 
+// sum of w * (x + offset) over the in-image taps ty x tx of the window whose first tap
+// is at (iy0, ix0), for one filter w [KH][KW][Cin], modulo 2^32.
+inline uint32_t BorderSum(const ConvArgs& a, const int8_t* w, int32_t iy0, int32_t ix0,
+                          const TapRange& ty, const TapRange& tx) {
+  const Window& g = a.g;
+  const size_t cin = static_cast<size_t>(a.in.channels);
+  const bool contiguous = g.dw == 1;
+  const size_t run = contiguous ? static_cast<size_t>(tx.end - tx.begin) * cin : cin;
+  uint32_t sum = 0;
+  for (int32_t fy = ty.begin; fy < ty.end; ++fy) {
+    const int32_t iy = iy0 + fy * g.dh;
+    for (int32_t fx = tx.begin; fx < tx.end; fx = contiguous ? tx.end : fx + 1) {
+      const int8_t* x = a.in.At(iy, ix0 + fx * g.dw);
+      const size_t tap =
+          static_cast<size_t>(fy) * static_cast<size_t>(g.kw) + static_cast<size_t>(fx);
+      sum += OffsetDot(x, w + tap * cin, run, a.input_offset);
+    }
+  }
+  return sum;
+}
+
 // A pixel whose window is partly outside the image: only its in-image taps.
 inline void ConvBorder(const ConvArgs& a, int32_t oy, int32_t ox, int32_t oc0, int32_t cn,
                        const ChunkQuant& q) {
@@ -223,23 +250,12 @@ inline void ConvBorder(const ConvArgs& a, int32_t oy, int32_t ox, int32_t oc0, i
   const int32_t ix0 = ox * g.sw - g.pad_left;
   const TapRange ty = InImageTaps(iy0, g.kh, g.dh, a.in.height);
   const TapRange tx = InImageTaps(ix0, g.kw, g.dw, a.in.width);
-  const size_t cin = static_cast<size_t>(a.in.channels);
-  const size_t fsize = static_cast<size_t>(g.kh) * static_cast<size_t>(g.kw) * cin;
-  const bool contiguous = g.dw == 1;
-  const size_t run = contiguous ? static_cast<size_t>(tx.end - tx.begin) * cin : cin;
+  const size_t fsize =
+      static_cast<size_t>(g.kh) * static_cast<size_t>(g.kw) * static_cast<size_t>(a.in.channels);
   uint32_t acc[kChunk];
   for (int32_t c = 0; c < cn; ++c) {
     const int8_t* w = a.weights + static_cast<size_t>(oc0 + c) * fsize;
-    acc[c] = q.bias[c];
-    for (int32_t fy = ty.begin; fy < ty.end; ++fy) {
-      const int32_t iy = iy0 + fy * g.dh;
-      for (int32_t fx = tx.begin; fx < tx.end; fx = contiguous ? tx.end : fx + 1) {
-        const int8_t* x = a.in.At(iy, ix0 + fx * g.dw);
-        const size_t tap =
-            static_cast<size_t>(fy) * static_cast<size_t>(g.kw) + static_cast<size_t>(fx);
-        acc[c] += OffsetDot(x, w + tap * cin, run, a.input_offset);
-      }
-    }
+    acc[c] = q.bias[c] + BorderSum(a, w, iy0, ix0, ty, tx);
   }
   RequantizeChannels(acc, q, cn, a.os, a.out.Pixel(oy, ox) + oc0);
 }
@@ -330,7 +346,6 @@ inline void DepthwisePixel(const ConvArgs& a, int32_t dm, int32_t oy, int32_t ox
   const TapRange tx = InImageTaps(ix0, g.kw, g.dw, a.in.width);
   const bool full = FullTaps(ty, g.kh) && FullTaps(tx, g.kw);
   const int32_t offset = full ? 0 : a.input_offset;
-  const size_t cout = static_cast<size_t>(a.out.channels);
   uint32_t acc[kChunk];
   for (int32_t c = 0; c < cn; ++c) acc[c] = full ? q.bias_full[c] : q.bias[c];
   const ptrdiff_t step = static_cast<ptrdiff_t>(g.dw) * a.in.channels;
@@ -338,7 +353,7 @@ inline void DepthwisePixel(const ConvArgs& a, int32_t dm, int32_t oy, int32_t ox
     const int8_t* x = a.in.At(iy0 + fy * g.dh, ix0 + tx.begin * g.dw);
     const size_t row_taps = static_cast<size_t>(fy) * static_cast<size_t>(g.kw);
     for (int32_t fx = tx.begin; fx < tx.end; ++fx) {
-      const int8_t* w = a.weights + (row_taps + static_cast<size_t>(fx)) * cout + oc0;
+      const int8_t* w = a.weights + (row_taps + static_cast<size_t>(fx)) * a.tap_stride + oc0;
       DepthwiseTap(x, w, oc0, cn, dm, offset, acc);
       if (fx + 1 < tx.end) x += step;
     }
@@ -347,15 +362,15 @@ inline void DepthwisePixel(const ConvArgs& a, int32_t dm, int32_t oy, int32_t ox
 }
 
 // reference_integer_ops::DepthwiseConvPerChannel over the output patch (weights
-// [1][KH][KW][Cout], output channel c reads input channel c / depth_multiplier).
+// [1][KH][KW][Cout], tap t of channel c at t * tap_stride + c; output channel c reads
+// input channel c / depth_multiplier).
 inline void DepthwiseConvPerChannel(const ConvArgs& a, int32_t dm) {
   const int32_t cout = a.out.channels;
   const size_t taps = static_cast<size_t>(a.g.kh) * static_cast<size_t>(a.g.kw);
-  const auto weight_sum = [&a, taps, cout](int32_t oc) {
+  const auto weight_sum = [&a, taps](int32_t oc) {
     uint32_t sum = 0;
     for (size_t t = 0; t < taps; ++t) {
-      sum +=
-          static_cast<uint32_t>(a.weights[t * static_cast<size_t>(cout) + static_cast<size_t>(oc)]);
+      sum += static_cast<uint32_t>(a.weights[t * a.tap_stride + static_cast<size_t>(oc)]);
     }
     return sum;
   };
@@ -367,6 +382,198 @@ inline void DepthwiseConvPerChannel(const ConvArgs& a, int32_t dm) {
       for (int32_t ox = a.out.cols.lo; ox < a.out.cols.hi; ++ox) {
         DepthwisePixel(a, dm, oy, ox, oc0, cn, q);
       }
+    }
+  }
+}
+
+// ------------------------------------------------------------------ one channel (STREAM)
+
+// A STREAM pair computes one output channel at a time (ConvArgs offset to the channel:
+// weights, bias, multiplier and shift of channel 0 are the channel's). Up to kChunk
+// pixels of a row are accumulated, then requantized together with the channel's
+// parameters in every lane, and stored out.pixel_stride bytes apart.
+
+// The channel's parameters in all kChunk lanes; weight_sum: the sum of its weights.
+inline void SetChannelLanes(const ConvArgs& a, uint32_t weight_sum, ChunkQuant* q) {
+  const uint32_t bias = a.bias != nullptr ? static_cast<uint32_t>(a.bias[0]) : 0u;
+  const uint32_t folded = static_cast<uint32_t>(a.input_offset) * weight_sum;
+  for (int32_t c = 0; c < kChunk; ++c) {
+    SetChannelQuant(q, c, a.multipliers[0], a.shifts[0], bias, bias + folded);
+  }
+}
+
+// Output columns [lo, hi) whose window lies inside the input's width (interior).
+inline Range InteriorCols(const Window& g, int32_t in_width) {
+  const int64_t lo = CeilDiv(g.pad_left, g.sw);
+  const int64_t last =
+      static_cast<int64_t>(in_width) - 1 - static_cast<int64_t>(g.kw - 1) * g.dw + g.pad_left;
+  const int64_t hi = last < 0 ? lo : FloorDiv(last, g.sw) + 1;
+  Range r;
+  r.lo = static_cast<int32_t>(lo);
+  r.hi = static_cast<int32_t>(hi > lo ? hi : lo);
+  return r;
+}
+
+// The interior pixels [lo, hi) among pixels ox0 .. ox0 + n - 1 of row oy (none when
+// the row's window is partly outside the input's height).
+inline Range InteriorChunk(const ConvArgs& a, Range interior, int32_t oy, int32_t ox0, int32_t n) {
+  Range r;
+  r.lo = n;
+  r.hi = n;
+  if (!FullTaps(RowTaps(a.g, oy, a.in.height), a.g.kh)) return r;
+  const int32_t lo = interior.lo - ox0;
+  const int32_t hi = interior.hi - ox0;
+  r.lo = lo < 0 ? 0 : (lo > n ? n : lo);
+  r.hi = hi < r.lo ? r.lo : (hi > n ? n : hi);
+  return r;
+}
+
+// Requantizes acc[0..n) (pixels ox0.. of row oy) into the output.
+inline void StoreRow(const ConvArgs& a, const uint32_t* acc, const ChunkQuant& q, int32_t n,
+                     int32_t oy, int32_t ox0) {
+  int8_t* dst = a.out.Pixel(oy, ox0);
+  if (a.out.pixel_stride == 1) {
+    RequantizeChannels(acc, q, n, a.os, dst);
+    return;
+  }
+  int8_t values[kChunk];
+  RequantizeChannels(acc, q, n, a.os, values);
+  for (int32_t p = 0; p < n; ++p) dst[p * a.out.pixel_stride] = values[p];
+}
+
+// acc[i] = bias_full + the raw dot products of four interior pixels of a 1x1
+// convolution with one output channel (pixel_step bytes apart), any Cin.
+inline void PointwiseDots4(const ConvArgs& a, const int8_t* x, ptrdiff_t pixel_step,
+                           uint32_t bias_full, uint32_t* acc) {
+  for (int i = 0; i < 4; ++i) acc[i] = bias_full;
+  const int8_t* w = a.weights;
+  size_t n = static_cast<size_t>(a.in.channels);
+  while (n > 0) {
+    const int32_t len = n < static_cast<size_t>(kRawRun) ? static_cast<int32_t>(n) : kRawRun;
+    DotRun4(x, pixel_step, w, len, acc);
+    x += len;
+    w += len;
+    n -= static_cast<size_t>(len);
+  }
+}
+
+// Accumulators of pixels ox0 .. ox0 + n - 1 (n <= kChunk) of row oy of a convolution
+// with one output channel: interior pixels four (1x1) or two at a time (raw dot
+// products, the offset folded into bias_full), the others over their in-image taps.
+inline void ConvChannelRow(const ConvArgs& a, int32_t oy, int32_t ox0, int32_t n, Range inner,
+                           const ChunkQuant& q, uint32_t* acc) {
+  const Window& g = a.g;
+  const ptrdiff_t pixel_step = static_cast<ptrdiff_t>(g.sw) * a.in.channels;
+  const int32_t iy0 = oy * g.sh - g.pad_top;
+  const bool pointwise = g.kh == 1 && g.kw == 1;
+  int32_t p = 0;
+  while (p < n) {
+    const int32_t ix0 = (ox0 + p) * g.sw - g.pad_left;
+    if (pointwise && p >= inner.lo && p + 4 <= inner.hi) {
+      PointwiseDots4(a, a.in.At(iy0, ix0), pixel_step, q.bias_full[0], acc + p);
+      p += 4;
+    } else if (p < inner.lo || p >= inner.hi) {
+      const TapRange ty = InImageTaps(iy0, g.kh, g.dh, a.in.height);
+      const TapRange tx = InImageTaps(ix0, g.kw, g.dw, a.in.width);
+      acc[p++] = q.bias[0] + BorderSum(a, a.weights, iy0, ix0, ty, tx);
+    } else if (p + 1 < inner.hi) {
+      const int8_t* x = a.in.At(iy0, ix0);
+      uint32_t d[4] = {q.bias_full[0], 0, q.bias_full[0], 0};
+      WindowDots<2, 1>(a, x, x + pixel_step, a.weights, a.weights, d);
+      acc[p] = d[0];
+      acc[p + 1] = d[2];
+      p += 2;
+    } else {
+      const int8_t* x = a.in.At(iy0, ix0);
+      uint32_t d[4] = {q.bias_full[0], 0, 0, 0};
+      WindowDots<1, 1>(a, x, x, a.weights, a.weights, d);
+      acc[p++] = d[0];
+    }
+  }
+}
+
+// reference_integer_ops::ConvPerChannel for one output channel over the output patch.
+inline void ConvOneChannel(const ConvArgs& a) {
+  const size_t fsize = static_cast<size_t>(a.g.kh) * static_cast<size_t>(a.g.kw) *
+                       static_cast<size_t>(a.in.channels);
+  ChunkQuant q;
+  SetChannelLanes(a, a.input_offset != 0 ? SumInt8(a.weights, fsize) : 0u, &q);
+  const Range interior = InteriorCols(a.g, a.in.width);
+  uint32_t acc[kChunk];
+  for (int32_t oy = a.out.rows.lo; oy < a.out.rows.hi; ++oy) {
+    for (int32_t ox = a.out.cols.lo; ox < a.out.cols.hi; ox += kChunk) {
+      const int32_t n = a.out.cols.hi - ox < kChunk ? a.out.cols.hi - ox : kChunk;
+      ConvChannelRow(a, oy, ox, n, InteriorChunk(a, interior, oy, ox, n), q, acc);
+      StoreRow(a, acc, q, n, oy, ox);
+    }
+  }
+}
+
+// The accumulator of output pixel (oy, ox) of one channel of a depthwise convolution
+// with multiplier 1 reading a one-channel input (tap t's weight at t * tap_stride),
+// over its in-image taps.
+inline uint32_t DepthwiseChannelPixel(const ConvArgs& a, int32_t oy, int32_t ox,
+                                      const ChunkQuant& q) {
+  const Window& g = a.g;
+  const int32_t iy0 = oy * g.sh - g.pad_top;
+  const int32_t ix0 = ox * g.sw - g.pad_left;
+  const TapRange ty = InImageTaps(iy0, g.kh, g.dh, a.in.height);
+  const TapRange tx = InImageTaps(ix0, g.kw, g.dw, a.in.width);
+  const bool full = FullTaps(ty, g.kh) && FullTaps(tx, g.kw);
+  const int32_t offset = full ? 0 : a.input_offset;
+  uint32_t acc = full ? q.bias_full[0] : q.bias[0];
+  const size_t count = static_cast<size_t>(tx.end - tx.begin);
+  const size_t x_step = static_cast<size_t>(g.dw);
+  for (int32_t fy = ty.begin; fy < ty.end; ++fy) {
+    const int8_t* x = a.in.At(iy0 + fy * g.dh, ix0 + tx.begin * g.dw);
+    const int8_t* w = a.weights + (static_cast<size_t>(fy) * static_cast<size_t>(g.kw) +
+                                   static_cast<size_t>(tx.begin)) *
+                                      a.tap_stride;
+    for (size_t t = 0; t < count; ++t) {
+      acc += static_cast<uint32_t>(w[t * a.tap_stride] * (x[t * x_step] + offset));
+    }
+  }
+  return acc;
+}
+
+// Accumulators of pixels ox0 .. ox0 + n - 1 (n <= kChunk) of row oy of one depthwise
+// channel: the interior ones tap by tap over the run of pixels, the others one by one.
+inline void DepthwiseChannelRow(const ConvArgs& a, int32_t oy, int32_t ox0, int32_t n, Range inner,
+                                const ChunkQuant& q, uint32_t* acc) {
+  const Window& g = a.g;
+  for (int32_t p = 0; p < inner.lo; ++p) acc[p] = DepthwiseChannelPixel(a, oy, ox0 + p, q);
+  for (int32_t p = inner.hi; p < n; ++p) acc[p] = DepthwiseChannelPixel(a, oy, ox0 + p, q);
+  if (inner.empty()) return;
+  for (int32_t p = inner.lo; p < inner.hi; ++p) acc[p] = q.bias_full[0];
+  const int32_t iy0 = oy * g.sh - g.pad_top;
+  const int32_t ix0 = (ox0 + inner.lo) * g.sw - g.pad_left;
+  const size_t step = static_cast<size_t>(g.sw);
+  for (int32_t fy = 0; fy < g.kh; ++fy) {
+    const size_t row_taps = static_cast<size_t>(fy) * static_cast<size_t>(g.kw);
+    for (int32_t fx = 0; fx < g.kw; ++fx) {
+      const int32_t w = a.weights[(row_taps + static_cast<size_t>(fx)) * a.tap_stride];
+      MacStrided(a.in.At(iy0 + fy * g.dh, ix0 + fx * g.dw), step, w, inner.size(), acc + inner.lo);
+    }
+  }
+}
+
+// reference_integer_ops::DepthwiseConvPerChannel for one channel (multiplier 1) over
+// the output patch, reading a one-channel input.
+inline void DepthwiseOneChannel(const ConvArgs& a) {
+  const size_t taps = static_cast<size_t>(a.g.kh) * static_cast<size_t>(a.g.kw);
+  uint32_t weight_sum = 0;
+  for (size_t t = 0; t < taps; ++t) {
+    weight_sum += static_cast<uint32_t>(a.weights[t * a.tap_stride]);
+  }
+  ChunkQuant q;
+  SetChannelLanes(a, weight_sum, &q);
+  const Range interior = InteriorCols(a.g, a.in.width);
+  uint32_t acc[kChunk];
+  for (int32_t oy = a.out.rows.lo; oy < a.out.rows.hi; ++oy) {
+    for (int32_t ox = a.out.cols.lo; ox < a.out.cols.hi; ox += kChunk) {
+      const int32_t n = a.out.cols.hi - ox < kChunk ? a.out.cols.hi - ox : kChunk;
+      DepthwiseChannelRow(a, oy, ox, n, InteriorChunk(a, interior, oy, ox, n), q, acc);
+      StoreRow(a, acc, q, n, oy, ox);
     }
   }
 }

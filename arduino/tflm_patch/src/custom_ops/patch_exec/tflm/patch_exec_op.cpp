@@ -134,7 +134,8 @@ TfLiteStatus ReportInvalidOptions(TfLiteContext* context, const TfLiteNode* node
   return kTfLiteError;
 }
 
-// Input 0 or output 0: int8 [1, h, w, c] as the options' tensor 0 or T-1.
+// Input 0 or output 0: int8 [1, h, w, c] as the options' tensor 0 or T-1; input 0 is
+// [1, c, h, w] when the options set INPUT_NCHW (a folded TRANSPOSE).
 TfLiteStatus CheckActivation(TfLiteContext* context, const TfLiteTensor* tensor,
                              const uint8_t* options, int which, [[maybe_unused]] const char* what) {
   PATCH_EXEC_ENSURE(context, tensor != nullptr, "%s is missing", what);
@@ -144,16 +145,19 @@ TfLiteStatus CheckActivation(TfLiteContext* context, const TfLiteTensor* tensor,
   int32_t w = 0;
   int32_t c = 0;
   PatchExecIoShape(options, which, &h, &w, &c);
+  const bool nchw = which == 0 && PatchExecInputNchw(options) != 0;
+  [[maybe_unused]] const char* layout = nchw ? "[1, C, H, W] (INPUT_NCHW)" : "[1, H, W, C]";
+  const int32_t expect[4] = {1, nchw ? c : h, nchw ? h : w, nchw ? w : c};
   const TfLiteIntArray* dims = tensor->dims;
-  PATCH_EXEC_ENSURE(context, dims != nullptr && dims->size == 4,
-                    "%s has %d dimensions, not 4 (1, H, W, C)", what,
-                    dims == nullptr ? 0 : dims->size);
-  PATCH_EXEC_ENSURE(
-      context, dims->data[0] == 1 && dims->data[1] == h && dims->data[2] == w && dims->data[3] == c,
-      "%s has shape [%d, %d, %d, %d]; the options "
-      "say [1, %d, %d, %d]",
-      what, dims->data[0], dims->data[1], dims->data[2], dims->data[3], static_cast<int>(h),
-      static_cast<int>(w), static_cast<int>(c));
+  PATCH_EXEC_ENSURE(context, dims != nullptr && dims->size == 4, "%s has %d dimensions, not 4: %s",
+                    what, dims == nullptr ? 0 : dims->size, layout);
+  PATCH_EXEC_ENSURE(context,
+                    dims->data[0] == expect[0] && dims->data[1] == expect[1] &&
+                        dims->data[2] == expect[2] && dims->data[3] == expect[3],
+                    "%s has shape [%d, %d, %d, %d]; the options say [1, %d, %d, %d], i.e. %s", what,
+                    dims->data[0], dims->data[1], dims->data[2], dims->data[3],
+                    static_cast<int>(expect[1]), static_cast<int>(expect[2]),
+                    static_cast<int>(expect[3]), layout);
   return kTfLiteOk;
 }
 
