@@ -171,7 +171,8 @@ def _toggle_flag(b: bytearray, rng: random.Random) -> bytearray:
         b = _toggle_caches(b, rng)
     else:
         _toggle_cache_cols(b, rng)
-    if rng.random() < 0.8:
+    # dropping the cache table can leave less than a header
+    if rng.random() < 0.8 and len(b) >= pf.HEADER_BYTES:
         _set_field(b, Field(4, 2), 2)
     return b
 
