@@ -10,12 +10,18 @@ from conftest import shared_model_path
 
 from tflm_patch.arena import predict_arena
 from tflm_patch.errors import UnsupportedModelError
-from tflm_patch.evaluate import StageEvaluator, UnitGraphs
+from tflm_patch.evaluate import StageEvaluator
 from tflm_patch.model import Model, load_model
-from tflm_patch.planner import PlanError, PlanRequest, PlanResult, patched_model_object, plan
+from tflm_patch.planner import (
+    PlanError,
+    PlanRequest,
+    PlanResult,
+    patched_model_object,
+    plan,
+    plan_stages,
+)
 from tflm_patch.rewrite import plan_metadata, to_checked_bytes
 from tflm_patch.schedule import make_schedule
-from tflm_patch.stage import build_stage
 from tflm_patch.zoo import ZOO_NAMES, ensure_model
 
 
@@ -160,12 +166,9 @@ def test_chosen_caches_are_each_worth_keeping(name: str) -> None:
     model, r = _plan(name, name == "person_detect")
     c = r.chosen
     assert c is not None and c.cache, "the default plan of this model reuses halos"
-    graph = build_stage(model, c.first, c.last)
-    fixed = [(build_stage(model, a, b), grid) for a, b, grid in c.extra]
-    fused = UnitGraphs(model).outside([(c.first, c.last), *((a, b) for a, b, _ in c.extra)]) \
-        if c.fused else []
-    ev = StageEvaluator(model, graph, r.request.target, r.macs_before, fused,
-                        [(g, make_schedule(g, grid)) for g, grid in fixed])
+    (graph, _), *others = plan_stages(model, c)
+    ev = StageEvaluator(model, graph, r.request.target, r.macs_before,
+                        others[len(c.extra):], others[:len(c.extra)])
     again = ev.evaluate(c.grid, c.cache)[0]
     assert (again.arena, again.macs, again.cache) == (c.arena, c.macs, c.cache)
     assert c.cache <= make_schedule(graph, c.grid, cache=True).cached

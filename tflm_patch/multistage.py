@@ -78,7 +78,7 @@ def refine(model: Model, c: Candidate, *, target: str, macs_before: int,
     grid = floor_grid or c.grid
     main_sched = make_schedule(main, grid, c.cache)
     # MACs of the plan at c.grid = MACs evaluated at `grid` + this correction
-    mac_fix = make_schedule(main, c.grid, c.cache).macs - main_sched.macs
+    mac_fix = 0 if grid == c.grid else make_schedule(main, c.grid, c.cache).macs - main_sched.macs
     fixed: list[Stage] = [(main, main_sched)]
     graphs: dict[OpRange, StageGraph] = {}
     best = c

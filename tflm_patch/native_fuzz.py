@@ -36,7 +36,6 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ import numpy as np
 from tflm_patch import patch_format as pf
 from tflm_patch import ref_ops
 from tflm_patch.errors import TflmPatchError
+from tflm_patch.schedule import band_ranges, cached_band_ranges, cols_cacheable
 
 log = logging.getLogger(__name__)
 
@@ -303,68 +303,6 @@ def _random_layer(rng: random.Random, k: int, shapes: list[tuple[int, int, int]]
     return layer, (oh, ow, cout), 4
 
 
-def band_ranges(layers: Sequence[pf.Layer], shapes: Sequence[tuple[int, int, int]],
-                axis: int, count: int) -> list[list[pf.Range]]:
-    """[tensor][band] ranges along `axis` of `count` output bands, box mode (what each
-    band of the output needs)."""
-    return cached_band_ranges(layers, shapes, axis, count, frozenset())[0]
-
-
-def cached_band_ranges(layers: Sequence[pf.Layer], shapes: Sequence[tuple[int, int, int]],
-                       axis: int, count: int, cached: frozenset[int]
-                       ) -> tuple[list[list[pf.Range]], frozenset[int]]:
-    """band_ranges, where a tensor of `cached` (columns only) whose ranges allow CACHE_COLS
-    (validation rule 9) gets it: its layer then reads only for the computed columns.
-    Returns the ranges and the tensors that got CACHE_COLS."""
-    size = shapes[-1][axis]
-    ranges: list[list[pf.Range | None]] = [[None] * count for _ in shapes]
-    base, extra = divmod(size, count)
-    lo = 0
-    for b in range(count):
-        hi = lo + base + (1 if b < extra else 0)
-        ranges[-1][b] = (lo, hi)
-        lo = hi
-    kept: set[int] = set()
-    for k in reversed(range(len(layers))):  # every reader of tensor k + 1 is done
-        outs = ranges[k + 1]
-        if axis == 1 and k + 1 in cached and _cacheable(outs):
-            kept.add(k + 1)
-        for b, out in enumerate(outs):
-            if out is None:
-                continue
-            if k + 1 in kept and b > 0:
-                prev = outs[b - 1]
-                out = (max(out[0], prev[1] if prev else 0), out[1])
-            for t in (layers[k].input0, layers[k].input1):
-                if t == pf.NONE:
-                    continue
-                need = pf.needed_range(layers[k], axis, out, shapes[t][axis])
-                if need is not None:
-                    have = ranges[t][b]
-                    ranges[t][b] = need if have is None else (min(have[0], need[0]),
-                                                              max(have[1], need[1]))
-    final = [[r if r is not None else (0, 0) for r in per_t] for per_t in ranges]
-    return final, frozenset(kept)
-
-
-def _cacheable(ranges: Sequence[pf.Range | None]) -> bool:
-    """Column ranges CACHE_COLS accepts: all non-empty, moving right."""
-    if any(r is None or r[1] <= r[0] for r in ranges):
-        return False
-    cols = [r for r in ranges if r is not None]
-    return all(b[0] >= a[0] and b[1] >= a[1] for a, b in pairwise(cols))
-
-
-def stream_candidates(layers: Sequence[pf.Layer]) -> list[int]:
-    """The layers that may be flagged STREAM (validation rule 9): a CONV_2D followed by a
-    depthwise conv with multiplier 1 that alone reads its output."""
-    readers = Counter(t for ly in layers for t in (ly.input0, ly.input1) if t != pf.NONE)
-    return [k for k in range(len(layers) - 1)
-            if layers[k].kind == pf.CONV and layers[k + 1].kind == pf.DEPTHWISE
-            and layers[k + 1].depth_multiplier == 1 and layers[k + 1].input0 == k + 1
-            and readers[k + 1] == 1]
-
-
 def _live_together(life: Sequence[tuple[int, int]], a: int, b: int) -> bool:
     return not (life[a][1] < life[b][0] or life[b][1] < life[a][0])
 
@@ -417,7 +355,7 @@ def with_version2(o: pf.PatchOptions, *, nchw: bool, stream: bool | Sequence[int
     """`o` with INPUT_NCHW set or not and STREAM on every candidate layer (stream=True;
     never one whose output has CACHE_COLS), on the given layers, or on none, its slots
     (and caches) sized and packed anew."""
-    chosen = set(stream_candidates(o.layers)) if stream is True else set(stream or ())
+    chosen = set(pf.stream_candidates(o.layers)) if stream is True else set(stream or ())
     chosen -= {k for k in chosen if o.tensors[k + 1].cached}
     layers = tuple(replace(ly, flags=pf.LAYER_STREAM if k in chosen else 0)
                    for k, ly in enumerate(o.layers))
@@ -448,13 +386,14 @@ def random_stage(rng: random.Random, max_layers: int = 5, version2: bool | None 
                     for t, (h, w, c) in enumerate(shapes))
     v2 = rng.random() < 0.5 if version2 is None else version2
     flags = pf.FLAG_INPUT_NCHW if v2 and rng.random() < 0.5 else 0
-    stream = {k for k in stream_candidates(layers) if v2 and rng.random() < 0.8}
+    stream = {k for k in pf.stream_candidates(layers) if v2 and rng.random() < 0.8}
     layers = [replace(ly, flags=pf.LAYER_STREAM) if k in stream else ly
               for k, ly in enumerate(layers)]
     if v2 and m > 1 and rng.random() < 0.6:  # halo caches on some intermediate tensors
         wanted = frozenset(t for t in range(1, len(layers)) if t - 1 not in stream
                            and rng.random() < 0.6)
-        cols, cached = cached_band_ranges(layers, shapes, 1, m, wanted)
+        cols, cached = cached_band_ranges(
+            layers, shapes, m, lambda t, outs: t in wanted and cols_cacheable(outs))
         flags |= pf.FLAG_CACHES
         tensors = tuple(replace(t, cols=tuple(cols[k]),
                                 flags=pf.TENSOR_CACHE_COLS if k in cached else 0)

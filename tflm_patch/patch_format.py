@@ -14,6 +14,8 @@ from __future__ import annotations
 import functools
 import math
 import struct
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from tflm_patch.errors import TflmPatchError
@@ -445,6 +447,16 @@ def _check_layer(o: PatchOptions, k: int, ly: Layer) -> None:
     _check_params(where, ly)
     _check_shapes(o, k, ly, where)
     _check_halo(o, k, ly, where)
+
+
+def stream_candidates(layers: Sequence[Layer]) -> list[int]:
+    """The layers that may be flagged STREAM (validation rule 9): a CONV_2D followed by a
+    depthwise conv with multiplier 1 that alone reads its output."""
+    readers = Counter(t for ly in layers for t in (ly.input0, ly.input1) if t != NONE)
+    return [k for k in range(len(layers) - 1)
+            if layers[k].kind == CONV and layers[k + 1].kind == DEPTHWISE
+            and layers[k + 1].depth_multiplier == 1 and layers[k + 1].input0 == k + 1
+            and readers[k + 1] == 1]
 
 
 def _check_stream(o: PatchOptions, k: int, ly: Layer, where: str) -> None:

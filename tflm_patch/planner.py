@@ -179,25 +179,20 @@ def plan(model: Model, request: PlanRequest | None = None,
                                 free_only=True)
         result.chosen, result.message = choose(result)
     if budget is None and result.chosen is not None and result.chosen.cache:
-        _tune_caches(model, result, units)
+        _tune_caches(model, result)
     result.seconds = time.perf_counter() - start
     return result
 
 
-def _tune_caches(model: Model, result: PlanResult, units: UnitGraphs) -> None:
+def _tune_caches(model: Model, result: PlanResult) -> None:
     """Cache or recompute, per layer: the chosen plan caches every halo it can; drop one
     cache at a time where recomputing that tensor's halo gives a smaller arena (the cache's
     bytes against the larger ranges before it) within the MAC limit, until none does."""
     c = result.chosen
     assert c is not None
     req = result.request
-    graph = build_stage(model, c.first, c.last)
-    fixed = [(g, make_schedule(g, grid)) for g, (_, _, grid) in
-             zip((build_stage(model, a, b) for a, b, _ in c.extra), c.extra, strict=True)]
-    fused = units.outside([(c.first, c.last), *((a, b) for a, b, _ in c.extra)]) \
-        if c.fused else []
-    if tuple((g.first, g.last) for g, _ in fused) != c.fused:
-        return  # not a configuration this planner builds
+    (graph, _), *others = plan_stages(model, c)
+    fixed, fused = others[:len(c.extra)], others[len(c.extra):]
     ev = StageEvaluator(model, graph, req.target, result.macs_before, fused, fixed)
     best = c
     improved = True

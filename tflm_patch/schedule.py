@@ -8,6 +8,7 @@ m column ranges per tensor (what the options blob carries).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
@@ -46,53 +47,68 @@ class Schedule:
         return bool(self.cached)
 
 
+Ranges = tuple[tuple[pf.Range, ...], ...]  # [stage tensor][band]
+CacheIf = Callable[[int, Sequence[pf.Range | None]], bool]
+
+
 @lru_cache(maxsize=4096)  # per graph object: the planner asks for each count many times
-def axis_ranges(graph: StageGraph, axis: int, count: int) -> tuple[tuple[pf.Range, ...], ...]:
+def axis_ranges(graph: StageGraph, axis: int, count: int) -> Ranges:
     """Per stage tensor, the range along `axis` (0 rows, 1 columns) of each of `count`
     bands. Box mode: each tensor keeps the union of what its consumers' ranges read."""
-    return _ranges(graph, axis, count, False, None)[0]
+    return band_ranges(graph.layers, graph.shapes, axis, count)
 
 
 @lru_cache(maxsize=4096)
 def cached_col_ranges(graph: StageGraph, count: int, allowed: frozenset[int] | None = None
-                      ) -> tuple[tuple[tuple[pf.Range, ...], ...], frozenset[int]]:
+                      ) -> tuple[Ranges, frozenset[int]]:
     """Column ranges with halo reuse (CACHE_COLS): every intermediate tensor that can have
-    a cache (and is in `allowed`, when given) gets one, so its layer computes only the
-    columns the previous patch did not, and the layers before it need correspondingly
-    less. Returns the ranges and the cached tensors."""
-    return _ranges(graph, 1, count, True, allowed)
+    a cache that saves something (and is in `allowed`, when given) gets one, so its layer
+    computes only the columns the previous patch did not, and the layers before it need
+    correspondingly less. Returns the ranges and the cached tensors."""
+    def worth(t: int, outs: Sequence[pf.Range | None]) -> bool:
+        inner = 0 < t < len(graph.tensors) - 1 and not graph.layers[t - 1].stream
+        return inner and (allowed is None or t in allowed) and cols_cacheable(outs) and \
+            any(a[1] > b[0] for a, b in pairwise(outs))  # type: ignore[index]
+
+    return cached_band_ranges(graph.layers, graph.shapes, count, worth)
 
 
-def _cacheable(graph: StageGraph, t: int, outs: list[pf.Range | None]) -> bool:
-    """Can tensor t (ranges `outs` per band) have a cache that saves something?"""
-    if not 0 < t < len(graph.tensors) - 1 or graph.layers[t - 1].stream:
-        return False
+def cols_cacheable(outs: Sequence[pf.Range | None]) -> bool:
+    """Column ranges a cache can serve (validation rule 9): all non-empty, moving right."""
     if any(r is None or r[1] <= r[0] for r in outs):
         return False
-    rs = [r for r in outs if r is not None]
-    moving = all(a[0] <= b[0] and a[1] <= b[1] for a, b in pairwise(rs))
-    return moving and any(a[1] > b[0] for a, b in pairwise(rs))
+    return all(a[0] <= b[0] and a[1] <= b[1] for a, b in pairwise(outs))  # type: ignore[index]
 
 
-def _ranges(graph: StageGraph, axis: int, count: int, cache: bool,
-            allowed: frozenset[int] | None
-            ) -> tuple[tuple[tuple[pf.Range, ...], ...], frozenset[int]]:
-    size = graph.shapes[-1][axis]
-    sizes = [s[axis] for s in graph.shapes]
-    num_t = len(graph.tensors)
-    ranges: list[list[pf.Range | None]] = [[None] * count for _ in range(num_t)]
-    ranges[-1] = list(bands(size, count))
+def band_ranges(layers: Sequence[pf.Layer], shapes: Sequence[tuple[int, int, int]],
+                axis: int, count: int) -> Ranges:
+    """[tensor][band] ranges along `axis` of `count` output bands (`bands`), box mode."""
+    return _ranges(layers, shapes, axis, count, None)[0]
+
+
+def cached_band_ranges(layers: Sequence[pf.Layer], shapes: Sequence[tuple[int, int, int]],
+                       count: int, cache_if: CacheIf) -> tuple[Ranges, frozenset[int]]:
+    """Column ranges where each tensor t for which cache_if(t, its ranges per band) holds
+    gets CACHE_COLS: its layer reads only for the computed columns. Returns the ranges
+    and the tensors that got CACHE_COLS."""
+    return _ranges(layers, shapes, 1, count, cache_if)
+
+
+def _ranges(layers: Sequence[pf.Layer], shapes: Sequence[tuple[int, int, int]], axis: int,
+            count: int, cache_if: CacheIf | None) -> tuple[Ranges, frozenset[int]]:
+    sizes = [s[axis] for s in shapes]
+    ranges: list[list[pf.Range | None]] = [[None] * count for _ in shapes]
+    ranges[-1] = list(bands(sizes[-1], count))
     cached: set[int] = set()
-    for k in reversed(range(len(graph.layers))):
+    for k in reversed(range(len(layers))):  # every reader of tensor k + 1 is done
         outs = ranges[k + 1]
         comp = list(outs)
-        if cache and (allowed is None or k + 1 in allowed) and \
-                _cacheable(graph, k + 1, outs):
+        if cache_if is not None and cache_if(k + 1, outs):
             cached.add(k + 1)
             for b in range(1, count):
                 lo, hi = outs[b]  # type: ignore[misc]
                 comp[b] = (max(lo, outs[b - 1][1]), hi)  # type: ignore[index]
-        ly = graph.layers[k]
+        ly = layers[k]
         for t in (ly.input0, ly.input1):
             if t == pf.NONE:
                 continue

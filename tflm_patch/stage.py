@@ -229,23 +229,12 @@ def foldable_pad(model: Model, op: OperatorInfo, consumers: dict[int, list[int]]
 
 
 def stream_pairs(graph_layers: list[pf.Layer], shapes: list[tuple[int, int, int]]) -> set[int]:
-    """Layers k to flag STREAM: a CONV_2D whose output only the next layer, a depthwise
-    conv with multiplier 1, reads, and whose input is no larger than its output (the
-    pair keeps the input one layer longer and the output one channel deep)."""
-    readers: dict[int, int] = {}
-    for ly in graph_layers:
-        for t in (ly.input0, ly.input1):
-            if t != pf.NONE:
-                readers[t] = readers.get(t, 0) + 1
-    flagged: set[int] = set()
-    for k, ly in enumerate(graph_layers[:-1]):
-        nxt = graph_layers[k + 1]
-        if (ly.kind != pf.CONV or nxt.kind != pf.DEPTHWISE or nxt.depth_multiplier != 1
-                or nxt.input0 != k + 1 or readers.get(k + 1) != 1):
-            continue
-        if math.prod(shapes[ly.input0]) <= math.prod(shapes[k + 1]):
-            flagged.add(k)
-    return flagged
+    """Layers k to flag STREAM: those the format allows (`pf.stream_candidates`: a CONV_2D
+    whose output only the next layer, a depthwise conv with multiplier 1, reads) whose
+    input is no larger than their output (the pair keeps the input one layer longer and
+    the output one channel deep)."""
+    return {k for k in pf.stream_candidates(graph_layers)
+            if math.prod(shapes[graph_layers[k].input0]) <= math.prod(shapes[k + 1])}
 
 
 def build_stage(model: Model, first: int, last: int, *, fold_pads: bool = True,

@@ -962,9 +962,6 @@ PatchExecStatus RunConv(const Runner& r, const LayerRec& ly, const InView& in, c
   return kPatchExecOk;
 }
 
-PatchExecStatus ComputeLayer(const Runner& r, uint32_t k, uint32_t i, uint32_t j,
-                             const OutView& out);
-
 // ------------------------------------------------------------------ halo caches
 
 // CACHE_COLS: copies `count` columns from column `at` of the slot view `slot` (dense
@@ -1010,15 +1007,26 @@ void SaveCache(const Runner& r, uint32_t t, uint32_t j, const OutView& slot) {
 
 // ------------------------------------------------------------------ layers
 
-// Layer k of patch (i, j) over its output range; with CACHE_COLS on the output, restore,
-// compute the computed columns only, save.
-PatchExecStatus RunLayer(const Runner& r, uint32_t k, uint32_t i, uint32_t j) {
-  const OutView slot = MakeOutView(r, k + 1, i, j);
+PatchExecStatus ComputeLayer(const Runner& r, uint32_t k, uint32_t i, uint32_t j,
+                             const OutView& out);
+PatchExecStatus ComputeStreamPair(const Runner& r, uint32_t k, uint32_t i, uint32_t j,
+                                  const OutView& out);
+
+// Layer k of patch (i, j), or with `stream` the STREAM pair of layers k and k + 1: its
+// output tensor t (k + 1, or k + 2) over the patch's range; nothing when this patch does
+// not need it; with CACHE_COLS on t, restore, compute the computed columns only (nothing
+// when the cache held them all), save. (Direct calls, no function pointer: the static
+// stack bound follows the call graph.)
+PatchExecStatus RunLayer(const Runner& r, uint32_t k, uint32_t i, uint32_t j, bool stream) {
+  const uint32_t t = k + (stream ? 2u : 1u);
+  const OutView slot = MakeOutView(r, t, i, j);
   if (slot.rows.empty() || slot.cols.empty()) return kPatchExecOk;  // not needed by this patch
-  const OutView out = RestoreCache(r, k + 1, j, slot);
+  const OutView out = RestoreCache(r, t, j, slot);
   PatchExecStatus s = kPatchExecOk;
-  if (!out.cols.empty()) s = ComputeLayer(r, k, i, j, out);
-  if (s == kPatchExecOk) SaveCache(r, k + 1, j, slot);
+  if (!out.cols.empty()) {
+    s = stream ? ComputeStreamPair(r, k, i, j, out) : ComputeLayer(r, k, i, j, out);
+  }
+  if (s == kPatchExecOk) SaveCache(r, t, j, slot);
   return s;
 }
 
@@ -1064,25 +1072,10 @@ ConvArgs ChannelOf(ConvArgs a, int32_t c, size_t filter) {
   return a;
 }
 
-PatchExecStatus ComputeStreamPair(const Runner& r, uint32_t k, uint32_t i, uint32_t j,
-                                  const OutView& out);
-
 // The STREAM pair of layers k (CONV_2D) and k + 1 (DEPTHWISE_CONV_2D, depth multiplier
-// 1) over patch (i, j), channel by channel: channel c of tensor k + 1 into its slot,
-// which holds one channel ([rows][cols]), then channel c of tensor k + 2 from it.
-// With CACHE_COLS on tensor k + 2: restore, the pair over the computed columns only
-// (nothing when the cache held them all), save.
-PatchExecStatus RunStreamPair(const Runner& r, uint32_t k, uint32_t i, uint32_t j) {
-  const OutView slot = MakeOutView(r, k + 2, i, j);
-  if (slot.rows.empty() || slot.cols.empty()) return kPatchExecOk;  // not needed by this patch
-  const OutView out = RestoreCache(r, k + 2, j, slot);
-  PatchExecStatus s = kPatchExecOk;
-  if (!out.cols.empty()) s = ComputeStreamPair(r, k, i, j, out);
-  if (s == kPatchExecOk) SaveCache(r, k + 2, j, slot);
-  return s;
-}
-
-// The pair into `out` (the range of tensor k + 2 or the computed part of it).
+// 1) of patch (i, j) into `out` (the range of tensor k + 2 or the computed part of it),
+// channel by channel: channel c of tensor k + 1 into its slot, which holds one channel
+// ([rows][cols]), then channel c of tensor k + 2 from it.
 PatchExecStatus ComputeStreamPair(const Runner& r, uint32_t k, uint32_t i, uint32_t j,
                                   const OutView& out) {
   const LayerRec ly = r.layout->Layer(k);
@@ -1120,7 +1113,7 @@ PatchExecStatus RunPatch(const Runner& r, uint32_t i, uint32_t j) {
   uint32_t k = 0;
   while (k < r.layout->num_layers()) {
     const bool stream = r.layout->stream(k);  // validated: layer k + 1 exists
-    const PatchExecStatus s = stream ? RunStreamPair(r, k, i, j) : RunLayer(r, k, i, j);
+    const PatchExecStatus s = RunLayer(r, k, i, j, stream);
     if (s != kPatchExecOk) return s;
     k += stream ? 2u : 1u;
   }
