@@ -19,7 +19,7 @@ from tflm_patch.zoo import ensure_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STUBS = REPO_ROOT / "tests" / "arduino_stubs"
-ARDUINO_LIBRARY = REPO_ROOT / "arduino" / "tflm_patch"
+ARDUINO_LIBRARY = REPO_ROOT / "tflm_patch" / "arduino" / "tflm_patch"
 EXAMPLE = ARDUINO_LIBRARY / "examples" / "person_detection_patched"
 
 WARNINGS = ("-Wall", "-Wextra", "-Werror")

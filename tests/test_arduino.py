@@ -1,5 +1,5 @@
-"""The Arduino library (arduino/tflm_patch): its PATCH_EXEC sources stay identical to
-custom_ops/ (tools/sync_arduino.py), it and the person detection example compile for the
+"""The Arduino library (tflm_patch/arduino/tflm_patch): its PATCH_EXEC sources stay identical
+to tflm_patch/csrc/ (tools/sync_arduino.py), it and the person detection example compile for the
 Nano 33 BLE's Cortex-M4 against TFLM's headers (current, and February 2023 as in
 Arduino_TensorFlowLite) with the export's model files, and the glue compiles for the
 Cortex-M4 too. Compile checks skip with the reason when the headers or the cross compiler
@@ -32,8 +32,8 @@ from tflm_patch import export, m4_arduino
 from tflm_patch.model import load_model
 
 SYNC = REPO_ROOT / "tools" / "sync_arduino.py"
-OPS = Path("custom_ops/patch_exec")
-COPY = Path("arduino/tflm_patch/src/custom_ops/patch_exec")
+OPS = Path("tflm_patch/csrc/custom_ops/patch_exec")
+COPY = Path("tflm_patch/arduino/tflm_patch/src/custom_ops/patch_exec")
 
 
 def _sync(*args: str) -> subprocess.CompletedProcess[str]:
@@ -44,13 +44,13 @@ def _sync(*args: str) -> subprocess.CompletedProcess[str]:
 # ----------------------------------------------------------------------------- sync
 
 
-def test_library_sources_are_in_sync_with_custom_ops() -> None:
+def test_library_sources_are_in_sync_with_csrc() -> None:
     r = _sync()
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def _tree(tmp_path: Path) -> Path:
-    """A copy of custom_ops/ and the library, in sync."""
+    """A copy of csrc/ and the library, in sync."""
     for d in (OPS, COPY):
         shutil.copytree(REPO_ROOT / d, tmp_path / d)
     assert _sync("--root", str(tmp_path), "--write").returncode == 0
@@ -60,7 +60,7 @@ def _tree(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(("drift", "expected"), [
     ("edited", f"{COPY}/patch_exec_core.cpp: differs from its source"),
     ("deleted", f"{COPY}/tflm/patch_exec_op.h: no copy of its source"),
-    ("added", f"{COPY}/patch_exec_extra.h: has no source in custom_ops/ any more"),
+    ("added", f"{COPY}/patch_exec_extra.h: has no source in csrc/ any more"),
     ("new source", f"{COPY}/patch_exec_new.h: no copy of its source"),
 ])
 def test_sync_check_fails_on_drift(tmp_path: Path, drift: str, expected: str) -> None:
@@ -101,7 +101,7 @@ def test_arduino_sources_are_clang_formatted() -> None:
     if tool is None:
         pytest.skip("clang-format not installed (pip install clang-format)")
     files = [ARDUINO_LIBRARY / "src" / "tflm_patch.h", *sorted(STUBS.glob("*.[ch]*")),
-             *sorted((REPO_ROOT / "custom_ops" / "m4_test").glob("*.[ch]*"))]
+             *sorted((REPO_ROOT / "tests" / "m4_harness").glob("*.[ch]*"))]
     r = subprocess.run([tool, "--style=file", "--dry-run", "--Werror", *map(str, files)],
                        capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
@@ -120,7 +120,7 @@ def test_glue_compiles_for_cortex_m4(tmp_path: Path, tree: str) -> None:
     t = tflm_tree(tree)
     tool = compiler("arm-none-eabi-g++")
     compile_cc([tool, *M4_HARD_FLAGS, f"-std={t.std}", *WARNINGS, "-DTF_LITE_STATIC_MEMORY",
-                "-I", str(REPO_ROOT), *t.include_flags(), "-c",
+                "-I", str(REPO_ROOT / "tflm_patch" / "csrc"), *t.include_flags(), "-c",
                 str(REPO_ROOT / OPS / "tflm" / "patch_exec_op.cc"), "-o",
                 str(tmp_path / "glue.o")])
 

@@ -1,6 +1,6 @@
 """The PATCH_EXEC core on an emulated Cortex-M4 (QEMU mps2-an386): cross-compiled with
 -mcpu=cortex-m4 -mthumb -mfloat-abi=hard -mfpu=fpv4-sp-d16 -Os, linked into a bare-metal
-test program (custom_ops/m4_test/), run with semihosting; the FNV-1a 32 checksum of each
+test program (tests/m4_harness/), run with semihosting; the FNV-1a 32 checksum of each
 PATCH_EXEC output must equal the numpy reference's, byte for byte. The model is the
 patched person_detect on person.bmp (../shared/models), else the zoo's mbv1_025_96 on a
 seeded input. Skips with the reason when the toolchain or QEMU is missing."""

@@ -1,4 +1,4 @@
-"""The C++ PATCH_EXEC core (custom_ops/patch_exec) through ctypes: bit-exact against the
+"""The C++ PATCH_EXEC core (csrc/custom_ops/patch_exec) through ctypes: bit-exact against the
 numpy reference and the original model's values, the planner's scratch size, and the
 validator against patch_format on malformed blobs. One case per test."""
 

@@ -67,7 +67,7 @@ def kernel() -> tflm_build.KernelLibrary:
     if reason:
         pytest.skip(reason)
     if not tflm_build.CORE_SOURCE.is_file():
-        pytest.skip(f"{tflm_build.CORE_SOURCE.relative_to(tflm_build.REPO_ROOT)} does not "
+        pytest.skip(f"{tflm_build.CORE_SOURCE.relative_to(tflm_build.SOURCE_ROOT)} does not "
                     "exist yet")
     return _kernel()
 
@@ -124,7 +124,8 @@ def test_core_and_glue_are_clang_formatted() -> None:
                    if p.suffix in (".h", ".cc", ".cpp", ".c"))
     assert len(files) > 5
     # the repository's .clang-format (Google style, 100 columns), else plain Google
-    style = "file" if (tflm_build.REPO_ROOT / ".clang-format").is_file() else "Google"
+    root = Path(__file__).resolve().parents[1]
+    style = "file" if (root / ".clang-format").is_file() else "Google"
     r = subprocess.run([tool, f"--style={style}", "--dry-run", "--Werror", *map(str, files)],
                        capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
@@ -134,7 +135,7 @@ def _compile_glue(root: str, extra: str, *flags: str) -> None:
     compiler = os.environ.get("CXX") or "c++"
     includes = [a for d in (root, *extra.split(":")) if d for a in ("-isystem", d)]
     for src in (tflm_build.GLUE_SOURCE,):
-        cmd = [compiler, *GLUE_FLAGS, *flags, "-I", str(tflm_build.REPO_ROOT), *includes,
+        cmd = [compiler, *GLUE_FLAGS, *flags, "-I", str(tflm_build.SOURCE_ROOT), *includes,
                "-fsyntax-only", str(src)]
         r = subprocess.run(cmd, capture_output=True, text=True, check=False)
         assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stdout}{r.stderr}"

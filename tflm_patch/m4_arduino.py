@@ -6,10 +6,10 @@ repository), `build_arduino_tflm` compiles them as the Arduino IDE would for the
 BLE's Cortex-M4 (`-DARDUINO`, which that library uses in place of TF_LITE_STATIC_MEMORY
 and to pick its CMSIS-NN kernels) into a static archive, cached under
 ~/.cache/tflm_patch/arduino_tflm/ (a first build takes minutes). `build_example` links the
-example sketch (arduino/tflm_patch/examples/person_detection_patched, with the files
+example sketch (tflm_patch/arduino/tflm_patch/examples/person_detection_patched, with the files
 `tflm-patch export --arduino` wrote) with the tflm_patch library, that archive, a
 semihosting stand-in for the Arduino core (tests/arduino_stubs/) and the start-up code of
-custom_ops/m4_test/; `run_example` runs it on QEMU's mps2-an386 and reads what the sketch
+tests/m4_harness/; `run_example` runs it on QEMU's mps2-an386 and reads what the sketch
 prints on Serial: the scores and `interpreter.arena_used_bytes()`. QEMU's time is not the
 board's: the latency is not measured (the stand-in's micros() stands still).
 """
@@ -29,12 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tflm_patch import m4
+from tflm_patch.native import ARDUINO_LIBRARY
 
 log = logging.getLogger(__name__)
 
 ENV_SRC = "ARDUINO_TENSORFLOWLITE_SRC"
 STUBS = m4.REPO_ROOT / "tests" / "arduino_stubs"
-LIBRARY_SRC = m4.REPO_ROOT / "arduino" / "tflm_patch" / "src"
+LIBRARY_SRC = ARDUINO_LIBRARY / "src"
 SKETCH = "person_detection_patched.ino"
 AR = "arm-none-eabi-ar"
 RECIPE_VERSION = 1

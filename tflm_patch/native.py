@@ -1,6 +1,6 @@
-"""Host build of the PATCH_EXEC C++ core (custom_ops/patch_exec) and a ctypes wrapper.
+"""Host build of the PATCH_EXEC C++ core (csrc/custom_ops/patch_exec) and a ctypes wrapper.
 
-`build(variant)` compiles every .cc of custom_ops/patch_exec/ with the system C++
+`build(variant)` compiles every .cc of csrc/custom_ops/patch_exec/ with the system C++
 compiler ($CXX, else c++ / g++) into a shared library cached under
 ~/.cache/tflm_patch/native/<key>/ ($TFLM_PATCH_NATIVE_DIR overrides), where the key
 hashes the sources, headers, flags and the compiler's version; a library is compiled
@@ -36,6 +36,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,12 @@ from tflm_patch.model import Model, OperatorInfo
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CORE_DIR = REPO_ROOT / "custom_ops" / "patch_exec"
+REPO_ROOT = Path(__file__).resolve().parents[1]  # a checkout (tests and tools only)
+# The C++ sources ship as package data: include root of "custom_ops/patch_exec/..."
+SOURCE_ROOT = Path(str(resources.files("tflm_patch") / "csrc"))
+CORE_DIR = SOURCE_ROOT / "custom_ops" / "patch_exec"
+# The Arduino library (its PATCH_EXEC sources are copies of CORE_DIR, tools/sync_arduino.py)
+ARDUINO_LIBRARY = Path(str(resources.files("tflm_patch") / "arduino" / "tflm_patch"))
 ENV_CXX = "CXX"
 ENV_CACHE = "TFLM_PATCH_NATIVE_DIR"
 COMMON_FLAGS = ("-std=c++14", "-Wall", "-Wextra", "-Werror", "-Wshadow", "-Wconversion",

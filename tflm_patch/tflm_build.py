@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from tflm_patch.errors import TflmPatchError
-from tflm_patch.native import CORE_DIR, REPO_ROOT, core_headers, core_sources
+from tflm_patch.native import CORE_DIR, SOURCE_ROOT, core_headers, core_sources
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +101,13 @@ class BuildConfig:
     core_sources: tuple[Path, ...] = (CORE_SOURCE,)
 
     def include_flags(self) -> list[str]:
-        flags = ["-I", str(REPO_ROOT)]
+        flags = ["-I", str(SOURCE_ROOT)]
         for d in (self.tflm_root, *self.extra_includes):
             flags += ["-isystem", str(d)]  # no -Werror on TFLM's own headers
         return flags
 
     def core_command(self, source: Path, out: Path) -> list[str]:
-        return [self.compiler, *CORE_FLAGS, *COMMON_FLAGS, "-I", str(REPO_ROOT), "-c",
+        return [self.compiler, *CORE_FLAGS, *COMMON_FLAGS, "-I", str(SOURCE_ROOT), "-c",
                 str(source), "-o", str(out), "-MD", "-MF", f"{out}.d"]
 
     def glue_command(self, source: Path, out: Path) -> list[str]:
@@ -156,7 +156,7 @@ def config_from_env(env: Mapping[str, str] | None = None,
         raise TflmBuildUnavailable(f"no C++ compiler {compiler!r} on PATH")
     if core is None:
         if not CORE_SOURCE.is_file():
-            raise TflmBuildUnavailable(f"the PATCH_EXEC core {CORE_SOURCE.relative_to(REPO_ROOT)}"
+            raise TflmBuildUnavailable(f"the PATCH_EXEC core {CORE_SOURCE.relative_to(SOURCE_ROOT)}"
                                        " does not exist yet")
         core = core_sources()
     for src in (*core, GLUE_SOURCE, REGISTERER_SOURCE):

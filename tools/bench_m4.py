@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Footprint of the PATCH_EXEC core on a Cortex-M4, and a run on QEMU's mps2-an386.
 
-Cross-compiles the portable core (custom_ops/patch_exec/*.cc) with
+Cross-compiles the portable core (tflm_patch/csrc/custom_ops/patch_exec/*.cc) with
 -mcpu=cortex-m4 -mthumb -mfloat-abi=hard -mfpu=fpv4-sp-d16 -Os -fstack-usage and prints:
   flash   .text + .rodata (+ .data) of the core's object (arm-none-eabi-size -A)
   RAM     static .data + .bss

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Keep the Arduino library's PATCH_EXEC sources identical to custom_ops/.
+"""Keep the Arduino library's PATCH_EXEC sources identical to tflm_patch/csrc/.
 
-The library (arduino/tflm_patch/src/custom_ops/patch_exec/) holds byte-identical copies
-of custom_ops/patch_exec/: the portable core and the TFLM glue, every .h and .cc file,
+The library (tflm_patch/arduino/tflm_patch/src/custom_ops/patch_exec/) holds
+byte-identical copies of tflm_patch/csrc/custom_ops/patch_exec/: the portable core and the
+TFLM glue, every .h and .cc file,
 except the Python-wheel registerer (it needs the wheel's headers). A .cc file is copied
 as .cpp: older Arduino IDEs compile only .c/.cpp/.S in a library. Paths are kept, so the
 sources' includes ("custom_ops/patch_exec/...") resolve against the library's src/.
@@ -20,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SOURCE_DIR = Path("custom_ops/patch_exec")
-LIBRARY_DIR = Path("arduino/tflm_patch/src/custom_ops/patch_exec")
+SOURCE_DIR = Path("tflm_patch/csrc/custom_ops/patch_exec")
+LIBRARY_DIR = Path("tflm_patch/arduino/tflm_patch/src/custom_ops/patch_exec")
 EXCLUDED = frozenset({Path("tflm/python_registerer.cc")})  # needs the Python wheel's headers
 SUFFIXES = (".h", ".cc")
 
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--write", action="store_true",
-                   help="copy custom_ops/ into the library instead of only checking")
+                   help="copy csrc/ into the library instead of only checking")
     p.add_argument("--root", type=Path, default=REPO_ROOT,
                    help="repository root (default: this checkout)")
     args = p.parse_args(argv)
@@ -97,13 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     diffs = differences(args.root)
     for d in diffs:
         source = {"missing": "no copy of its source", "differs": "differs from its source",
-                  "stale": "has no source in custom_ops/ any more"}[d.problem]
+                  "stale": "has no source in csrc/ any more"}[d.problem]
         print(f"{d.path}: {source}")
     if diffs:
-        print(f"arduino/ and custom_ops/ differ ({len(diffs)} files): run "
+        print(f"arduino/ and csrc/ differ ({len(diffs)} files): run "
               "python tools/sync_arduino.py --write", file=sys.stderr)
         return 1
-    print(f"arduino/ library in sync with custom_ops/ ({len(pairs(args.root))} files)")
+    print(f"arduino/ library in sync with csrc/ ({len(pairs(args.root))} files)")
     return 0
 
 

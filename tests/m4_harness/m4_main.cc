@@ -10,8 +10,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "custom_ops/m4_test/m4_cases.h"
 #include "custom_ops/patch_exec/patch_exec_core.h"
+#include "m4_cases.h"
 
 namespace {
 
