@@ -1,13 +1,27 @@
-"""Shared fixtures: the real models of ../shared/models and small models made with TensorFlow."""
+"""Shared fixtures: the real models of ../shared/models and small models made with TensorFlow.
+
+Test and benchmark tooling (the sanitizer and fuzz harnesses, the Cortex-M4 and Arduino
+builds on QEMU, the TFLM tensor trace) lives in tools/ as plain modules, outside the runtime
+package; this file puts tools/ on sys.path, so tests import them by name (`import native_fuzz`)."""
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tflm_patch.zoo import full_int8
+from tflm_patch.zoo import full_int8, zoo_dir
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+if str(TOOLS) not in sys.path:
+    sys.path.append(str(TOOLS))
 
 SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
 SHARED_NAMES = (
@@ -45,9 +59,34 @@ def _tiny_keras_model():
     return tf.keras.Model(inp, out)
 
 
-@pytest.fixture(scope="session")
-def float_model_bytes() -> bytes:
-    """A small float32 .tflite (not quantized): tools must refuse it."""
+def _versions() -> str:
+    found = []
+    for dist in ("tensorflow-cpu", "tensorflow", "keras", "numpy"):
+        try:
+            found.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return " ".join(found)
+
+
+def _cached_model(make: Callable[[], bytes]) -> bytes:
+    """`make()` (a seeded TensorFlow conversion), cached like the zoo's models: keyed by the
+    code that makes it and the TensorFlow, Keras and NumPy versions, so that a test session
+    imports TensorFlow only when the model changed."""
+    code = "".join(inspect.getsource(f) for f in (make, _tiny_keras_model, full_int8))
+    key = hashlib.sha256(f"{code}\0{_versions()}".encode()).hexdigest()[:24]
+    path = zoo_dir() / "test_fixtures" / f"{make.__name__}-{key}.tflite"
+    if path.is_file():
+        return path.read_bytes()
+    data = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)  # atomic: a concurrent session never reads a partial file
+    return data
+
+
+def _make_float_model() -> bytes:
     import tensorflow as tf
 
     conv = tf.lite.TFLiteConverter.from_keras_model(_tiny_keras_model())
@@ -55,8 +94,18 @@ def float_model_bytes() -> bytes:
 
 
 @pytest.fixture(scope="session")
+def float_model_bytes() -> bytes:
+    """A small float32 .tflite (not quantized): tools must refuse it."""
+    return _cached_model(_make_float_model)
+
+
+@pytest.fixture(scope="session")
 def tiny_int8_bytes() -> bytes:
     """A small full-int8 .tflite made here (seeded), for tests that need no ../shared."""
+    return _cached_model(_make_tiny_int8_model)
+
+
+def _make_tiny_int8_model() -> bytes:
     import tensorflow as tf
 
     model = _tiny_keras_model()

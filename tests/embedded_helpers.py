@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import m4
 import pytest
 
-from tflm_patch import m4
 from tflm_patch.model import Model, load_model
 from tflm_patch.zoo import ensure_model
 
@@ -45,7 +45,7 @@ class TflmTree:
 
 TREES = {
     "current": ("TFLM_ROOT", "TFLM_EXTRA_INCLUDES", "gnu++17",
-                "source /work/tflm_env.sh, or see DEVELOPERS.md"),
+                "tools/get_tflm_sources.sh prints them; see DEVELOPERS.md"),
     # Arduino_TensorFlowLite's TFLM (February 2023), built with the Nano's gnu++14
     "feb2023": ("TFLM_2023_ROOT", "TFLM_2023_EXTRA_INCLUDES", "gnu++14",
                 "DEVELOPERS.md, 'Compile check against February 2023 TFLM'"),

@@ -11,12 +11,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
+from native_fuzz import with_version2
 
 from tflm_patch import native
 from tflm_patch import patch_format as pf
 from tflm_patch.model import Model, OperatorInfo, TensorInfo, load_model, model_from_object
 from tflm_patch.native import Status
-from tflm_patch.native_fuzz import with_version2
 from tflm_patch.rewrite import CUSTOM_CODE, replace_stage
 from tflm_patch.schedule import band_ranges, make_schedule
 from tflm_patch.stage import StageGraph, build_stage

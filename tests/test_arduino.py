@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import m4_arduino
 import pytest
 from embedded_helpers import (
     ARDUINO_LIBRARY,
@@ -28,7 +29,7 @@ from embedded_helpers import (
     tflm_tree,
 )
 
-from tflm_patch import export, m4_arduino
+from tflm_patch import export
 from tflm_patch.model import load_model
 
 SYNC = REPO_ROOT / "tools" / "sync_arduino.py"
@@ -115,6 +116,7 @@ def test_arduino_sources_are_clang_formatted() -> None:
 # ----------------------------------------------------------------------------- compiles
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tree", ["current", "feb2023"])
 def test_glue_compiles_for_cortex_m4(tmp_path: Path, tree: str) -> None:
     t = tflm_tree(tree)
@@ -125,6 +127,7 @@ def test_glue_compiles_for_cortex_m4(tmp_path: Path, tree: str) -> None:
                 str(tmp_path / "glue.o")])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tree", ["current", "feb2023"])
 def test_library_compiles_for_nano33ble(tmp_path: Path, tree: str) -> None:
     """Every .cpp of the library (core + glue) with the Nano 33 BLE's flags."""
@@ -154,6 +157,7 @@ def sketch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("camera", ["camera", "no_camera"])
 @pytest.mark.parametrize("tree", ["current", "feb2023"])
 def test_example_compiles_for_nano33ble(tmp_path: Path, sketch: Path, tree: str,
@@ -187,6 +191,7 @@ def test_example_says_how_to_generate_its_files(tmp_path: Path) -> None:
     assert "tflm-patch export --arduino" in r.stderr
 
 
+@pytest.mark.slow
 def test_example_runs_on_qemu_with_arduino_tensorflowlite(tmp_path: Path,
                                                          sketch: Path) -> None:
     """The whole sketch with the real Arduino_TensorFlowLite (Feb 2023 TFLM, CMSIS-NN) on

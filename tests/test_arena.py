@@ -21,6 +21,7 @@ def _path(spec: str) -> Path:
     return shared_model_path(name) if kind == "shared" else ensure_model(name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", MODELS)
 def test_predicted_arena_equals_measured_smallest(spec: str) -> None:
     model = load_model(_path(spec))

@@ -329,6 +329,7 @@ def generated_model(name: str) -> Model:
     return _generated_cache[name]
 
 
+@pytest.mark.slow
 @pytest.mark.tflm
 @pytest.mark.parametrize("name", list(GENERATED))
 def test_head_matches_tflm_on_scratch_op_models(name: str, tmp_path: Path) -> None:
@@ -354,6 +355,7 @@ def test_mean_scratch_requests_of_mobilenet_v2() -> None:
     ]
 
 
+@pytest.mark.slow
 def test_add_n_scratch_is_one_pointer_per_input_per_target() -> None:
     model = generated_model("add_n")
     (add_n,) = [op for op in model.operators if op.name == "ADD_N"]

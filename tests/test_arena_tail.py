@@ -45,12 +45,14 @@ def _check_against_report(name: str, model: Model) -> None:
     assert tail.total == report.tail
 
 
+@pytest.mark.slow
 @pytest.mark.tflm
 @pytest.mark.parametrize("spec", MODELS)
 def test_tail_and_categories_equal_recording_allocator(spec: str) -> None:
     _check_against_report(spec, load_model(_path(spec)))
 
 
+@pytest.mark.slow
 @pytest.mark.tflm
 @pytest.mark.parametrize("spec", MODELS)
 def test_head_plus_tail_equals_measured_arena(spec: str) -> None:
@@ -125,6 +127,7 @@ def int16_softmax_bytes() -> bytes:
     return _convert(tf.keras.Model(inp, out), (1, 8, 8, 4), int16=True)
 
 
+@pytest.mark.slow
 @pytest.mark.tflm
 def test_many_ops_tail_equals_recording_allocator(many_ops_bytes: bytes) -> None:
     model = load_model(many_ops_bytes)
@@ -134,6 +137,7 @@ def test_many_ops_tail_equals_recording_allocator(many_ops_bytes: bytes) -> None
     _check_against_report("many_ops", model)
 
 
+@pytest.mark.slow
 @pytest.mark.tflm
 def test_int16_softmax_tail_equals_recording_allocator(int16_softmax_bytes: bytes) -> None:
     model = load_model(int16_softmax_bytes)

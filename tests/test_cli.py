@@ -107,3 +107,135 @@ def test_console_script_help() -> None:
                        capture_output=True, text=True, check=False)
     assert r.returncode == 0
     assert "--budget" in r.stdout and "--plot" in r.stdout and "zoo:NAME" in r.stdout
+
+
+# ----------------------------------------------------------------------------- output modes
+
+MEMORY_PLAN = ("--objective", "memory", "--min-saving", "0")
+
+
+def _three_outputs(data: bytes) -> bytes:
+    """The tiny model with the convolution and depthwise outputs as graph outputs too."""
+    from tflm_patch.model import model_to_bytes
+    from tflm_patch.schema import schema
+
+    obj = schema().ModelT.InitFromPackedBuf(data, 0)
+    obj.subgraphs[0].outputs = [10, 7, 8]
+    return model_to_bytes(obj)
+
+
+@pytest.fixture(scope="module")
+def two_inputs_bytes() -> bytes:
+    """conv(image) -> depthwise, + skip input -> 1x1 conv: a model with 2 inputs."""
+    import numpy as np
+    import tensorflow as tf
+
+    from tflm_patch.zoo import full_int8
+
+    tf.keras.utils.set_random_seed(3)
+    image = tf.keras.Input((24, 24, 3), batch_size=1, name="image")
+    skip = tf.keras.Input((12, 12, 8), batch_size=1, name="skip")
+    x = tf.keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(image)
+    x = tf.keras.layers.DepthwiseConv2D(3, padding="same", activation="relu6")(x)
+    x = tf.keras.layers.Conv2D(4, 1)(tf.keras.layers.Add()([x, skip]))
+    rng = np.random.default_rng(3)
+
+    def representative():  # type: ignore[no-untyped-def]
+        for _ in range(8):
+            yield {"image": rng.uniform(-1, 1, (1, 24, 24, 3)).astype(np.float32),
+                   "skip": rng.uniform(-1, 1, (1, 12, 12, 8)).astype(np.float32)}
+
+    model = tf.keras.Model([image, skip], x)
+    return full_int8(tf.lite.TFLiteConverter.from_keras_model(model), representative)
+
+
+def test_convert_default_output_is_one_line(capsys, tmp_path, tiny_int8_bytes):  # type: ignore[no-untyped-def]
+    src = _write(tmp_path, "m.tflite", tiny_int8_bytes)
+    code, out, err = _run(capsys, "convert", src, "-o", str(tmp_path / "p.tflite"), *MEMORY_PLAN)
+    assert code == 0 and err == "" and len(out.splitlines()) == 1, out + err
+    assert "-> PATCH_EXEC" in out
+
+
+def test_quiet_prints_nothing(capsys, tmp_path, tiny_int8_bytes):  # type: ignore[no-untyped-def]
+    src = _write(tmp_path, "m.tflite", tiny_int8_bytes)
+    code, out, err = _run(capsys, "convert", src, "-o", str(tmp_path / "p.tflite"), "-q",
+                          *MEMORY_PLAN)
+    assert (code, out, err) == (0, "", "")
+    assert (tmp_path / "p.tflite").exists()
+
+
+def test_verbose_logs_the_steps(capsys, tmp_path, tiny_int8_bytes):  # type: ignore[no-untyped-def]
+    src = _write(tmp_path, "m.tflite", tiny_int8_bytes)
+    code, _, err = _run(capsys, "-v", "convert", src, "-o", str(tmp_path / "p.tflite"),
+                        *MEMORY_PLAN)
+    assert code == 0 and "INFO: planning:" in err
+
+
+def test_progress_bar_on_a_terminal(capsys, monkeypatch, tmp_path, tiny_int8_bytes):  # type: ignore[no-untyped-def]
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    src = _write(tmp_path, "m.tflite", tiny_int8_bytes)
+    assert main(["convert", src, "-o", str(tmp_path / "p.tflite"), *MEMORY_PLAN]) == 0
+    out = capsys.readouterr().out
+    assert "planning" in term.getvalue() and "stage" in term.getvalue()
+    assert len(out.splitlines()) <= 3
+
+
+@pytest.mark.parametrize("command", ["analyze", "plan", "convert", "validate", "export", "zoo"])
+def test_json_on_every_command(command, capsys, tmp_path, tiny_int8_bytes):  # type: ignore[no-untyped-def]
+    src = _write(tmp_path, "m.tflite", tiny_int8_bytes)
+    argv = {"analyze": ["analyze", src, "--no-measure"], "plan": ["plan", src, *MEMORY_PLAN],
+            "convert": ["convert", src, "-o", str(tmp_path / "p.tflite"), *MEMORY_PLAN],
+            "validate": ["validate", src, src, "--random", "1"],
+            "export": ["export", src, "--c-array", str(tmp_path / "c")],
+            "zoo": ["zoo", "--list"]}[command]
+    code, out, err = _run(capsys, *argv, "--json")
+    assert code == 0, err
+    assert isinstance(json.loads(out), dict)
+
+
+def test_three_outputs_plan_convert_validate(capsys, tmp_path, tiny_int8_bytes):  # type: ignore[no-untyped-def]
+    src = _write(tmp_path, "three.tflite", _three_outputs(tiny_int8_bytes))
+    out_path = str(tmp_path / "p.tflite")
+    assert _run(capsys, "plan", src, *MEMORY_PLAN)[0] == 0
+    code, out, err = _run(capsys, "convert", src, "-o", out_path, *MEMORY_PLAN)
+    assert code == 0 and "PATCH_EXEC" in out, err
+    code, out, err = _run(capsys, "validate", src, out_path, "--random", "2", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["pass"] and [c["outputs"] for c in doc["cases"]] == [3, 3]
+
+
+@pytest.mark.slow
+def test_two_inputs_convert_validate(capsys, tmp_path, two_inputs_bytes):  # type: ignore[no-untyped-def]
+    src = _write(tmp_path, "two.tflite", two_inputs_bytes)
+    out_path = str(tmp_path / "p.tflite")
+    code, out, err = _run(capsys, "convert", src, "-o", out_path, *MEMORY_PLAN)
+    assert code == 0 and "PATCH_EXEC" in out, err
+    code, out, err = _run(capsys, "validate", src, out_path, "--random", "2")
+    assert code == 0 and "PASS (2/2" in out, out + err
+
+
+def test_extreme_scale_is_left_to_tflm(capsys, tmp_path, tiny_int8_bytes):  # type: ignore[no-untyped-def]
+    """A scale whose requantization shift PATCH_EXEC cannot take: that operator stays a
+    TFLM operator, and the patched model validates."""
+    from tflm_patch.model import model_to_bytes
+    from tflm_patch.schema import schema
+
+    obj = schema().ModelT.InitFromPackedBuf(tiny_int8_bytes, 0)
+    obj.subgraphs[0].tensors[7].quantization.scale = [1e30]  # conv output, depthwise input
+    src = _write(tmp_path, "m.tflite", model_to_bytes(obj))
+    out_path = str(tmp_path / "p.tflite")
+    code, out, err = _run(capsys, "convert", src, "-o", out_path, *MEMORY_PLAN)
+    assert code == 0, err
+    from tflm_patch.model import load_model
+
+    assert "DEPTHWISE_CONV_2D" in [op.name for op in load_model(out_path).operators]
+    code, out, err = _run(capsys, "validate", src, out_path, "--random", "1")
+    assert code == 0 and "PASS" in out, out + err

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.tflm
 
 
 def _convert(src: Path, out: Path, *extra: str) -> int:
-    return main(["-q", "convert", str(src), "-o", str(out), *extra])
+    return main(["convert", str(src), "-o", str(out), *extra])
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +30,14 @@ def person_patched(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     return src, out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("image", "expected"), [("person.bmp", "[-113, 113]"),
                                                  ("no_person.bmp", "[57, -57]")])
 def test_person_detect_validate_images(person_patched: tuple[Path, Path], image: str,
                                        expected: str, capsys: pytest.CaptureFixture[str]
                                        ) -> None:
     src, out = person_patched
-    rc = main(["-q", "validate", str(src), str(out), "--input", str(shared_file(image))])
+    rc = main(["-v", "validate", str(src), str(out), "--input", str(shared_file(image))])
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "bit-identical" in text and f"outputs {expected}" in text and "PASS" in text
@@ -74,29 +75,32 @@ def test_person_detect_file_structure(person_patched: tuple[Path, Path]) -> None
         m.buffer for m in b.obj.metadata}) == list(range(len(b.obj.buffers)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ZOO_NAMES)
 def test_zoo_convert_validate_random(name: str, tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     src = ensure_model(name)
     out = tmp_path / "p.tflite"
     assert _convert(src, out) == 0
-    rc = main(["-q", "validate", str(src), str(out), "--random", "2", "--seed", "5"])
+    rc = main(["-v", "validate", str(src), str(out), "--random", "2", "--seed", "5"])
     text = capsys.readouterr().out
     assert rc == 0, text
     assert text.count("bit-identical max") == 2
 
 
+@pytest.mark.slow
 def test_mobilenet_v2_validate_three_seeds(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     src = shared_model_path("mobilenet_v2_int8_224_nchw")
     out = tmp_path / "p.tflite"
     assert _convert(src, out) == 0
-    rc = main(["-q", "validate", str(src), str(out), "--random", "3"])
+    rc = main(["-v", "validate", str(src), str(out), "--random", "3"])
     text = capsys.readouterr().out
     assert rc == 0, text
     assert text.count("bit-identical max") == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", [0, -1], ids=["patched_stage", "last_fused_stage"])
 def test_validate_catches_a_wrong_weight(which: int, tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
@@ -113,7 +117,7 @@ def test_validate_catches_a_wrong_weight(which: int, tmp_path: Path,
     flipped = bytes([w[0] ^ 0x40]) + w[1:]
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(model.raw.replace(w, flipped))
-    rc = main(["-q", "validate", str(src), str(bad), "--random", "2"])
+    rc = main(["-v", "validate", str(src), str(bad), "--random", "2"])
     text = capsys.readouterr().out
     assert rc == 1 and "MISMATCH" in text and "FAIL" in text
 
@@ -159,9 +163,11 @@ def test_bad_input_gives_error_and_no_file(case: str, tmp_path: Path, float_mode
     assert list(tmp_path.glob(".out.tflite*")) == []
 
 
+@pytest.mark.slow
 def test_plan_prints_front_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     png = tmp_path / "mem.png"
-    assert main(["-q", "plan", str(ensure_model("mbv1_025_96")), "--plot", str(png)]) == 0
+    assert main(["plan", str(ensure_model("mbv1_025_96")), "--objective", "memory",
+                 "--plot", str(png)]) == 0
     text = capsys.readouterr().out
     assert "chosen (smallest arena" in text and "<- chosen" in text and "Pareto front" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -174,5 +180,5 @@ def test_validate_input_size_mismatch(tmp_path: Path, capsys: pytest.CaptureFixt
     assert _convert(src, out) == 0
     bad = tmp_path / "x.npy"
     np.save(bad, np.zeros(7, np.int8))
-    assert main(["-q", "validate", str(src), str(out), "--input", str(bad)]) == 2
+    assert main(["-v", "validate", str(src), str(out), "--input", str(bad)]) == 2
     assert "needs" in capsys.readouterr().err

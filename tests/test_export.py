@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from embedded_helpers import WARNINGS, compile_cc, compiler, patched_zoo, tflm_tree
+from m4 import fnv1a32
 
 from tflm_patch import export
 from tflm_patch.arena import predict_arena
 from tflm_patch.cli import main
 from tflm_patch.errors import UnsupportedModelError
-from tflm_patch.m4 import fnv1a32
 from tflm_patch.model import Model, builtin_op_codes, model_to_bytes
+from tflm_patch.native import SOURCE_ROOT
 
 PATCH_EXEC_CALL = 'AddCustom("PATCH_EXEC", tflite::Register_PATCH_EXEC())'
 
@@ -131,7 +132,7 @@ def test_cli_c_array_writes_the_files(tmp_path: Path, capsys: pytest.CaptureFixt
                                       ) -> None:
     src = tmp_path / "m.tflite"
     src.write_bytes(patched_zoo().raw)
-    rc = main(["-q", "export", str(src), "--c-array", str(tmp_path / "out")])
+    rc = main(["export", str(src), "--c-array", str(tmp_path / "out")])
     assert rc == 0
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == ["model_data.cc", "model_data.h", "model_ops.h", "model_settings.h"]
@@ -160,7 +161,8 @@ def test_cli_bad_file_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixtu
     out = tmp_path / "out"
     assert main(["export", str(src), "--c-array", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(message) and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: {src}: {message[len('error: '):]}")
+    assert len(err.strip().splitlines()) == 1
     assert not out.exists()
 
 
@@ -246,6 +248,7 @@ def test_export_links_and_runs_on_x86(tmp_path: Path) -> None:
                    str(result.arena.total)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tree", ["current", "feb2023"])
 @pytest.mark.parametrize("cxx", ["c++", "arm-none-eabi-g++"])
 def test_model_ops_header_compiles_against_tflm(tmp_path: Path, tree: str, cxx: str) -> None:
@@ -260,7 +263,7 @@ def test_model_ops_header_compiles_against_tflm(tmp_path: Path, tree: str, cxx: 
     target = ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16",
               "-Wno-psabi"] if cxx.startswith("arm") else []
     compile_cc([tool, *target, f"-std={t.std}", *WARNINGS, "-fno-exceptions",
-                "-DTF_LITE_STATIC_MEMORY", "-I", str(Path(__file__).resolve().parents[1]),
+                "-DTF_LITE_STATIC_MEMORY", "-I", str(SOURCE_ROOT),
                 "-I", str(d), *t.include_flags(), "-c", str(d / "ops.cc"),
                 "-o", str(d / "ops.o")])
 
@@ -287,3 +290,41 @@ def test_resolver_table_matches_the_tflm_header(tree: str) -> None:
     if tree == "feb2023":
         newer = {export.RESOLVER_METHODS[op] for op in export.NOT_IN_ARDUINO_2023}
         assert newer & set(methods) == set()
+
+
+_ORIGIN_MAIN = """\
+#include <stdio.h>
+
+#include "test_image.h"
+
+int main() {
+  fputs(g_test_image_origin, stdout);
+  return 0;
+}
+"""
+HOSTILE_ORIGIN = 'a"b\\\\\n#error injected\n??/ trigraph \\ \x01 caf\u00e9 */ \\'
+
+
+def test_hostile_image_origin_compiles_and_is_kept_byte_for_byte(tmp_path: Path) -> None:
+    tool = compiler("c++")
+    model = patched_zoo()
+    image = export.BundledImage(export.seeded_image(model, 1).data, HOSTILE_ORIGIN)
+    result = export.export_model(model.raw, image=image, source="x\\\n#error y??/.tflite")
+    for f in result.files:
+        (tmp_path / f.name).write_text(f.text)
+        assert "#error" not in [line.split()[0] for line in f.text.splitlines() if line.split()]
+    (tmp_path / "main.cc").write_text(_ORIGIN_MAIN)
+    exe = tmp_path / "main"
+    compile_cc([tool, "-std=c++14", "-trigraphs", *WARNINGS, str(tmp_path / "test_image.cc"),
+                str(tmp_path / "main.cc"), "-o", str(exe)])
+    out = subprocess.run([str(exe)], capture_output=True, check=True).stdout
+    assert out == HOSTILE_ORIGIN.encode()
+
+
+@pytest.mark.parametrize("size", [(1 << 32) - 1, 1 << 32, 14_173_009_536])
+def test_sizes_over_32_bits_are_refused(size: int) -> None:
+    if size < 1 << 32:
+        export.check_c_sizes({"kTensorArenaSize": size})
+        return
+    with pytest.raises(export.ExportError, match="32-bit"):
+        export.check_c_sizes({"kTensorArenaSize": size})

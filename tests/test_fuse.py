@@ -48,6 +48,7 @@ def test_unit_inside_residual_block_needs_live_input() -> None:
     assert stage_check(model, 19, 19, live_input=True) == (True, "")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [*ZOO_NAMES, *SHARED])
 def test_every_fused_unit_is_exact(name: str) -> None:
     model = _model(name)

@@ -46,6 +46,7 @@ def _cut(model: Model, k: int) -> bytes:
     return model_to_bytes(obj)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec, k", CASES, ids=[f"{s}@{k}" for s, k in CASES])
 def test_receptive_field_is_sound_in_tflm(spec: str, k: int) -> None:
     model = _load(spec)

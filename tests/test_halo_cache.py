@@ -51,6 +51,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "first", "last", "grid"), CASES)
 def test_cached_stage_bit_exact(name: str, first: int, last: int, grid: tuple[int, int]
                                 ) -> None:

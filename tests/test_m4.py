@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import m4
 import pytest
-
-from tflm_patch import m4
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +48,7 @@ def test_fnv1a32_known_values() -> None:
     assert m4.fnv1a32(b"foobar") == 0xBF9CF968
 
 
+@pytest.mark.slow
 def test_qemu_stage_output_equals_numpy(qemu: m4.QemuRun, cases: list[m4.Case]) -> None:
     """The acceptance check: the patched main stage's output checksum on the Cortex-M4."""
     stage = cases[0]
@@ -56,6 +56,7 @@ def test_qemu_stage_output_equals_numpy(qemu: m4.QemuRun, cases: list[m4.Case]) 
     assert got[stage.op.index] == f"{stage.checksum:08x}", qemu.output
 
 
+@pytest.mark.slow
 def test_qemu_every_chained_operator_equals_numpy(qemu: m4.QemuRun,
                                                   cases: list[m4.Case]) -> None:
     """Each later PATCH_EXEC reads the device's previous output: the whole chain."""
@@ -63,6 +64,26 @@ def test_qemu_every_chained_operator_equals_numpy(qemu: m4.QemuRun,
     assert [r.bytes for r in qemu.results] == [c.expected.size for c in cases]
 
 
+@pytest.mark.slow
+def test_instruction_counter_is_exact_on_a_known_loop(qemu: m4.QemuRun) -> None:
+    """-icount shift=0 and Timer0: a loop of 2,000,000 instructions reads as exactly that
+    (to one tick, 40 instructions)."""
+    cal = qemu.calibration
+    assert cal is not None, qemu.output
+    assert cal.expected == 2_000_000
+    assert abs(cal.measured - cal.expected) <= m4.INSTRUCTIONS_PER_TICK
+
+
+@pytest.mark.slow
+def test_every_operator_reports_its_instructions(qemu: m4.QemuRun,
+                                                 cases: list[m4.Case]) -> None:
+    speeds = m4.op_speeds(cases, qemu)
+    assert [s.op for s in speeds] == [c.op.index for c in cases]
+    assert all(s.instructions > 0 and s.macs > 0 for s in speeds)
+    assert all(s.macs >= s.macs_whole for s in speeds)  # halos are recomputed, never fewer
+
+
+@pytest.mark.slow
 def test_person_detect_uses_the_image(harness_model: m4.HarnessModel) -> None:
     if not harness_model.label.startswith("person_detect"):
         pytest.skip("../shared/models not found: the zoo model runs instead of person_detect")
@@ -70,6 +91,7 @@ def test_person_detect_uses_the_image(harness_model: m4.HarnessModel) -> None:
     assert harness_model.stage_input.shape == (1, 96, 96, 1)
 
 
+@pytest.mark.slow
 def test_core_has_no_static_ram(harness: m4.Harness) -> None:
     """No mutable static state: .data and .bss of the core are empty."""
     sizes = m4.kernel_sizes(harness.core)
@@ -77,6 +99,7 @@ def test_core_has_no_static_ram(harness: m4.Harness) -> None:
     assert sizes.text > 0
 
 
+@pytest.mark.slow
 def test_core_stack_is_bounded(harness: m4.Harness) -> None:
     """No recursion and no dynamic (alloca/VLA) frames: the static worst case is a bound."""
     report = m4.stack_report(harness.core)
@@ -86,6 +109,7 @@ def test_core_stack_is_bounded(harness: m4.Harness) -> None:
     assert report.dynamic == ()
 
 
+@pytest.mark.slow
 def test_measured_stack_within_the_static_bound(harness: m4.Harness,
                                                qemu: m4.QemuRun) -> None:
     """The painted stack of every run stays within the call-graph sum for

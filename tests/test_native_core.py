@@ -4,6 +4,7 @@ validator against patch_format on malformed blobs. One case per test."""
 
 from __future__ import annotations
 
+import ctypes
 import random
 from dataclasses import replace
 from functools import cache
@@ -11,6 +12,13 @@ from functools import cache
 import numpy as np
 import pytest
 from conftest import shared_file, shared_model_path
+from native_fuzz import (
+    random_constants,
+    random_stage,
+    random_stage_input,
+    stage_reference,
+    with_version2,
+)
 from native_support import (
     BAD_STATUS,
     CACHE_BAD_STATUS,
@@ -32,18 +40,12 @@ from native_support import (
     version2_op,
     zoo,
 )
+from test_patch_format import HARDENED
 
 from tflm_patch import native, ref_ops, tflm_runner
 from tflm_patch import patch_format as pf
 from tflm_patch.model import Model, load_model, model_from_object
 from tflm_patch.native import NativeBuildError, Status, run_patch_exec_native
-from tflm_patch.native_fuzz import (
-    random_constants,
-    random_stage,
-    random_stage_input,
-    stage_reference,
-    with_version2,
-)
 from tflm_patch.patch_ref import run_patch_exec
 from tflm_patch.planner import PlanRequest, _grids, build_plan, patched_model_object, plan
 from tflm_patch.ref_params import run_graph
@@ -88,11 +90,13 @@ def _check_stage(s: PatchedStage, seed: int, variant: str = "release") -> None:
     assert np.array_equal(got, want), f"max |diff| {np.abs(got.astype(int) - want).max()}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "first", "last", "grid"), ZOO_CASES)
 def test_zoo_stage_bit_exact(name: str, first: int, last: int, grid: tuple[int, int]) -> None:
     _check_stage(patched_stage(zoo(name), first, last, grid), seed=first + last + grid[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "first", "last", "grid"),
                          [("mbv2_035_144", 0, 9, (5, 5)), ("pools_dilated", 0, 7, (2, 2)),
                           ("mcunet_dw57", 0, 12, (3, 3)), ("odd_stride2", 0, 4, (3, 2))])
@@ -102,6 +106,7 @@ def test_portable_inner_loops_bit_exact(name: str, first: int, last: int,
     _check_stage(patched_stage(zoo(name), first, last, grid), seed=3, variant="portable")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("first", "last", "grid"), [(0, 7, (4, 4)), (0, 12, (3, 3)),
                                                      (0, 26, (2, 2)), (0, 3, (1, 1))])
 def test_person_detect_stage_bit_exact(first: int, last: int, grid: tuple[int, int]) -> None:
@@ -179,6 +184,7 @@ def _planned(name: str) -> tuple[Model, Model, StageGraph]:
     return model, model_from_object(patched_model_object(model, result)), graph
 
 
+@pytest.mark.slow
 @pytest.mark.tflm
 @pytest.mark.parametrize(("image", "expect"), [("person.bmp", [-113, 113]),
                                                ("no_person.bmp", [57, -57])])
@@ -193,6 +199,7 @@ def test_person_detect_planned_model_outputs(image: str, expect: list[int]) -> N
     assert np.array_equal(got[0].reshape(-1), np.asarray(want[0]).reshape(-1))
 
 
+@pytest.mark.slow
 @pytest.mark.tflm
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_mobilenet_v2_planned_stage_equals_tflm(seed: int) -> None:
@@ -211,6 +218,7 @@ def test_mobilenet_v2_planned_stage_equals_tflm(seed: int) -> None:
 # ------------------------------------------------------------------ scratch size
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [*ZOO_NAMES, "person_detect", "mobilenet_v2_int8_224_nchw"])
 def test_scratch_bytes_of_every_planned_blob(name: str) -> None:
     """One C function gives the scratch size: PatchExecScratchBytes equals
@@ -254,6 +262,44 @@ def test_more_malformed_blobs(case: str) -> None:
     assert got.ok == python_accepts(blob), got.message
     if status is not None:
         assert got.status == status, got.message
+
+
+@pytest.mark.parametrize("case", sorted(HARDENED))
+def test_oversized_blob_gets_the_same_status_and_message(case: str) -> None:
+    """The size rules (scratch_bytes bound, 2^31-byte tensors and constants): the C
+    validator's status and message equal patch_format's message, character for character."""
+    mutate, status, message = HARDENED[case]
+    blob = mutate(pf.decode(base_blob()), bytearray(base_blob()))
+    got = core().validate(blob)
+    assert (int(got.status), got.message) == (status, message)
+    with pytest.raises(pf.OptionsError) as info:
+        pf.decode(blob)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("field", ["bias", "multipliers", "shifts"])
+def test_misaligned_int32_constant_is_refused(field: str) -> None:
+    """PatchExecCheckConstants refuses an int32 constant whose address is not a multiple
+    of 4 (the kernels load them as int32_t) before reading it."""
+    lib = core()
+    s = patched_stage(zoo("odd_stride2"), 0, 3, (3, 2))
+    consts = native.model_constants(s.patched, s.op, lib)
+    index = getattr(pf.decode(s.blob).layers[0], field)
+    keep = []
+    ptrs = (ctypes.c_void_p * len(consts))()
+    for i, arr in enumerate(consts):
+        if arr is None:
+            continue
+        shift = 2 if i == index else 0
+        buf = native._Buffer(arr.nbytes + 4, bytes(4) + arr.tobytes())
+        ptrs[i] = buf.ptr + 4 - shift if shift else buf.ptr + 4
+        if shift:  # the data moved 2 bytes down, misaligned
+            ctypes.memmove(ptrs[i], arr.tobytes(), arr.nbytes)
+        keep.append(buf)
+    blob = native._Buffer(len(s.blob), s.blob)
+    got = lib.check_constants_ptrs(blob, ptrs)
+    assert got.status == Status.CONSTANT
+    assert got.message == f"input {index}: int32 data at an address that is not a multiple of 4"
 
 
 def test_messages_name_the_field() -> None:
@@ -335,6 +381,7 @@ def test_build_errors_are_clear(monkeypatch: pytest.MonkeyPatch, tmp_path: objec
     assert native.unavailable_reason("release") is not None
 
 
+@pytest.mark.slow
 def test_build_is_cached(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
     core()
     monkeypatch.setenv(native.ENV_CACHE, str(tmp_path))
@@ -379,12 +426,14 @@ def _check_version2(name: str, first: int, last: int, grid: tuple[int, int], nch
     assert np.array_equal(got, want), f"max |diff| {np.abs(got.astype(int) - want).max()}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "first", "last", "grid", "nchw", "stream"), V2_ZOO_CASES)
 def test_version2_zoo_stage_bit_exact(name: str, first: int, last: int, grid: tuple[int, int],
                                       nchw: bool, stream: bool) -> None:
     _check_version2(name, first, last, grid, nchw, stream)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "first", "last", "grid"),
                          [("mbv2_035_144", 0, 9, (5, 5)), ("mcunet_dw57", 0, 12, (3, 3)),
                           ("odd_stride2", 0, 4, (3, 2))])
@@ -393,6 +442,7 @@ def test_version2_portable_inner_loops_bit_exact(name: str, first: int, last: in
     _check_version2(name, first, last, grid, nchw=True, stream=True, variant="portable")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "first", "last", "grid"),
                          [("mbv2_035_144", 0, 9, (5, 5)), ("odd_stride2", 0, 4, (3, 2))])
 def test_version2_stream_without_bias_equals_patch_ref(name: str, first: int, last: int,
@@ -413,6 +463,7 @@ STREAM_CASES = [(stride, bias, same, grid) for stride in (1, 2) for bias in (Tru
                 for same in (True, False) for grid in ((1, 1), (2, 3), (4, 4))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("stride", "bias", "same", "grid"), STREAM_CASES)
 def test_stream_pair_bit_exact(stride: int, bias: bool, same: bool,
                                grid: tuple[int, int]) -> None:
@@ -486,12 +537,14 @@ def _check_cached(name: str, first: int, last: int, grid: tuple[int, int],
     assert np.array_equal(got, want), f"max |diff| {np.abs(got.astype(int) - want).max()}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "first", "last", "grid"), CACHE_CASES)
 def test_cached_stage_bit_exact(name: str, first: int, last: int,
                                 grid: tuple[int, int]) -> None:
     _check_cached(name, first, last, grid)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "first", "last", "grid"), CACHE_CASES)
 def test_cached_stage_portable_bit_exact(name: str, first: int, last: int,
                                          grid: tuple[int, int]) -> None:
@@ -549,3 +602,57 @@ def test_cached_blob_truncations_are_rejected() -> None:
     assert lib.validate(blob).ok
     for n in range(len(blob)):
         assert lib.validate(blob[:n]).status == Status.TRUNCATED, n
+
+
+# ------------------------------------------------------------------ the Arm DSP path
+# The "dsp" build runs the Cortex-M4's DSP-extension inner loops (patch_exec_dsp.h) with
+# the instructions emulated in portable C++: the same bytes as the portable build.
+
+
+@pytest.mark.parametrize("seed", range(150))
+def test_dsp_random_stage_equals_portable(seed: int) -> None:
+    """The fuzzer's random stages (every kind, depth multipliers, dilations, STREAM
+    pairs, caches; odd seeds with extreme constants): dsp == portable == ref_ops."""
+    dsp, portable = core("dsp"), core("portable")
+    options = random_stage(random.Random(seed))
+    blob = pf.encode(options)
+    rng = np.random.default_rng(seed)
+    x = random_stage_input(options, rng)
+    consts = random_constants(options, rng, extreme=seed % 2 == 1)
+    got = dsp.run(blob, x, consts)
+    assert np.array_equal(got, portable.run(blob, x, consts))
+    want = stage_reference(options, x, consts)
+    assert want is not None and np.array_equal(got, want)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "first", "last", "grid"), ZOO_CASES)
+def test_dsp_zoo_stage_bit_exact(name: str, first: int, last: int,
+                                 grid: tuple[int, int]) -> None:
+    _check_stage(patched_stage(zoo(name), first, last, grid), seed=first + last + grid[0],
+                 variant="dsp")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "first", "last", "grid", "nchw", "stream"), V2_ZOO_CASES)
+def test_dsp_version2_zoo_stage_bit_exact(name: str, first: int, last: int,
+                                          grid: tuple[int, int], nchw: bool,
+                                          stream: bool) -> None:
+    _check_version2(name, first, last, grid, nchw, stream, variant="dsp")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "first", "last", "grid"), CACHE_CASES)
+def test_dsp_cached_stage_bit_exact(name: str, first: int, last: int,
+                                    grid: tuple[int, int]) -> None:
+    _check_cached(name, first, last, grid, variant="dsp")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("first", "last", "grid"), [(0, 7, (4, 4)), (0, 26, (2, 2)),
+                                                     (0, 3, (1, 1))])
+def test_dsp_person_detect_stage_bit_exact(first: int, last: int,
+                                           grid: tuple[int, int]) -> None:
+    """Depth multiplier 8 (four channels per input channel in the DSP kernel)."""
+    model = load_model(shared_model_path("person_detect"))
+    _check_stage(patched_stage(model, first, last, grid), seed=1, variant="dsp")

@@ -1,25 +1,19 @@
 """Fuzzing the options decoder (issue 4, item 4): the C validator (ASan + UBSan build)
 must agree with patch_format on every mutated blob, and accepted blobs must run like the
 numpy reference. Time-bounded: $TFLM_PATCH_FUZZ_SECONDS per engine (default 10; the
-command line default is 60: ``python -m tflm_patch.native fuzz``)."""
+command line default is 60: ``python tools/native_child.py fuzz``)."""
 
 from __future__ import annotations
 
 import os
 import random
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from native_support import BAD_STATUS, core, require_asan
-
-from tflm_patch import native
-from tflm_patch import patch_format as pf
-from tflm_patch.native import Status, Validation
-from tflm_patch.native_fuzz import (
+from native_fuzz import (
     DEFAULT_CORPUS,
     FuzzFailure,
     FuzzStats,
@@ -28,6 +22,12 @@ from tflm_patch.native_fuzz import (
     load_corpus,
     mutate,
 )
+from native_sanitize import child_command
+from native_support import BAD_STATUS, core, require_asan
+
+from tflm_patch import native
+from tflm_patch import patch_format as pf
+from tflm_patch.native import Status, Validation
 
 SECONDS = float(os.environ.get("TFLM_PATCH_FUZZ_SECONDS", "10"))
 
@@ -71,6 +71,7 @@ def test_mutations_are_seeded() -> None:
     assert sum(x != corpus[i % len(corpus)] for i, x in enumerate(a)) > 150
 
 
+@pytest.mark.slow
 def test_mutations_reach_version2_flags() -> None:
     """Mutants (flag toggles among them) are version 2 with INPUT_NCHW or a STREAM set,
     valid and not: the fuzzer reaches rules 8 and 9 from both sides."""
@@ -82,6 +83,7 @@ def test_mutations_reach_version2_flags() -> None:
     assert valid > 10 and len(flagged) - valid > 100
 
 
+@pytest.mark.slow
 def test_mutations_reach_halo_caches() -> None:
     """Mutants with the header flag CACHES and a CACHE_COLS tensor, valid and not: the
     fuzzer reaches the cache rules from both sides."""
@@ -128,8 +130,8 @@ def _accepts(blob: bytes) -> bool:
 
 
 def _fuzz(engine: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "tflm_patch.native", "fuzz", "--engine", engine,
-           "--seconds", str(SECONDS), "--seed", "1"]
+    cmd = child_command(["fuzz", "--engine", engine,
+                         "--seconds", str(SECONDS), "--seed", "1"])
     return subprocess.run(cmd, capture_output=True, text=True, timeout=SECONDS * 4 + 300,
                           check=False)
 

@@ -9,6 +9,13 @@ import random
 import numpy as np
 import pytest
 from conftest import shared_model_path
+from native_fuzz import (
+    random_constants,
+    random_stage,
+    random_stage_input,
+    stage_reference,
+)
+from native_sanitize import NativeJob, RunCase, ValidateCase, run_job_sanitized, run_sanitized
 from native_support import (
     BAD_STATUS,
     CACHE_BAD_STATUS,
@@ -32,20 +39,14 @@ from native_support import (
 from tflm_patch import native
 from tflm_patch import patch_format as pf
 from tflm_patch.model import load_model
-from tflm_patch.native import NativeJob, RunCase, Status, ValidateCase
-from tflm_patch.native_fuzz import (
-    random_constants,
-    random_stage,
-    random_stage_input,
-    stage_reference,
-)
+from tflm_patch.native import Status
 from tflm_patch.patch_ref import run_patch_exec
 from tflm_patch.ref_params import run_graph
 
 
 def _run(job: NativeJob) -> None:
     require_asan()
-    result = native.run_job_sanitized(job, timeout=900)
+    result = run_job_sanitized(job, timeout=900)
     assert result.report is None, f"sanitizer report: {result.report}\n{result.stderr[-4000:]}"
     assert result.returncode == 0, result.stderr[-4000:]
     assert f"{len(job.validate)} validate and {len(job.run)} run cases, 0 failures" in \
@@ -55,11 +56,12 @@ def _run(job: NativeJob) -> None:
 def test_a_heap_overflow_is_reported() -> None:
     """The harness works: an output buffer one byte short ends in an ASan report."""
     require_asan()
-    result = native.run_sanitized(["canary"], timeout=300)
+    result = run_sanitized(["canary"], timeout=300)
     assert result.returncode != 0
     assert result.report is not None and "heap-buffer-overflow" in result.report
 
 
+@pytest.mark.slow
 def test_validate_malformed_blobs_under_asan() -> None:
     cases = [ValidateCase(f"BAD {c}", bad_blob(c)[0], s) for c, s in BAD_STATUS.items()]
     cases += [ValidateCase(c, b, s) for c, (b, s) in extra_cases().items() if s is not None]
@@ -104,6 +106,7 @@ ZOO_RUNS = [("odd_stride2", 0, 4, (3, 2)), ("pools_dilated", 0, 7, (2, 2)),
             ("mbv1_025_96", 0, 3, (8, 8)), ("odd_stride2", 0, 4, (1, 1))]
 
 
+@pytest.mark.slow
 def test_zoo_stages_run_under_asan() -> None:
     require_asan()
     cases = [_stage_case(f"{n} {f}..{la} {g}", patched_stage(zoo(n), f, la, g), seed=f + la)
@@ -116,6 +119,7 @@ V2_RUNS = [("odd_stride2", 0, 4, (3, 2), True, True), ("odd_stride2", 0, 1, (8, 
            ("mbv1_025_96", 0, 10, (3, 1), True, True), ("pools_dilated", 0, 7, (2, 2), True, False)]
 
 
+@pytest.mark.slow
 def test_version2_zoo_stages_run_under_asan() -> None:
     """INPUT_NCHW gathers and STREAM pairs on real stages."""
     require_asan()
@@ -125,6 +129,7 @@ def test_version2_zoo_stages_run_under_asan() -> None:
     _run(NativeJob("asan", run=tuple(cases)))
 
 
+@pytest.mark.slow
 def test_stream_pairs_run_under_asan() -> None:
     """Synthetic STREAM pairs: stride 1 and 2, with and without bias and padding, the
     pair's output in the scratch or the stage output, with and without INPUT_NCHW."""
@@ -145,6 +150,7 @@ def test_stream_pairs_run_under_asan() -> None:
     _run(NativeJob("asan", run=tuple(cases)))
 
 
+@pytest.mark.slow
 def test_person_detect_stages_run_under_asan() -> None:
     require_asan()
     model = load_model(shared_model_path("person_detect"))
@@ -153,6 +159,7 @@ def test_person_detect_stages_run_under_asan() -> None:
     _run(NativeJob("asan", run=tuple(cases)))
 
 
+@pytest.mark.slow
 def test_synthetic_stages_run_under_asan() -> None:
     """Depth multipliers, dilations, PAD, ADD, pools, extreme constants, INPUT_NCHW and
     STREAM pairs (version 2)."""
@@ -169,6 +176,7 @@ def test_synthetic_stages_run_under_asan() -> None:
     _run(NativeJob("asan", run=tuple(cases)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["huge dilation", "huge padding"])
 def test_windows_far_outside_the_image_run_under_asan(case: str) -> None:
     """Valid blobs whose windows mostly (or only) read padding: same output as the
@@ -185,6 +193,7 @@ def test_windows_far_outside_the_image_run_under_asan(case: str) -> None:
     _run(NativeJob("asan", run=(RunCase(case, blob, x, tuple(consts), want),)))
 
 
+@pytest.mark.slow
 def test_cached_stages_run_under_asan() -> None:
     """Halo caches (CACHE_COLS) on real stages: restores, computed columns, saves."""
     require_asan()
@@ -210,6 +219,7 @@ def test_cached_stages_run_under_asan() -> None:
     _run(NativeJob("asan", run=tuple(cases)))
 
 
+@pytest.mark.slow
 def test_validate_malformed_cache_blobs_under_asan() -> None:
     cases = [ValidateCase(f"cache {c}", cache_bad_blob(c)[0], s)
              for c, s in CACHE_BAD_STATUS.items()]

@@ -4,15 +4,16 @@ validation rule."""
 from __future__ import annotations
 
 import functools
+import random
 import struct
 from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
+from native_fuzz import assign_slots, with_version2
 
 from tflm_patch import patch_format as pf
 from tflm_patch.model import load_model
-from tflm_patch.native_fuzz import with_version2
 from tflm_patch.rewrite import replace_stage
 from tflm_patch.schedule import make_schedule
 from tflm_patch.stage import build_stage
@@ -198,14 +199,18 @@ def _shrink_slot(t: int) -> Mutation:
 
 
 def _share_fresh_slot(a: int, c: int) -> Mutation:
-    """Tensors a and c moved to one new slot after the end of the scratch (grown to hold
-    both): they overlap each other and nothing else."""
+    """Tensors a and c moved to one slot at the first (4-aligned) offset where it meets no
+    other slot (the scratch grown when that is past its end): they overlap each other and
+    nothing else."""
     def mutate(o: pf.PatchOptions, b: bytearray) -> bytes:
-        end = (o.scratch_bytes + 3) // 4 * 4
-        for t in (a, c):
-            struct.pack_into("<I", b, _tensor_offset(t) + 8, end)
         size = max(o.tensors[a].slot_bytes, o.tensors[c].slot_bytes)
-        struct.pack_into("<I", b, 20, end + size)
+        others = [(t.slot_offset, t.slot_offset + t.slot_bytes) for k, t in enumerate(o.tensors)
+                  if o.has_slot(k) and k not in (a, c)]
+        fresh = min(at for at in [0, *((e + 3) // 4 * 4 for _, e in others)]
+                    if all(at + size <= lo or hi <= at for lo, hi in others))
+        for t in (a, c):
+            struct.pack_into("<I", b, _tensor_offset(t) + 8, fresh)
+        struct.pack_into("<I", b, 20, max(o.scratch_bytes, fresh + size))
         return bytes(b)
     return mutate
 
@@ -251,6 +256,63 @@ BAD_V2: dict[str, tuple[Mutation, str]] = {
     "v2 stream input lives until the depthwise": (_share_fresh_slot(0, 2),
                                                   "tensors 0 and 2 .*overlap"),
 }
+
+
+def _huge_constant(o: pf.PatchOptions, b: bytearray) -> bytes:
+    """One 1x1 CONV_2D of 65535 -> 65535 channels: its weights have 65535^2 elements,
+    under 2^32 but over 2^31 - 1 (every stage tensor is small)."""
+    whole = ((0, 1),)
+    t = pf.StageTensor(1, 1, 1000, whole, whole)
+    ly = pf.Layer(pf.CONV, 0, weights=1, multipliers=2, shifts=3,
+                  p=(0, 0, -128, 127) + (0,) * (pf.NUM_P - 4))
+    blob = bytearray(pf.encode(pf.PatchOptions((t, t), (ly,), (1, 1), 0, 4)))
+    for k in (0, 1):
+        struct.pack_into("<H", blob, _tensor_offset(k) + 4, 65535)
+    return bytes(blob)
+
+
+def _scratch_over_bound(o: pf.PatchOptions, b: bytearray) -> bytes:
+    struct.pack_into("<I", b, 20, pf.scratch_bound(o)[0] + 1)
+    return bytes(b)
+
+
+# The size rules (rule 5's 2^31 bound, rule 6's tensor bound, rule 10), applied to
+# base_options(1): (mutation, C status, the message both validators give).
+HARDENED: dict[str, tuple[Mutation, int, str]] = {
+    "scratch_bytes near 2^32": (_poke("<I", lambda o: 20, 0xFFFFFFF1), 5,
+                                "scratch_bytes 4294967281 is more than 2147483632 (2^31 - 16)"),
+    "scratch_bytes 2^31": (_poke("<I", lambda o: 20, 1 << 31), 5,
+                           "scratch_bytes 2147483648 is more than 2147483632 (2^31 - 16)"),
+    "scratch_bytes one over the slots": (
+        _scratch_over_bound, 5,
+        "scratch_bytes 14245 is more than the 14244 bytes its 3 slots and caches need laid end "
+        "to end (8 bytes of alignment each)"),
+    "tensor over 2^31 bytes": (_poke("<HHH", lambda o: _tensor_offset(1), 40000, 40000, 2), 5,
+                               "tensor 1: 40000x40000x2 is 3200000000 bytes, more than 2^31 - 1"),
+    "constant over 2^31 bytes": (
+        _huge_constant, 7,
+        "layer 0 (CONV_2D): operator input 1 is used with another type or size, or is over "
+        "2^31 - 1 bytes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HARDENED))
+def test_oversized_blob_is_rejected(case: str, options: pf.PatchOptions, blob: bytes) -> None:
+    mutate, _, message = HARDENED[case]
+    with pytest.raises(pf.OptionsError) as info:
+        pf.decode(mutate(options, bytearray(blob)))
+    assert str(info.value) == message
+
+
+def test_scratch_bound_allows_the_planners_and_the_fuzzers_layouts(
+        options: pf.PatchOptions) -> None:
+    """Packed slots (the planner), and slots one after another with 0 or 3 bytes of gap
+    rounded to 4 (native_fuzz.assign_slots), stay within rule 10's bound."""
+    assert options.scratch_bytes <= pf.scratch_bound(options)[0]
+    for seed in range(50):
+        o = assign_slots(options, random.Random(seed))
+        assert o.scratch_bytes <= pf.scratch_bound(o)[0]
+        pf.encode(o)
 
 
 @pytest.mark.parametrize("case", sorted(BAD))

@@ -8,12 +8,12 @@ import random
 from dataclasses import replace
 from functools import cache
 
+import native_fuzz
 import numpy as np
 import pytest
 from conftest import shared_model_path
 from native_support import array_model
 
-from tflm_patch import native_fuzz
 from tflm_patch import patch_format as pf
 from tflm_patch.geometry import tensor_rects
 from tflm_patch.model import Model, load_model, model_from_object
@@ -61,23 +61,27 @@ ZOO_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "first", "last", "grid"), ZOO_CASES)
 def test_zoo_stage_bit_exact(name: str, first: int, last: int, grid: tuple[int, int]) -> None:
     _check(_zoo(name), first, last, grid, seed=first + last)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("first", "last", "grid"), [(0, 7, (4, 4)), (0, 12, (3, 3)),
                                                      (0, 26, (2, 2))])
 def test_person_detect_stage_bit_exact(first: int, last: int, grid: tuple[int, int]) -> None:
     _check(load_model(shared_model_path("person_detect")), first, last, grid, seed=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("last", "grid"), [(18, (3, 4)), (30, (2, 3))])
 def test_mobilenet_v2_stage_with_explicit_pads_bit_exact(last: int, grid: tuple[int, int]
                                                          ) -> None:
     _check(load_model(shared_model_path("mobilenet_v2_int8_224_nchw")), 1, last, grid, seed=2)
 
 
+@pytest.mark.slow
 def test_mobilenet_v2_stage_with_folded_transpose_bit_exact() -> None:
     _check(load_model(shared_model_path("mobilenet_v2_int8_224_nchw")), 0, 18, (3, 4), seed=3)
 

@@ -370,6 +370,7 @@ def _check_minimal(case: Case, rects: dict[str, Rect], base: dict[str, Array], t
         assert changed, f"{side} side of {t} rect {r} is not needed by its consumers"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", SEEDS)
 def test_random_graph_exact_rects_sound_and_minimal_for_target(seed: int) -> None:
     """exact=True: for every upstream tensor (input and intermediates), random values
@@ -555,6 +556,7 @@ def test_validation_errors() -> None:
 
 # ---------------------------------------------------------------- TensorFlow's SAME
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("stride", "dilation"), [(1, 1), (2, 1), (3, 1), (1, 2), (1, 3)])
 def test_same_padding_matches_tensorflow(stride: int, dilation: int) -> None:
     """Output size of tf.nn.conv2d SAME, and its padding: SAME equals explicit
@@ -577,6 +579,7 @@ def test_same_padding_matches_tensorflow(stride: int, dilation: int) -> None:
     assert not bad, f"(in, k, tf out, ours) mismatches: {bad}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("n", "k", "s", "d"), [
     (97, 3, 2, 1), (96, 3, 2, 1), (10, 4, 1, 1), (7, 2, 2, 1), (8, 7, 3, 1), (11, 3, 1, 2),
     (9, 5, 1, 3), (1, 3, 1, 2), (2, 2, 1, 3),

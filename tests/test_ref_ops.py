@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import SHARED_MODELS, SHARED_NAMES, shared_file
+from tflm_trace import Trace, run_all_tensors, trace
 
 from tflm_patch import ref_ops
 from tflm_patch.errors import TflmRunError, UnsupportedModelError
 from tflm_patch.model import Model, load_model, model_to_bytes
 from tflm_patch.ref_params import SUPPORTED_OPS, params_for, run_graph, run_op
-from tflm_patch.tflm_trace import Trace, run_all_tensors, trace
 
 SEED = 20261124
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
@@ -104,6 +104,7 @@ def traces() -> Callable[[str], Trace]:
 # ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.tflm
 @pytest.mark.parametrize(("spec", "op_index"), _op_cases())
 def test_op_equals_tflm(traces: Callable[[str], Trace], spec: str, op_index: int) -> None:
@@ -121,6 +122,7 @@ def test_op_equals_tflm(traces: Callable[[str], Trace], spec: str, op_index: int
                             f"(max |diff| {np.abs(diff).max()})")
 
 
+@pytest.mark.slow
 @pytest.mark.tflm
 @pytest.mark.parametrize("spec", MODEL_SPECS)
 def test_whole_graph_equals_tflm_on_every_tensor(traces: Callable[[str], Trace],

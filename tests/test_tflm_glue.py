@@ -23,9 +23,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import model_fuzz_cases as mf
 import numpy as np
 import pytest
 from conftest import shared_file, shared_model_path
+from native_fuzz import with_version2
 from test_patch_ref import ZOO_CASES
 
 from tflm_patch import patch_format as pf
@@ -33,8 +35,7 @@ from tflm_patch import tflm_build
 from tflm_patch.arena import predict_arena
 from tflm_patch.errors import TflmRunError
 from tflm_patch.model import Model, load_model, model_from_object, model_to_bytes
-from tflm_patch.native_fuzz import with_version2
-from tflm_patch.planner import patched_model_object, plan
+from tflm_patch.planner import PlanRequest, patched_model_object, plan
 from tflm_patch.rewrite import CUSTOM_CODE, plan_metadata, replace_stage, to_checked_bytes
 from tflm_patch.schedule import make_schedule
 from tflm_patch.stage import build_stage
@@ -89,9 +90,13 @@ def _model(name: str) -> Model:
 
 @cache
 def _default_plan(name: str) -> tuple[bytes, int]:
-    """The planner's default patched model and its predicted arena."""
+    """The planner's default patched model and its predicted arena; where the default
+    (latency) objective leaves the model unchanged, the memory objective's plan, so that
+    every model runs PATCH_EXEC."""
     model = _model(name)
     result = plan(model)
+    if result.chosen is None:
+        result = plan(model, PlanRequest(objective="memory"))
     assert result.chosen is not None, result.message
     return to_checked_bytes(patched_model_object(model, result)), result.chosen.arena
 
@@ -141,6 +146,7 @@ def _compile_glue(root: str, extra: str, *flags: str) -> None:
         assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stdout}{r.stderr}"
 
 
+@pytest.mark.slow
 def test_glue_compiles_against_feb_2023_tflm() -> None:
     """Arduino_TensorFlowLite's TFLM: TfLiteRegistration, non-variadic
     TF_LITE_ENSURE_MSG, no compression, flatbuffers 2.x (DEVELOPERS.md)."""
@@ -154,6 +160,7 @@ def test_glue_compiles_against_feb_2023_tflm() -> None:
     _compile_glue(root, extra, "-std=gnu++14")  # what the Arduino IDE's Cortex-M core uses
 
 
+@pytest.mark.slow
 def test_glue_compiles_with_error_strings_stripped() -> None:
     """TF_LITE_STRIP_ERROR_STRINGS (small MCU builds) leaves nothing unused."""
     reason = _headers_missing()
@@ -185,6 +192,7 @@ def test_cached_build_is_reused(kernel: tflm_build.KernelLibrary) -> None:
 # ------------------------------------------------------------------ bit-exact in TFLM
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("image", "expected"), [("person.bmp", [-113, 113]),
                                                  ("no_person.bmp", [57, -57])])
 def test_person_detect_in_tflm(kernel: tflm_build.KernelLibrary, image: str,
@@ -213,6 +221,7 @@ def test_mobilenet_v2_224_in_tflm(kernel: tflm_build.KernelLibrary) -> None:
         assert c.identical, f"seed {seed}: max |diff| {c.max_abs_diff}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_zoo_model_in_tflm(kernel: tflm_build.KernelLibrary, name: str) -> None:
     model = _zoo(name)
@@ -234,6 +243,7 @@ def _stage_model(model: Model, first: int, last: int, grid: tuple[int, int],
     return replace_stage(model, graph, make_schedule(graph, grid, cache=cache))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "first", "last", "grid"), STAGE_CASES)
 def test_stage_output_bit_exact_in_tflm(kernel: tflm_build.KernelLibrary, name: str,
                                         first: int, last: int, grid: tuple[int, int]) -> None:
@@ -270,6 +280,7 @@ ARENA_MODELS = [*(f"zoo:{n}" for n in sorted(ZOO)), "person_detect",
                 "mobilenet_v2_int8_224_nchw"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ARENA_MODELS)
 def test_measured_arena_equals_prediction(kernel: tflm_build.KernelLibrary, name: str) -> None:
     data, predicted = _default_plan(name)
@@ -455,6 +466,7 @@ MALFORMED: dict[str, tuple[Callable[[Any], None], str]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(MALFORMED))
 def test_malformed_operator_fails_allocation_with_a_message(
         kernel: tflm_build.KernelLibrary, case: str) -> None:
@@ -469,6 +481,56 @@ def test_malformed_operator_fails_allocation_with_a_message(
     assert text.startswith("TFLM failed while allocating tensors"), text  # not a crash
     assert "PATCH_EXEC: " in text, text
     assert re.search(message, text), text
+
+
+# A hostile model (docs/patch_exec.md, "Operator tensors" and rule 10): the crafted edits
+# of tests/model_fuzz_cases.py on the model above (the same stage, so the same inputs)
+HOSTILE = ["scratch_bytes_near_2_32", "scratch_bytes_over_what_slots_need",
+           "stage_tensor_over_2_31_bytes", "output_constant", "output_variable",
+           "input_constant", "output_is_input", "weights_buffer_short",
+           "multipliers_buffer_one_byte", "bias_variable", "weights_shape_overflows_64_bits",
+           "weights_negative_dimension"]
+
+
+def _assert_refused(kernel: tflm_build.KernelLibrary, data: bytes, message: str,
+                    verify: bool = True) -> None:
+    x = [np.zeros((1, 97, 97, 3), np.int8)]
+    with pytest.raises(TflmRunError) as info:
+        run_model(data, x, **kernel.runner_kwargs(), verify=verify)
+    text = str(info.value)
+    assert text.startswith("TFLM failed while allocating tensors"), text  # not a crash
+    assert "PATCH_EXEC: " in text, text
+    assert re.search(message, text), text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", HOSTILE)
+def test_hostile_operator_fails_allocation_with_a_message(
+        kernel: tflm_build.KernelLibrary, case: str) -> None:
+    edit, message = mf.crafted_edits()[case]
+    obj = _small_patched()
+    edit(obj)
+    _assert_refused(kernel, model_to_bytes(obj), message)
+
+
+def test_constant_buffer_at_the_file_end_too_short_fails_allocation(
+        kernel: tflm_build.KernelLibrary) -> None:
+    edit, message = mf.crafted_edits()["shifts_buffer_one_byte"]
+    obj = _small_patched()
+    edit(obj)
+    data = model_to_bytes(obj)
+    _assert_refused(kernel, mf.move_buffer_to_end(data, mf.tensor_buffer(data, "shifts")),
+                    message)
+
+
+def test_misaligned_int32_constant_fails_allocation(kernel: tflm_build.KernelLibrary) -> None:
+    """Multipliers whose data starts 2 bytes past a multiple of 4 (the flatbuffer verifier
+    refuses such a file; TFLM on a device does not check): Prepare refuses them."""
+    data = model_to_bytes(_small_patched())
+    moved = mf.move_buffer_to_end(data, mf.tensor_buffer(data, "multipliers"), misalign=2)
+    index = mf.constant_input("multipliers")
+    _assert_refused(kernel, moved, rf"invalid constant input \(status 11\): input {index}: "
+                    "int32 data at an address that is not a multiple of 4", verify=False)
 
 
 def test_unmodified_small_model_runs(kernel: tflm_build.KernelLibrary) -> None:
@@ -495,6 +557,7 @@ def test_input_nchw_stage_in_tflm(kernel: tflm_build.KernelLibrary, seed: int) -
     assert got.tobytes() == run_model(model.raw, x)[0].tobytes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "last", "grid"), [("zoo:nchw_input", 4, (3, 2)),
                                                     ("mobilenet_v2_int8_224_nchw", 8, (4, 4))])
 def test_folded_transpose_stage_in_tflm(kernel: tflm_build.KernelLibrary, name: str, last: int,
@@ -517,6 +580,7 @@ CACHE_STAGES = [("mbv2_035_144", 0, 9, (3, 3)), ("mbv2_035_144", 0, 20, (2, 5)),
                 ("nchw_input", 0, 10, (2, 3))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "first", "last", "grid"), CACHE_STAGES)
 def test_cached_stage_in_tflm(kernel: tflm_build.KernelLibrary, name: str, first: int,
                               last: int, grid: tuple[int, int]) -> None:
@@ -544,6 +608,7 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
                           text=True, env=env, check=False, timeout=900)
 
 
+@pytest.mark.slow
 def test_validate_and_analyze_say_which_path_ran(tmp_path: Path) -> None:
     """Without the headers: the numpy reference, with the reason; with them (and the core):
     the C++ kernel in TFLM, and analyze measures the patched model's arena."""

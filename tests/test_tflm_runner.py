@@ -147,6 +147,7 @@ _ABORTING_CALLS: dict[str, Callable[[bytes], object]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("call", sorted(_ABORTING_CALLS))
 def test_abort_is_a_clear_error(aborting_model: bytes, call: str) -> None:
     with pytest.raises(TflmRunError,

@@ -125,6 +125,7 @@ def _tflite_reference(data: bytes, shape: tuple[int, ...]) -> list[list[int]]:
     return outs
 
 
+@pytest.mark.slow
 @pytest.mark.tflm
 @pytest.mark.parametrize("name", ZOO_NAMES)
 def test_model_runs_in_tflm_like_tflite_reference(zoo_paths: dict[str, Path], name: str) -> None:
@@ -173,6 +174,7 @@ def test_odd_stride2_first_conv(zoo_paths: dict[str, Path]) -> None:
     assert m.tensors[first.outputs[0]].shape[1:3] == (49, 49)  # ceil(97 / 2)
 
 
+@pytest.mark.slow
 def test_build_is_byte_reproducible(zoo_paths: dict[str, Path]) -> None:
     """A fresh build of the smallest model (new TensorFlow process) equals the cached bytes."""
     assert build_model("pools_dilated") == zoo_paths["pools_dilated"].read_bytes()
@@ -183,6 +185,7 @@ def test_importing_the_zoo_does_not_import_tensorflow() -> None:
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
 
 
+@pytest.mark.slow
 def test_make_zoo_help_and_report(zoo_paths: dict[str, Path]) -> None:
     r = subprocess.run([sys.executable, str(TOOLS / "make_zoo.py"), "--help"],
                        capture_output=True, text=True, timeout=120)

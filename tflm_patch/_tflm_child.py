@@ -10,7 +10,9 @@ doing ("allocating tensors", "invoking", ...).
 
 The smallest-arena search runs every probe in a forked grandchild: an arena too
 small even for TFLM's own allocator objects makes TFLM dereference a null pointer,
-and such a crash must count as "does not fit", not end the search.
+and such a crash must count as "does not fit", not end the search. The "isolated"
+action runs each of several models in its own forked grandchild too (its log, exit
+status and outputs kept apart): one process start for many untrusted models.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import ctypes
 import io
 import os
 import pickle
+import signal
 import sys
 import tempfile
 import time
@@ -37,7 +40,7 @@ RESOURCE_VARIABLES_LINE = "Number of resource variables"
 
 @dataclass(frozen=True)
 class Request:
-    action: str  # "run" | "report" | "smallest" | "latency"
+    action: str  # "run" | "report" | "smallest" | "latency" | "isolated"
     model: bytes
     arena_size: int
     num_inputs: int
@@ -49,9 +52,22 @@ class Request:
     granularity: int = 16
     invoke: bool = True
     preserve_all: bool = False
-    # "latency": more models (same inputs) timed alternately with `model`, `repeats` rounds
+    # "latency": more models (same inputs) timed alternately with `model`, `repeats` rounds;
+    # "isolated": more models, each run once in its own process
     extra_models: tuple[bytes, ...] = ()
     repeats: int = 0
+    timeout: float = 0.0  # "isolated": seconds per model (0: none)
+
+
+@dataclass(frozen=True)
+class IsolatedRun:
+    """One model of an "isolated" request: its outputs, or the error TFLM reported, and
+    how its process ended (exit code, or minus the signal number) with its log."""
+
+    outputs: tuple[np.ndarray, ...] = ()
+    error: str = ""
+    exit_code: int = 0
+    log: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,7 @@ class Response:
     # "latency": per model (`model`, then `extra_models`), seconds of each Invoke, outputs
     seconds: tuple[tuple[float, ...], ...] = ()
     model_outputs: tuple[tuple[np.ndarray, ...], ...] = ()
+    isolated: tuple[IsolatedRun, ...] = ()
 
 
 def phase(text: str) -> None:
@@ -266,6 +283,51 @@ def _latency(req: Request, runtime: Any) -> Response:
     return Response(seconds=tuple(map(tuple, seconds)), model_outputs=outputs)
 
 
+def _run_one_isolated(req: Request, runtime: Any, log: int, result: int) -> None:
+    """Grandchild of "isolated": fd 1 and 2 to `log`, the pickled outputs (or error) to
+    `result`; a SIGALRM after req.timeout seconds ends it."""
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    if req.timeout > 0:
+        signal.alarm(max(1, int(req.timeout)))
+    try:
+        run = IsolatedRun(outputs=_run(req, runtime).outputs)
+    except RuntimeError as e:
+        run = IsolatedRun(error=str(e))
+    except Exception as e:
+        run = IsolatedRun(error=f"{type(e).__name__}: {e}")
+    os.write(result, pickle.dumps(run))
+
+
+def _isolated(req: Request, runtime: Any) -> Response:
+    runs = []
+    for model in (req.model, *req.extra_models):
+        one = replace(req, model=model, extra_models=())
+        with tempfile.TemporaryFile() as log, tempfile.TemporaryFile() as result:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:  # grandchild: never returns
+                code = 0
+                try:
+                    _run_one_isolated(one, runtime, log.fileno(), result.fileno())
+                except BaseException:
+                    code = 1
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            log.seek(0)
+            result.seek(0)
+            text = log.read().decode("utf-8", "replace")
+            data = result.read()
+        try:
+            run = pickle.loads(data)
+        except Exception:  # the process died before writing all of it
+            run = IsolatedRun(error="no result")
+        runs.append(replace(run, exit_code=os.waitstatus_to_exitcode(status), log=text))
+    return Response(isolated=tuple(runs))
+
+
 def serve(req: Request) -> Response:
     phase("loading custom-op libraries")
     for path in req.preload:
@@ -279,6 +341,8 @@ def serve(req: Request) -> Response:
         return _smallest(req, runtime)
     if req.action == "latency":
         return _latency(req, runtime)
+    if req.action == "isolated":
+        return _isolated(req, runtime)
     return _run(req, runtime)
 
 

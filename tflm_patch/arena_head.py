@@ -170,6 +170,46 @@ def greedy_plan(
     return total, offsets
 
 
+def greedy_order(sizes: Sequence[int]) -> list[int]:
+    """_placement_order of online buffers: by size descending, the later-added first."""
+    return sorted(range(len(sizes) - 1, -1, -1), key=lambda i: -sizes[i])
+
+
+class Placement:
+    """Buffers placed so far by the greedy planner: (offset, end, first, last) by offset."""
+
+    def __init__(self, placed: list[tuple[int, int, int, int]] | None = None,
+                 total: int = 0) -> None:
+        self.placed = placed if placed is not None else []
+        self.total = total
+
+    def copy(self) -> Placement:
+        return Placement(list(self.placed), self.total)
+
+    def place(self, size: int, first: int, last: int) -> int:
+        """_first_fit for a buffer alive in scopes first..last; returns its offset."""
+        offset = 0
+        for o, end, f, la in self.placed:
+            if f > last or first > la:
+                continue  # not alive at the same time
+            if o - offset >= size:
+                break
+            if end > offset:
+                offset = end
+        self.put(offset, size, first, last)
+        return offset
+
+    def put(self, offset: int, size: int, first: int, last: int) -> None:
+        """Add a buffer at a known offset."""
+        # equal offsets: the newcomer goes after those already placed there
+        entry = (offset, offset + size, first, last)
+        self.placed.insert(bisect.bisect_right(self.placed, (offset, _AFTER)), entry)
+        self.total = max(self.total, offset + size)
+
+
+_AFTER = 1 << 62  # sorts after every end
+
+
 def _placement_order(sizes: Sequence[int], fixed: Sequence[int]) -> list[int]:
     """Offline buffers in order of addition, then online ones by size descending.
 
@@ -623,11 +663,19 @@ def planning_head_bytes(model: Model, target: str = "x86_64",
     bytes although head + tail = 1456). Derived from the source; checked through
     arena.predict_arena against the measured smallest arena (tests/test_arena.py).
     """
-    pointer = _pointer_size(target)
     if plan is None:
         plan = plan_head(model, target)
     scratch = sum(1 for b in plan.buffers if b.op is not None)
+    return planning_bytes(target, scratch, len(model.tensors), model.num_subgraphs,
+                          len(plan.buffers))
+
+
+def planning_bytes(target: str, scratch: int, tensors: int, subgraphs: int,
+                   buffers: int) -> int:
+    """planning_head_bytes from the counts: scratch requests, tensors, subgraphs and
+    buffers in the plan."""
+    pointer = _pointer_size(target)
     end = SCRATCH_REQUEST_SIZE[target] * (scratch + MAX_SCRATCH_BUFFERS_PER_OP)
-    end = align_up(end, SIZE_T_SIZE[target]) + SIZE_T_SIZE[target] * model.num_subgraphs
-    end = align_up(end, pointer) + ALLOCATION_INFO_SIZE[target] * (len(model.tensors) + scratch)
-    return align_up(end) + PLANNER_BYTES_PER_BUFFER * len(plan.buffers)
+    end = align_up(end, SIZE_T_SIZE[target]) + SIZE_T_SIZE[target] * subgraphs
+    end = align_up(end, pointer) + ALLOCATION_INFO_SIZE[target] * (tensors + scratch)
+    return align_up(end) + PLANNER_BYTES_PER_BUFFER * buffers

@@ -39,7 +39,7 @@ TF_LITE_STATIC_MEMORY, without compression, reference kernels: computed, not mea
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tflm_patch.arena_head import align_up
@@ -430,6 +430,71 @@ def _io_tensors(model: Model, t: Target, tensors: tuple[int, ...]) -> list[Alloc
     return allocs
 
 
+@dataclass(frozen=True)
+class OpAllocations:
+    """What one operator adds to the tail: its builtin option struct, its kernel's Init
+    and Prepare allocations (each list in TFLM's order)."""
+
+    builtin: tuple[Allocation, ...]
+    init: tuple[Allocation, ...]
+    prepare: tuple[Allocation, ...]
+
+
+def op_allocations(model: Model, op: OperatorInfo, t: Target) -> OpAllocations:
+    entry = op_tail(op)
+    builtin = (_struct(t, BUILTIN_DATA, entry.builtin_data),) if entry.builtin_data else ()
+    init = (_kernel(t.sizeof(entry.init_data), f"{op.name} {op.index} Init"),) \
+        if entry.init_data else ()
+    prepare = tuple(_kernel(size, f"{op.name} {op.index} Prepare")
+                    for size in entry.prepare(model, op, t))
+    return OpAllocations(builtin, init, prepare)
+
+
+def patch_exec_allocations(model: Model, t: Target) -> OpAllocations:
+    """op_allocations of a PATCH_EXEC operator added to `model`."""
+    op = OperatorInfo(len(model.operators), "PATCH_EXEC", None, (), (), None, None)
+    return op_allocations(model, op, t)
+
+
+@dataclass(frozen=True)
+class ModelAllocations:
+    """The parts of the tail that are not per operator: the variable buffers and the
+    input/output tensors."""
+
+    variables: tuple[Allocation, ...]
+    io_tensors: tuple[Allocation, ...]
+
+
+def model_allocations(model: Model, t: Target) -> ModelAllocations:
+    return ModelAllocations(tuple(_variable_buffers(model)),
+                            tuple(_io_tensors(model, t, model.inputs)
+                                  + _io_tensors(model, t, model.outputs)))
+
+
+def assemble_tail(t: Target, num_subgraphs: int, num_tensors: int,
+                  ops: Sequence[OpAllocations], num_scratch: int,
+                  rest: ModelAllocations) -> tuple[list[Allocation], int]:
+    """All tail allocations in TFLM's order from their parts, and how many precede the
+    input/output tensors."""
+    allocs = _allocator_objects(t)
+    # StartModelAllocation
+    allocs.append(_struct(t, ALLOCATORS, "MicroBuiltinDataAllocator"))
+    allocs.append(_struct(t, SUBGRAPHS, "SubgraphAllocations", num_subgraphs))
+    allocs.append(_struct(t, EVAL_TENSORS, "TfLiteEvalTensor", num_tensors))
+    allocs.append(_struct(t, NODES, "NodeAndRegistration", len(ops)))
+    # builtin options, then Init of every kernel, then Prepare of every kernel
+    for part in ("builtin", "init", "prepare"):
+        for op in ops:
+            allocs.extend(getattr(op, part))
+    # FinishModelAllocation
+    if num_scratch:
+        allocs.append(_struct(t, SCRATCH_HANDLES, "ScratchBufferHandle", num_scratch))
+    allocs += rest.variables
+    planned = len(allocs)
+    allocs += rest.io_tensors
+    return allocs, planned
+
+
 def tail_allocations(model: Model, target: str = "x86_64") -> tuple[list[Allocation], int]:
     """All tail allocations in TFLM's order, and how many precede the input/output tensors
     (i.e. exist while CommitStaticMemoryPlan plans)."""
@@ -437,33 +502,10 @@ def tail_allocations(model: Model, target: str = "x86_64") -> tuple[list[Allocat
 
     _check_model(model)
     t = get_target(target)
-    allocs = _allocator_objects(t)
-    # StartModelAllocation
-    allocs.append(_struct(t, ALLOCATORS, "MicroBuiltinDataAllocator"))
-    allocs.append(_struct(t, SUBGRAPHS, "SubgraphAllocations", model.num_subgraphs))
-    allocs.append(_struct(t, EVAL_TENSORS, "TfLiteEvalTensor", len(model.tensors)))
-    allocs.append(_struct(t, NODES, "NodeAndRegistration", len(model.operators)))
-    # builtin options, then Init of every kernel, then Prepare of every kernel
-    for op in model.operators:
-        builtin = op_tail(op).builtin_data
-        if builtin:
-            allocs.append(_struct(t, BUILTIN_DATA, builtin))
-    for op in model.operators:
-        init = op_tail(op).init_data
-        if init:
-            allocs.append(_kernel(t.sizeof(init), f"{op.name} {op.index} Init"))
-    for op in model.operators:
-        for size in op_tail(op).prepare(model, op, t):
-            allocs.append(_kernel(size, f"{op.name} {op.index} Prepare"))
-    # FinishModelAllocation
     n_scratch = sum(len(scratch_requests(model, op, target)) for op in model.operators)
-    if n_scratch:
-        allocs.append(_struct(t, SCRATCH_HANDLES, "ScratchBufferHandle", n_scratch))
-    allocs += _variable_buffers(model)
-    planned = len(allocs)
-    allocs += _io_tensors(model, t, model.inputs)
-    allocs += _io_tensors(model, t, model.outputs)
-    return allocs, planned
+    return assemble_tail(t, model.num_subgraphs, len(model.tensors),
+                         [op_allocations(model, op, t) for op in model.operators], n_scratch,
+                         model_allocations(model, t))
 
 
 def replay(allocs: list[Allocation], start: int = 0) -> list[int]:
@@ -478,7 +520,11 @@ def replay(allocs: list[Allocation], start: int = 0) -> list[int]:
 
 def predict_tail(model: Model, target: str = "x86_64") -> TailPrediction:
     """Replay the tail allocations; bytes, requested bytes and counts per category."""
-    allocs, planned = tail_allocations(model, target)
+    return summarize_tail(*tail_allocations(model, target))
+
+
+def summarize_tail(allocs: list[Allocation], planned: int) -> TailPrediction:
+    """The tail of these allocations (tail_allocations' result)."""
     used = replay(allocs)
     totals: dict[str, tuple[int, int, int]] = {}
     previous = 0

@@ -3,57 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import logging
 import os
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
-from tflm_patch.errors import TflmPatchError
+from tflm_patch.cli_args import human, load_checked, parse_size
+from tflm_patch.cli_output import CONSOLE
+from tflm_patch.errors import (
+    TflmPatchError,
+    UsageError,
+)
+from tflm_patch.io_checks import check_plot_file, shown
 
 if TYPE_CHECKING:
     from tflm_patch.analysis import Analysis
     from tflm_patch.model import Model
 
 log = logging.getLogger("tflm_patch")
-
-_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(b|k|kb|kib|m|mb|mib)?\s*$", re.IGNORECASE)
-_UNITS = {None: 1, "b": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1 << 20, "mib": 1 << 20,
-          "mb": 1_000_000}
-
-
-def parse_size(text: str) -> int:
-    """'256KiB' -> 262144, '256k' -> 262144, '250kB' -> 250000, '262144' -> 262144."""
-    m = _SIZE_RE.match(text)
-    if not m:
-        raise argparse.ArgumentTypeError(
-            f"cannot read size {text!r}: use bytes or a unit, e.g. 262144, 256KiB, 1MiB"
-        )
-    unit = m.group(2).lower() if m.group(2) else None
-    value = float(m.group(1)) * _UNITS[unit]
-    if value <= 0 or value != int(value):
-        raise argparse.ArgumentTypeError(f"size {text!r} must be a positive whole number of bytes")
-    return int(value)
-
-
-def human(n: int) -> str:
-    return f"{n / 1024:,.1f} KiB" if n >= 1024 else f"{n} B"
-
-
-def resolve_model_arg(arg: str) -> Path:
-    """A path, or zoo:NAME for a model of the project's zoo (built and cached on first use)."""
-    if arg.startswith("zoo:"):
-        from tflm_patch.zoo import ZOO, ensure_model
-
-        name = arg[4:]
-        if name not in ZOO:
-            raise TflmPatchError(f"unknown zoo model {name!r}; choose from: {', '.join(ZOO)}")
-        return ensure_model(name)
-    return Path(arg)
 
 
 # ----------------------------------------------------------------------------- analyze
@@ -104,7 +74,8 @@ def _arena_figures(model: Model, measure: bool) -> ArenaFigures:
 
         log.info("measuring the smallest arena on x86 TFLM (bisection in a child process)...")
         try:
-            meas = smallest_arena(model.raw, registerers=registerers, preload=preload)
+            with CONSOLE.busy("measuring the TFLM arena"):
+                meas = smallest_arena(model.raw, registerers=registerers, preload=preload)
             mt, mh, mtl = meas.smallest, meas.report.head, meas.report.tail
         except TflmPatchError as e:
             merr = str(e)
@@ -113,17 +84,18 @@ def _arena_figures(model: Model, measure: bool) -> ArenaFigures:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from tflm_patch.analysis import analyze
-    from tflm_patch.model import load_model, require_int8
+    from tflm_patch.model import require_int8
 
-    path = resolve_model_arg(args.model)
-    model = load_model(path)
+    if args.plot:
+        check_plot_file(args.plot)
+    path, model = load_checked(args.model)
     require_int8(model)
     result = analyze(model)
     arena = _arena_figures(model, measure=not args.no_measure)
 
-    if args.json:
+    if CONSOLE.json:
         doc = {
-            "model": str(path),
+            "model": shown(path),
             "operators": [
                 {
                     "index": s.index,
@@ -152,9 +124,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             "arena": asdict(arena),
             "budget": args.budget,
         }
-        print(json.dumps(doc, indent=2))
-    else:
-        _print_analysis(model, result, arena, args.budget, str(path))
+        CONSOLE.emit_json(doc)
+    elif not CONSOLE.quiet:
+        _print_analysis(model, result, arena, args.budget, shown(path))
 
     if args.plot:
         from tflm_patch.plot import ArenaLine, plot_memory
@@ -170,7 +142,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                     "(layer-by-layer)", budget=args.budget, lines=lines)
         log.info("wrote plot %s", args.plot)
     if arena.measurement_error:
-        print(f"error: TFLM measurement failed: {arena.measurement_error}", file=sys.stderr)
+        print(f"error: TFLM measurement failed: {_one_line(arena.measurement_error)}",
+              file=sys.stderr)
         return 1
     return 0
 
@@ -227,31 +200,65 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     from tflm_patch.zoo import ZOO, ensure_zoo
 
     if args.list:
+        if CONSOLE.json:
+            CONSOLE.emit_json({name: spec.description for name, spec in ZOO.items()})
         for name, spec in ZOO.items():
-            print(f"{name:<16} {spec.description}")
+            CONSOLE.say(f"{name:<16} {spec.description}")
         return 0
-    for name, path in ensure_zoo(args.names or None).items():
-        print(f"{name:<16} {path}")
+    unknown = [n for n in args.names if n not in ZOO]
+    if unknown:
+        raise UsageError(f"unknown zoo model {shown(unknown[0])!r}; choose from: "
+                         f"{', '.join(ZOO)}")
+    with CONSOLE.busy("building zoo models"):
+        paths = ensure_zoo(args.names or None)
+    if CONSOLE.json:
+        CONSOLE.emit_json({name: str(path) for name, path in paths.items()})
+    for name, path in paths.items():
+        CONSOLE.say(f"{name:<16} {path}")
     return 0
 
 
 # ----------------------------------------------------------------------------- main
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one error line (no usage block) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {self.prog}: {_one_line(message)}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def output_options(main_parser: bool = False) -> Parser:
+    """-q/-v/--json, accepted before and after the command. The command's copies default
+    to SUPPRESS so that they never reset what was given before the command."""
+    p = Parser(add_help=False)
+    flag: object = False if main_parser else argparse.SUPPRESS
+    count: object = 0 if main_parser else argparse.SUPPRESS
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-q", "--quiet", action="store_true", default=flag,
+                   help="print nothing but errors")
+    g.add_argument("-v", "--verbose", action="count", default=count,
+                   help="print details (-v: what each step does, -vv: debug)")
+    p.add_argument("--json", action="store_true", default=flag,
+                   help="print the result as JSON on stdout")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="tflm-patch",
+        parents=[output_options(main_parser=True)],
         description="Patch-based inference (MCUNetV2) for TensorFlow Lite Micro int8 models: "
         "find where a model's SRAM goes (analyze), plan a patch schedule (plan), rewrite the "
         "memory-heavy stage into one PATCH_EXEC operator (convert) and check the result bit "
         "for bit (validate).",
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
-    p.add_argument("-v", "--verbose", action="store_true", help="log details (debug)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = [output_options()]
 
     a = sub.add_parser(
-        "analyze",
+        "analyze", parents=common,
         help="per-op memory and MACs, layer-by-layer peak, predicted vs measured TFLM arena",
         description="Analyze an int8 .tflite: a per-op table (output shape, input+output "
         "activation bytes, bytes alive while the op runs, MACs), the layer-by-layer peak, "
@@ -259,7 +266,6 @@ def build_parser() -> argparse.ArgumentParser:
         "TFLM interpreter (smallest arena, by bisection), and optionally a plot.",
     )
     a.add_argument("model", help="a .tflite file, or zoo:NAME for a model of the project's zoo")
-    a.add_argument("--json", action="store_true", help="print exact byte counts as JSON")
     a.add_argument("--plot", metavar="FILE.png", help="write a memory-per-op bar chart")
     a.add_argument("--budget", type=parse_size, metavar="SIZE",
                    help="SRAM budget to check against, e.g. 256KiB (drawn on the plot)")
@@ -267,33 +273,55 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the x86 TFLM measurement (prediction only, faster)")
     a.set_defaults(func=cmd_analyze)
 
-    z = sub.add_parser("zoo", help="build (or list) the project's seeded int8 test models",
+    z = sub.add_parser("zoo", parents=common,
+                       help="build (or list) the project's seeded int8 test models",
                        description="Build the project's seeded int8 test models with TensorFlow "
                        "(cached; rebuilt only when the generator changes).")
     z.add_argument("names", nargs="*", help="models to build (default: all)")
     z.add_argument("--list", action="store_true", help="list the models and what they test")
     z.set_defaults(func=cmd_zoo)
 
+    from tflm_patch.cli_doctor import add_parser as add_doctor_parser
     from tflm_patch.cli_export import add_parser as add_export_parser
     from tflm_patch.cli_patch import add_parsers
 
-    add_parsers(sub)
-    add_export_parser(sub)
+    add_parsers(sub, common)
+    add_export_parser(sub, common)
+    add_doctor_parser(sub, common)
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
-        format="%(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _one_line(text: str) -> str:
+    """An error message as one printable line (a multi-line message joined with ' | ')."""
+    return shown(" | ".join(part.strip() for part in text.splitlines() if part.strip()))
+
+
+def _tolerant_streams() -> None:
+    """A file name that is not UTF-8 (surrogate escapes) prints escaped, never raises."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            with contextlib.suppress(ValueError, OSError):
+                reconfigure(errors="backslashreplace")
+
+
+def _run(argv: Sequence[str] | None) -> int:
     try:
-        return int(args.func(args))
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error, already printed as one line (2)
+        return e.code if isinstance(e.code, int) else 2
+    CONSOLE.configure(quiet=bool(getattr(args, "quiet", False)),
+                      verbose=int(getattr(args, "verbose", 0) or 0),
+                      as_json=bool(getattr(args, "json", False)))
+    return int(args.func(args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _tolerant_streams()
+    try:
+        return _run(argv)
     except TflmPatchError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -301,6 +329,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `tflm-patch plan ... | head`: the reader is gone
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except (MemoryError, RecursionError) as e:
+        print(f"error: out of memory or too deeply nested input ({type(e).__name__})",
+              file=sys.stderr)
+        return 3
+    except Exception as e:  # a bug: still one line; -vv shows where
+        log.debug("internal error", exc_info=True)
+        print(f"error: internal error ({type(e).__name__}: {_one_line(str(e))}); run with -vv "
+              "for details and report it", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tflm_patch.cli_patch import write_atomic
-from tflm_patch.errors import TflmPatchError
+from tflm_patch.cli_output import CONSOLE
+from tflm_patch.cli_patch import parse_seed, write_atomic
+from tflm_patch.errors import UsageError
+from tflm_patch.io_checks import check_output_dir, check_output_in_dir, shown
 
 log = logging.getLogger(__name__)
 
@@ -22,59 +25,69 @@ def _image(arg: str | None, arduino: bool, model: Any) -> Any:
         return seeded_image(model, DEFAULT_IMAGE_SEED) if arduino else None
     if arg.startswith(SEED_PREFIX):
         try:
-            seed = int(arg[len(SEED_PREFIX):])
-        except ValueError:
-            raise TflmPatchError(f"--test-image {arg!r}: expected seed:N with an integer N"
-                                 ) from None
+            seed = parse_seed(arg[len(SEED_PREFIX):])
+        except argparse.ArgumentTypeError as e:
+            raise UsageError(f"--test-image {shown(arg)!r}: expected seed:N ({e})") from None
         return seeded_image(model, seed)
     return file_image(model, Path(arg))
 
 
-def _output_dir(arg: str) -> Path:
-    out = Path(arg)
-    if out.exists() and not out.is_dir():
-        raise TflmPatchError(f"{out}: exists and is not a directory")
-    if not out.exists():
-        if not out.parent.is_dir():
-            raise TflmPatchError(f"{out.parent}: the parent directory does not exist")
-        out.mkdir()
-    return out
+def _export_names(arduino: bool) -> list[str]:
+    ext = ".cpp" if arduino else ".cc"
+    return ["model_data.h", f"model_data{ext}", "model_settings.h", "model_ops.h",
+            "test_image.h", f"test_image{ext}"]
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from tflm_patch.cli import resolve_model_arg
-    from tflm_patch.export import export_model
-    from tflm_patch.model import load_model, read_model_bytes, require_int8
+    from tflm_patch.cli_args import load_checked, resolve_model_arg
+    from tflm_patch.export import check_symbol, export_model
+    from tflm_patch.model import require_int8
 
     arduino = args.arduino is not None
+    check_symbol(args.name)
+    out = check_output_dir(args.arduino if arduino else args.c_array)
     path = resolve_model_arg(args.model)
-    data = read_model_bytes(path)
-    model = load_model(data)
+    check_output_in_dir(out, _export_names(arduino), [path])
+    path, model = load_checked(path)
     require_int8(model)
     image = _image(args.test_image, arduino, model)
-    result = export_model(data, source=path.name, arduino=arduino, symbol=args.name,
-                          image=image, margin_fraction=args.margin)
-    out = _output_dir(args.arduino if arduino else args.c_array)
+    result = export_model(model.raw, source=shown(path.name), arduino=arduino,
+                          symbol=args.name, image=image, margin_fraction=args.margin)
+    if not out.exists():
+        out.mkdir()
     for f in result.files:
         write_atomic(out / f.name, f.text.encode())
-    a = result.arena
-    print(f"{path.name} ({result.model_bytes:,} bytes) -> {out}/: "
-          f"{', '.join(f.name for f in result.files)}")
-    print(f"  arena   kTensorArenaSize = {a.total:,} B (predicted {a.predicted:,} for "
-          f"cortex_m + margin {a.margin:,})")
-    print(f"  ops     {len(result.ops)} kinds for MicroMutableOpResolver<{len(result.ops)}>: "
-          + ", ".join(f"{o.op} x{o.count}" for o in result.ops))
-    if image is not None:
-        print(f"  image   test_image: {image.origin}")
+    _summary(path, out, result, image)
     return 0
 
 
-def add_parser(sub: Any) -> None:
+def _summary(path: Path, out: Path, result: Any, image: Any) -> None:
+    a = result.arena
+    if CONSOLE.json:
+        CONSOLE.emit_json({"model": shown(path), "directory": shown(out),
+                           "files": [f.name for f in result.files],
+                           "model_bytes": result.model_bytes, "sha256": result.sha256,
+                           "arena": {"total": a.total, "predicted": a.predicted,
+                                     "margin": a.margin},
+                           "ops": [{"op": o.op, "count": o.count} for o in result.ops],
+                           "test_image": image.origin if image is not None else None})
+        return
+    CONSOLE.say(f"{shown(path.name)} ({result.model_bytes:,} bytes) -> {shown(out)}/: "
+                f"{', '.join(f.name for f in result.files)}; kTensorArenaSize = {a.total:,} B "
+                f"(predicted {a.predicted:,} for cortex_m + margin {a.margin:,})")
+    CONSOLE.detail(f"  ops     {len(result.ops)} kinds for MicroMutableOpResolver"
+                   f"<{len(result.ops)}>: " + ", ".join(f"{o.op} x{o.count}" for o in result.ops))
+    if image is not None:
+        CONSOLE.detail(f"  image   test_image: {image.origin}")
+
+
+def add_parser(sub: Any, common: Sequence[argparse.ArgumentParser]) -> None:
     from tflm_patch.cli_patch import parse_fraction
     from tflm_patch.export import ARENA_MARGIN_FRACTION, ARENA_MARGIN_MIN, DEFAULT_SYMBOL
 
     e = sub.add_parser(
-        "export", help="write a model as C++ source for a TFLM application or Arduino sketch",
+        "export", parents=common,
+        help="write a model as C++ source for a TFLM application or Arduino sketch",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Write MODEL (an int8 .tflite, e.g. from `tflm-patch convert`) as C++ "
         "source files into a directory:\n\n"

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tflm_patch.errors import TflmPatchError
+from tflm_patch.cli_output import CONSOLE
+from tflm_patch.errors import TflmPatchError, UnsupportedModelError
+from tflm_patch.io_checks import check_output_file, check_plot_file, shown
 from tflm_patch.model import Model
 
 log = logging.getLogger(__name__)
@@ -31,9 +35,47 @@ def parse_fraction(text: str) -> float:
         v = float(t[:-1]) / 100 if t.endswith("%") else float(t)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected e.g. 20% or 0.2, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     if v < 0:
-        raise argparse.ArgumentTypeError("the MAC overhead limit cannot be negative")
+        raise argparse.ArgumentTypeError("a limit cannot be negative")
     return v
+
+
+def _int_in(text: str, lo: int, hi: int, what: str) -> int:
+    try:
+        v = int(text.strip(), 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what}: expected a whole number, got "
+                                         f"{text!r}") from None
+    if not lo <= v <= hi:
+        raise argparse.ArgumentTypeError(f"{what} must be in {lo}..{hi}, got {v}")
+    return v
+
+
+MAX_SEED = (1 << 63) - 1
+
+
+def parse_seed(text: str) -> int:
+    """A random seed: 0 .. 2^63 - 1."""
+    return _int_in(text, 0, MAX_SEED, "a seed")
+
+
+def parse_count(text: str) -> int:
+    """A count of random inputs: 0 .. 10000."""
+    return _int_in(text, 0, 10_000, "the number of random inputs")
+
+
+def parse_op_index(text: str) -> int:
+    return _int_in(text, 0, (1 << 31) - 1, "an operator index")
+
+
+def parse_max_grid(text: str) -> int:
+    return _int_in(text, 1, 64, "the largest grid side")
+
+
+def parse_top(text: str) -> int:
+    return _int_in(text, 1, 1_000_000, "the number of rows")
 
 
 def _request(args: argparse.Namespace) -> Any:
@@ -42,7 +84,8 @@ def _request(args: argparse.Namespace) -> Any:
     return PlanRequest(budget=args.budget, max_overhead=args.max_overhead,
                        split_op=args.split_op, grid=args.grid, max_grid=args.max_grid,
                        target=args.target, min_saving=args.min_saving,
-                       multi_stage=not args.single_stage)
+                       multi_stage=not args.single_stage, objective=args.objective,
+                       max_latency=args.max_latency)
 
 
 def _progress(done: int, total: int) -> None:
@@ -50,12 +93,49 @@ def _progress(done: int, total: int) -> None:
         log.info("planning: %d/%d stages evaluated", done, total)
 
 
-def _load(arg: str) -> tuple[Path, Model]:
-    from tflm_patch.cli import resolve_model_arg
-    from tflm_patch.model import load_model
+def _plan(model: Model, request: Any) -> Any:
+    """planner.plan with a progress bar on a terminal (and the -v log lines)."""
+    from tflm_patch.planner import plan
 
-    path = resolve_model_arg(arg)
-    return path, load_model(path)
+    with CONSOLE.progress("planning", unit="stage") as bar:
+        def progress(done: int, total: int) -> None:
+            bar(done, total)
+            _progress(done, total)
+
+        return plan(model, request, progress=progress)
+
+
+def _load(arg: str) -> tuple[Path, Model]:
+    from tflm_patch.cli_args import load_checked
+
+    return load_checked(arg)
+
+
+def _why_no_stage(model: Model, result: Any) -> str:
+    """When no stage was found at all: '; ' + why the first candidate operator cannot be
+    patched (e.g. a stride beyond PATCH_EXEC's 16-bit fields)."""
+    from tflm_patch.stage import STAGE_OPS, op_support
+
+    if result.candidates:
+        return ""
+    for op in model.operators:
+        if op.name in STAGE_OPS:
+            ok, reason = op_support(model, op)
+            if not ok:
+                return f"; {reason}"
+    return ""
+
+
+def _require_patchable(model: Model) -> None:
+    """An int16 (16x8) or otherwise non-int8 model is refused with the reason, rather
+    than "left unchanged"."""
+    from tflm_patch.model import require_int8
+    from tflm_patch.stage import activation_type_reason
+
+    require_int8(model)  # a float model: says how to quantize it
+    reason = activation_type_reason(model)
+    if reason:
+        raise UnsupportedModelError(reason)
 
 
 def _fmt(n: int) -> str:
@@ -87,6 +167,8 @@ def _print_plan(model: Model, result: Any, top: int) -> None:
               f"({r.arena_before / c.arena:.2f}x smaller)")
         print(f"  MACs   {_fmt(r.macs_before)} -> {_fmt(c.macs)} "
               f"(+{r.overhead(c):.1%}; the stage {c.stage_macs / c.stage_macs_before - 1:+.1%})")
+        print(f"  M4     {_fmt(r.instructions_before)} -> {_fmt(r.instructions(c))} "
+              f"instructions per Invoke, estimated ({r.latency_ratio(c):.2f}x)")
     front = r.pareto()
     print(f"Pareto front (arena vs MACs), {min(top, len(front))} of {len(front)}:")
     print(f"  {'stage':<14} {'grid':>6} {'more':>4} {'fused':>5} {'arena B':>12} {'x smaller':>9} "
@@ -144,21 +226,25 @@ def _plot(model: Model, path: Path, result: Any, out: str, budget: int | None,
     log.info("wrote plot %s", out)
 
 
+def _plan_json(path: Path, result: Any) -> dict[str, Any]:
+    return {"model": shown(path), "arena_before": result.arena_before,
+            "macs_before": result.macs_before, "message": result.message,
+            "chosen": result.to_json(result.chosen) if result.chosen else None,
+            "pareto": [result.to_json(c) for c in result.pareto()]}
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
-    import json
-
-    from tflm_patch.planner import plan
-
+    if args.plot:
+        check_plot_file(args.plot)
     path, model = _load(args.model)
-    result = plan(model, _request(args), progress=_progress)
-    if args.json:
-        doc = {"model": str(path), "arena_before": result.arena_before,
-               "macs_before": result.macs_before, "message": result.message,
-               "chosen": result.to_json(result.chosen) if result.chosen else None,
-               "pareto": [result.to_json(c) for c in result.pareto()]}
-        print(json.dumps(doc, indent=2))
-    else:
+    _require_patchable(model)
+    result = _plan(model, _request(args))
+    if CONSOLE.json:
+        CONSOLE.emit_json(_plan_json(path, result))
+    elif not CONSOLE.quiet:
         _print_plan(model, result, args.top)
+        if _why_no_stage(model, result):
+            print(f"why: {_why_no_stage(model, result)[2:]}")
     if args.plot:
         _plot(model, path, result, args.plot, args.budget)
     return 0
@@ -186,88 +272,134 @@ def write_atomic(path: Path, data: bytes) -> None:
 def cmd_convert(args: argparse.Namespace) -> int:
     import time
 
-    from tflm_patch.planner import PlanError, patched_model_object, plan
+    from tflm_patch.cli_args import load_checked, resolve_model_arg
+    from tflm_patch.planner import PlanError, patched_model_object
     from tflm_patch.rewrite import to_checked_bytes
 
     start = time.perf_counter()
-    out = Path(args.output)
-    if not out.parent.is_dir():
-        raise TflmPatchError(f"{out.parent}: the output directory does not exist")
-    path, model = _load(args.model)
+    _check_outputs(args, [])  # before any work, even building a zoo model
+    path = resolve_model_arg(args.model)
+    out = _check_outputs(args, [path])  # never the input itself
+    path, model = load_checked(path)
+    _require_patchable(model)
     request = _request(args)
-    result = plan(model, request, progress=_progress)
+    result = _plan(model, request)
     forced = request.split_op is not None or request.grid is not None
     if result.chosen is None:
         if forced:
             raise PlanError(f"the requested plan is not used: {result.message}")
         write_atomic(out, model.raw)
-        print(f"{path.name}: left unchanged ({result.message}); copied to {out}")
+        if CONSOLE.json:
+            CONSOLE.emit_json({**_plan_json(path, result), "output": shown(out),
+                               "changed": False, "file_bytes": len(model.raw)})
+        CONSOLE.say(f"{shown(path.name)}: left unchanged ({result.message}"
+                    f"{_why_no_stage(model, result)}); copied to {shown(out)}")
         return 0
     patched_obj = patched_model_object(model, result)
     data = to_checked_bytes(patched_obj)
+    if args.plot:  # drawn first: a plot that fails leaves no model behind
+        _plot(model, path, result, args.plot, args.budget, patched_obj)
     write_atomic(out, data)
     c = result.chosen
-    print(f"{path.name} -> {out}: {c.label} -> PATCH_EXEC; predicted arena "
-          f"{_fmt(result.arena_before)} -> "
-          f"{_fmt(c.arena)} B ({result.arena_before / c.arena:.2f}x), MACs "
-          f"+{result.overhead(c):.1%}; {len(model.raw):,} -> {len(data):,} file bytes; "
-          f"{time.perf_counter() - start:.1f} s")
-    if args.plot:
-        _plot(model, path, result, args.plot, args.budget, patched_obj)
+    if CONSOLE.json:
+        CONSOLE.emit_json({**_plan_json(path, result), "output": shown(out), "changed": True,
+                           "file_bytes": len(data), "seconds": time.perf_counter() - start})
+        return 0
+    CONSOLE.say(f"{shown(path.name)} -> {shown(out)}: {c.label} -> PATCH_EXEC; predicted "
+                f"arena {_fmt(result.arena_before)} -> "
+                f"{_fmt(c.arena)} B ({result.arena_before / c.arena:.2f}x), MACs "
+                f"+{result.overhead(c):.1%}, estimated Cortex-M4 instructions "
+                f"{result.latency_ratio(c):.2f}x; {len(model.raw):,} -> {len(data):,} file "
+                f"bytes; {time.perf_counter() - start:.1f} s")
     return 0
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    from tflm_patch.cli import resolve_model_arg
-    from tflm_patch.validate import (
-        compare,
-        default_executor,
-        load_input,
-        load_pair,
-        random_inputs,
-    )
+def _check_outputs(args: argparse.Namespace, inputs: list[Path]) -> Path:
+    """-o and --plot: safe new or regular files, not an input, not each other."""
+    out = check_output_file(args.output, inputs, "-o")
+    if args.plot:
+        plot = check_plot_file(args.plot, inputs)
+        if plot.resolve() == out.resolve():
+            raise TflmPatchError(f"--plot {shown(plot)} is the -o file")
+    return out
 
-    original, patched = load_pair(resolve_model_arg(args.original),
-                                  resolve_model_arg(args.patched))
-    cases = []
-    for f in args.input or []:
-        cases.append((Path(f).name, load_input(original, f)))
+
+def _validate_cases(args: argparse.Namespace, original: Model) -> list[tuple[str, Any]]:
+    from tflm_patch.validate import load_input, random_inputs
+
+    cases = [(shown(Path(f).name), load_input(original, f)) for f in args.input or []]
     n_random = args.random if args.random is not None else (0 if cases else 3)
+    if args.seed + n_random - 1 > MAX_SEED:
+        raise TflmPatchError(f"--seed {args.seed} with {n_random} random inputs goes past the "
+                             f"largest seed {MAX_SEED}")
     for k in range(n_random):
         cases.append((f"random seed {args.seed + k}", random_inputs(original, args.seed + k)))
     if not cases:
         raise TflmPatchError("nothing to validate: give --input FILE or --random N (N >= 1)")
+    return cases
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from tflm_patch.cli_args import load_checked
+    from tflm_patch.validate import compare, default_executor, pair_checked
+
+    original = load_checked(args.original)[1]
+    patched = load_checked(args.patched)[1]
+    if any(op.name == "PATCH_EXEC" for op in original.operators):
+        raise TflmPatchError(f"{shown(args.original)} has PATCH_EXEC operators: give the "
+                             "original (unpatched) model first, then the patched one")
+    pair_checked(original, patched)
+    cases = _validate_cases(args, original)
     executor = default_executor()
-    print(f"original: x86 TFLM; patched: {executor.description}")
-    failures = 0
-    for label, inputs in cases:
-        c = compare(original, patched, inputs, label, executor)
-        verdict = "bit-identical" if c.identical else "MISMATCH"
-        failures += not c.identical
-        shown = ", ".join(str(a.ravel()[:8].tolist()) for a in c.patched)
-        print(f"  {label:<20} {verdict:<13} max |diff| {c.max_abs_diff:<4} outputs {shown}")
-    print(f"verdict: {'PASS' if not failures else 'FAIL'} ({len(cases) - failures}/{len(cases)}"
-          " inputs bit-identical)")
+    CONSOLE.detail(f"original: x86 TFLM; patched: {executor.description}")
+    results: list[Any] = []
+    with CONSOLE.progress("validating", unit="input") as bar:
+        for label, inputs in cases:
+            bar(len(results), len(cases))
+            results.append(compare(original, patched, inputs, label, executor))
+    for c in results:
+        line = (f"  {c.label:<20} {'bit-identical' if c.identical else 'MISMATCH':<13} "
+                f"max |diff| {c.max_abs_diff:<4} outputs "
+                + ", ".join(str(a.ravel()[:8].tolist()) for a in c.patched))
+        (CONSOLE.detail if c.identical else CONSOLE.say)(line)
+    failures = sum(not c.identical for c in results)
+    if CONSOLE.json:
+        CONSOLE.emit_json({"patched_ran": executor.description, "pass": not failures,
+                           "cases": [{"label": c.label, "identical": c.identical,
+                                      "max_abs_diff": c.max_abs_diff,
+                                      "outputs": len(c.patched)} for c in results]})
+    CONSOLE.say(f"verdict: {'PASS' if not failures else 'FAIL'} ({len(cases) - failures}/"
+                f"{len(cases)} inputs bit-identical, {len(original.outputs)} output(s) each; "
+                f"patched: {executor.description})")
     return 1 if failures else 0
 
 
 def _plan_options(p: argparse.ArgumentParser) -> None:
-    from tflm_patch.cli import parse_size
-    from tflm_patch.planner import DEFAULT_MAX_GRID
+    from tflm_patch.cli_args import parse_size
+    from tflm_patch.planner import DEFAULT_MAX_GRID, DEFAULT_MAX_LATENCY, OBJECTIVES
 
     p.add_argument("--budget", type=parse_size, metavar="SIZE",
                    help="arena budget (e.g. 256KiB): choose the fewest MACs that fit")
-    p.add_argument("--max-overhead", type=parse_fraction, default=0.20, metavar="FRACTION",
-                   help="without --budget: the smallest arena whose extra MACs (whole "
-                   "model) stay within this (default 20%%)")
+    p.add_argument("--objective", choices=OBJECTIVES, default="latency",
+                   help="without --budget: latency (default) = the smallest arena whose "
+                   "estimated Cortex-M4 instructions (TFLM + CMSIS-NN) stay within "
+                   "--max-latency of the original's; memory = the smallest arena whose extra "
+                   "MACs stay within --max-overhead")
+    p.add_argument("--max-latency", type=parse_fraction, default=DEFAULT_MAX_LATENCY,
+                   metavar="FRACTION",
+                   help="latency objective: extra estimated Cortex-M4 instructions allowed "
+                   f"(whole model; default {DEFAULT_MAX_LATENCY * 100:.0f}%%)")
+    p.add_argument("--max-overhead", type=parse_fraction, default=None, metavar="FRACTION",
+                   help="without --budget: extra MACs allowed (whole model; default 20%% "
+                   "with --objective memory, no limit with latency unless given)")
     p.add_argument("--min-saving", type=parse_fraction, default=0.10, metavar="FRACTION",
                    help="without --budget: leave the model alone unless the arena shrinks by "
                    "at least this much (default 10%%)")
-    p.add_argument("--split-op", type=int, metavar="K",
+    p.add_argument("--split-op", type=parse_op_index, metavar="K",
                    help="force the stage to end at operator K (its output is the stage output)")
     p.add_argument("--grid", type=parse_grid, metavar="NxM",
                    help="force an N (rows) x M (columns) patch grid")
-    p.add_argument("--max-grid", type=int, default=DEFAULT_MAX_GRID, metavar="N",
+    p.add_argument("--max-grid", type=parse_max_grid, default=DEFAULT_MAX_GRID, metavar="N",
                    help=f"largest grid rows/columns searched (default {DEFAULT_MAX_GRID})")
     p.add_argument("--target", choices=("x86_64", "cortex_m"), default="x86_64",
                    help="whose TFLM arena to predict (default x86_64, the build validate "
@@ -280,32 +412,38 @@ def _plan_options(p: argparse.ArgumentParser) -> None:
                    help="write memory per operator before/after (MCUNetV2 Figure 1 style)")
 
 
-def add_parsers(sub: Any) -> None:
+def add_parsers(sub: Any, common: Sequence[argparse.ArgumentParser]) -> None:
+    """plan, convert and validate; `common`: the parents with -q/-v/--json."""
     p = sub.add_parser(
-        "plan", help="choose the stage and patch grid; print the plan and the Pareto front",
+        "plan", parents=common,
+        help="choose the stage and patch grid; print the plan and the Pareto front",
         description="Search every stage PATCH_EXEC can replace and every patch grid; predict "
         "the whole patched model's TFLM arena and MACs; print the chosen plan and the "
         "arena/MAC Pareto front. Nothing is written (see convert).")
     p.add_argument("model", help="an int8 .tflite, or zoo:NAME")
     _plan_options(p)
-    p.add_argument("--top", type=int, default=12, help="Pareto rows to print (default 12)")
-    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--top", type=parse_top, default=12,
+                   help="Pareto rows to print (default 12)")
     p.set_defaults(func=cmd_plan)
 
     c = sub.add_parser(
-        "convert", help="rewrite the memory-heavy stage into one PATCH_EXEC operator",
+        "convert", parents=common,
+        help="rewrite the memory-heavy stage into one PATCH_EXEC operator",
         description="Plan (as `plan`) and write the patched model: the stage becomes one "
         "PATCH_EXEC custom operator, every other operator is untouched, the plan is stored "
         "in metadata 'tflm_patch.plan'. The file is verified before it is written; on any "
         "error nothing is written. When no plan makes the arena smaller, the model is "
         "copied unchanged (and the reason printed).")
     c.add_argument("model", help="an int8 .tflite, or zoo:NAME")
-    c.add_argument("-o", "--output", required=True, help="the patched .tflite to write")
+    c.add_argument("-o", "--output", required=True,
+                   help="the patched .tflite to write: a new file or a regular file other than "
+                   "MODEL (directories, FIFOs and devices are refused before any work)")
     _plan_options(c)
     c.set_defaults(func=cmd_convert)
 
     v = sub.add_parser(
-        "validate", help="run original and patched model; compare every output byte",
+        "validate", parents=common,
+        help="run original and patched model; compare every output byte",
         description="Run ORIGINAL on x86 TFLM and PATCHED whole in x86 TFLM with the C++ "
         "PATCH_EXEC kernel (when the TFLM headers are configured, see DEVELOPERS.md), else "
         "split at its PATCH_EXEC operators (TFLM for the rest, the numpy reference for "
@@ -315,7 +453,8 @@ def add_parsers(sub: Any) -> None:
     v.add_argument("patched", help="the patched .tflite (from convert)")
     v.add_argument("--input", action="append", metavar="FILE",
                    help="an input: .npy or an 8-bit image (repeatable)")
-    v.add_argument("--random", type=int, metavar="N",
+    v.add_argument("--random", type=parse_count, metavar="N",
                    help="N seeded random int8 inputs (default 3 when no --input)")
-    v.add_argument("--seed", type=int, default=0, help="first random seed (default 0)")
+    v.add_argument("--seed", type=parse_seed, default=0,
+                   help="first random seed (0 .. 2^63-1, default 0)")
     v.set_defaults(func=cmd_validate)

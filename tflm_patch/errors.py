@@ -19,3 +19,20 @@ class TflmRunError(TflmPatchError):
 
 class ZooError(TflmPatchError):
     """A model of the project's test zoo is unknown or could not be built."""
+
+
+class UsageError(TflmPatchError):
+    """A command-line value that cannot be used (out of range, not finite, ...)."""
+
+
+class InputFileError(TflmPatchError):
+    """An input file (.npy, image) that cannot be read within the limits."""
+
+
+class OutputPathError(TflmPatchError):
+    """An output path that would lose data or cannot be written (checked before any work)."""
+
+
+class MalformedModelError(ModelFormatError):
+    """A flatbuffer that verifies but describes an impossible model (a buffer shorter than
+    its tensor, an index out of range, a zero scale, ...): named tensor or operator."""

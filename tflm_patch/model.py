@@ -10,12 +10,13 @@ view (tensors, operators, graph inputs/outputs) over the schema's object API
 from __future__ import annotations
 
 import logging
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import flatbuffers
 import numpy as np
@@ -55,6 +56,8 @@ _TENSOR_TYPES: dict[int, tuple[str, Any, int]] = {
 
 FLOAT_TYPES = frozenset({"float32", "float16", "float64", "bfloat16"})
 
+T = TypeVar("T")
+
 
 @cache
 def builtin_op_names() -> dict[int, str]:
@@ -93,7 +96,7 @@ class TensorInfo:
 
     @property
     def numel(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        return math.prod(self.shape)  # Python ints: no int64 wrap on crafted shapes
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,19 @@ class Model:
     num_subgraphs: int
     raw: bytes = field(repr=False)
     obj: Any = field(repr=False, compare=False)  # schema ModelT
+    # derived facts computed once per model (memo); a copy made with replace() starts empty
+    _memo: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def memo(self, key: Any, compute: Callable[[], T]) -> T:
+        """`compute()` the first time `key` is asked for, the same object afterwards
+        (for immutable results derived from this model alone)."""
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def memoized(self, key: Any) -> Any:
+        """What `memo` holds for `key`, None when nothing yet."""
+        return self._memo.get(key)
 
     def buffer_bytes(self, tensor_index: int) -> bytes | None:
         """The constant data of a tensor, or None when it has none."""
@@ -158,6 +174,9 @@ class Model:
 
     def consumers(self) -> dict[int, list[int]]:
         """tensor index -> indices of the operators that read it."""
+        return {t: list(ops) for t, ops in self.memo("consumers", self._consumers).items()}
+
+    def _consumers(self) -> dict[int, list[int]]:
         result: dict[int, list[int]] = {}
         for op in self.operators:
             for t in op.inputs:
@@ -167,6 +186,9 @@ class Model:
 
     def producers(self) -> dict[int, int]:
         """tensor index -> index of the operator that writes it."""
+        return dict(self.memo("producers", self._producers))
+
+    def _producers(self) -> dict[int, int]:
         return {t: op.index for op in self.operators for t in op.outputs if t >= 0}
 
     def activation_inputs(self, op: OperatorInfo) -> list[int]:
@@ -269,7 +291,7 @@ def _tensor_info(index: int, t: Any, obj: Any) -> TensorInfo:
     has_data = buf is not None and (
         (buf.data is not None and len(buf.data) > 0) or (buf.offset is not None and buf.offset > 1)
     )
-    numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    numel = math.prod(shape)
     nbytes = (max(numel, 0) * bits + 7) // 8
     q = t.quantization
     quant = None

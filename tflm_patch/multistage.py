@@ -15,7 +15,7 @@ stage costs MACs and time, so a few bytes are not worth one).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tflm_patch.evaluate import Candidate, OpRange, Stage, StageEvaluator, UnitGraphs
 from tflm_patch.model import Model
@@ -63,7 +63,8 @@ def _grids(graph: StageGraph) -> list[tuple[int, int]]:
 def refine(model: Model, c: Candidate, *, target: str, macs_before: int,
            max_overhead: float, units: UnitGraphs,
            floor_grid: tuple[int, int] | None = None,
-           free_only: bool = False) -> tuple[Candidate, list[Stage]]:
+           free_only: bool = False,
+           judge: Callable[[Candidate], bool] | None = None) -> tuple[Candidate, list[Stage]]:
     """`c` with patched stages added after its main stage while that lowers the arena,
     and those stages (in model order) with their schedules.
 
@@ -73,7 +74,8 @@ def refine(model: Model, c: Candidate, *, target: str, macs_before: int,
     with these stages in place). MACs are always counted with the main stage at `c.grid`;
     the returned candidate's arena is then the one at the floor grid. free_only: add only
     1x1-grid stages (no extra MACs; they still shrink the arena by streaming and by
-    keeping a block's inner tensors out of it)."""
+    keeping a block's inner tensors out of it). judge: a further limit on the plan with
+    a stage added (the latency objective's estimated instructions), beside the MACs."""
     main = build_stage(model, c.first, c.last)
     grid = floor_grid or c.grid
     main_sched = make_schedule(main, grid, c.cache)
@@ -94,19 +96,29 @@ def refine(model: Model, c: Candidate, *, target: str, macs_before: int,
             ev = StageEvaluator(model, g, target, macs_before,
                                 units.outside([*taken, (s, e)]), fixed)
             for grid in [(1, 1)] if free_only else _grids(g):
-                cand, sched = ev.evaluate(grid)
+                limit = found[0].arena - 1 if found else best.arena * (1.0 - MIN_GAIN)
+                got = ev.evaluate_within(grid, limit)  # None: certainly above the limit
+                if got is None:
+                    continue
+                cand, sched = got
                 if (cand.macs + mac_fix) / macs_before - 1.0 > max_overhead + 1e-12:
                     continue
-                limit = found[0].arena - 1 if found else best.arena * (1.0 - MIN_GAIN)
-                if cand.arena <= limit:
+                if cand.arena <= limit and (judge is None or
+                                            judge(_combined(c, cand, [*fixed, (g, sched)],
+                                                            mac_fix))):
                     found = (cand, (g, sched))
         if found is None:
             break
         cand, stage = found
         fixed.append(stage)
-        extra = tuple(sorted((g.first, g.last, sc.grid) for g, sc in fixed[1:]))
-        best = Candidate(c.first, c.last, c.grid, c.scratch_bytes, cand.arena,
-                         cand.macs + mac_fix,
-                         c.stage_macs, c.stage_macs_before, cand.fused, extra, c.cache)
-        log.info("multi-stage: %s -> predicted arena %s B", best.label, f"{best.arena:,}")
+        best = _combined(c, cand, fixed, mac_fix)
+        log.debug("multi-stage: %s -> predicted arena %s B", best.label, f"{best.arena:,}")
     return best, sorted(fixed[1:], key=lambda st: st[0].first)
+
+
+def _combined(c: Candidate, cand: Candidate, fixed: Sequence[Stage], mac_fix: int) -> Candidate:
+    """`c` (main stage and grid) with the stages after it of `fixed[1:]` and the fused
+    ones, arena and MACs of `cand` (the evaluation of the last stage added)."""
+    extra = tuple(sorted((g.first, g.last, sc.grid) for g, sc in fixed[1:]))
+    return Candidate(c.first, c.last, c.grid, c.scratch_bytes, cand.arena, cand.macs + mac_fix,
+                     c.stage_macs, c.stage_macs_before, cand.fused, extra, c.cache)

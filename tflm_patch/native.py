@@ -7,32 +7,27 @@ hashes the sources, headers, flags and the compiler's version; a library is comp
 to a unique temporary name and renamed into place, so parallel builds are safe.
 Variants: "release" (-O2), "asan" (-O1 with AddressSanitizer and
 UndefinedBehaviorSanitizer, no recovery), "ubsan" (UBSan only: loads into any process)
-and "portable" (-O2 without the SSE2 inner loops).
+"portable" (-O2 without the SSE2 inner loops) and "dsp" (-O2 with the Arm DSP-extension
+inner loops of the Cortex-M4, the instructions emulated in portable C++).
 
 `load(variant)` gives a `CoreLibrary` (validate, scratch_bytes, constant specs, run).
 Every buffer the C code sees is an exact-size malloc'd copy, so that under ASan a read
 or write one byte past any of them is reported. The asan variant can only be loaded in
-a process whose first library is the ASan runtime: `run_sanitized` starts
-``python -m tflm_patch.native ...`` with `sanitizer_env()` (LD_PRELOAD of libasan and
-libubsan, halt on the first report); the child commands are ``job FILE`` (run a
-pickled `NativeJob`: validate and run cases with expected results), ``fuzz`` (see
-`native_fuzz`) and ``build``.
+a process whose first library is the ASan runtime, started with `sanitizer_env()`
+(LD_PRELOAD of libasan and libubsan, halt on the first report).
 """
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import enum
 import functools
 import hashlib
 import logging
 import os
-import pickle
 import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,7 +42,6 @@ from tflm_patch.model import Model, OperatorInfo
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]  # a checkout (tests and tools only)
 # The C++ sources ship as package data: include root of "custom_ops/patch_exec/..."
 SOURCE_ROOT = Path(str(resources.files("tflm_patch") / "csrc"))
 CORE_DIR = SOURCE_ROOT / "custom_ops" / "patch_exec"
@@ -61,11 +55,14 @@ VARIANT_FLAGS: dict[str, tuple[str, ...]] = {
     "release": ("-O2", "-DNDEBUG"),
     "asan": ("-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer",
              "-fno-sanitize-recover=all"),
-    # UBSan alone loads into any process (the atheris fuzzing phase, see native_fuzz)
+    # UBSan alone loads into any process (the fuzzer's atheris phase)
     "ubsan": ("-O1", "-g", "-fsanitize=undefined", "-fno-omit-frame-pointer",
               "-fno-sanitize-recover=all"),
     # the portable C++ inner loops instead of SSE2 (tests check both are bit-exact)
     "portable": ("-O2", "-DNDEBUG", "-DPATCH_EXEC_PORTABLE"),
+    # the Arm DSP-extension inner loops (patch_exec_dsp.h) with portable definitions of
+    # the instructions, as the Cortex-M4 runs them (tests check they are bit-exact)
+    "dsp": ("-O2", "-DNDEBUG", "-DPATCH_EXEC_EMULATE_DSP"),
 }
 SANITIZER_REPORT_MARKS = ("ERROR: AddressSanitizer", "runtime error:",
                           "SUMMARY: UndefinedBehaviorSanitizer", "ERROR: LeakSanitizer")
@@ -220,7 +217,7 @@ def unavailable_reason(variant: str = "release") -> str | None:
     return None
 
 
-# -------------------------------------------------------------------- sanitizer child
+# ------------------------------------------------------------------------ sanitizers
 
 
 def _runtime_library(cxx: Sequence[str], name: str) -> str:
@@ -250,38 +247,6 @@ def sanitizer_env() -> dict[str, str]:
 
 def under_sanitizers() -> bool:
     return "libasan" in os.environ.get("LD_PRELOAD", "")
-
-
-@dataclass(frozen=True)
-class SanitizedRun:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def report(self) -> str | None:
-        """The first sanitizer report line, or None."""
-        for line in self.stderr.splitlines():
-            if any(mark in line for mark in SANITIZER_REPORT_MARKS):
-                return line.strip()
-        return None
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0 and self.report is None
-
-
-def run_sanitized(argv: Sequence[str], timeout: float = 600.0) -> SanitizedRun:
-    """Run ``python -m tflm_patch.native ARGV`` under ASan + UBSan."""
-    build("asan")
-    cmd = [sys.executable, "-m", "tflm_patch.native", *argv]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              env=sanitizer_env(), check=False)
-    except subprocess.TimeoutExpired as e:
-        raise NativeRunError(f"sanitized child {shlex.join(argv)} timed out after "
-                             f"{timeout:.0f} s") from e
-    return SanitizedRun(proc.returncode, proc.stdout, proc.stderr)
 
 
 # ----------------------------------------------------------------------- ctypes wrapper
@@ -552,7 +517,7 @@ def load(variant: str = "release") -> CoreLibrary:
     process started with `sanitizer_env()` (see `run_sanitized`)."""
     if variant == "asan" and not under_sanitizers():
         raise NativeBuildError("the asan variant needs the ASan runtime preloaded: run it "
-                               "through tflm_patch.native.run_sanitized (LD_PRELOAD)")
+                               "in a process started with sanitizer_env() (LD_PRELOAD)")
     return CoreLibrary(build(variant), variant)
 
 
@@ -595,122 +560,3 @@ def run_patch_exec_native(model: Model, op: OperatorInfo, stage_input: np.ndarra
         raise UnsupportedModelError(f"PATCH_EXEC operator {op.index}: {len(op.inputs)} inputs, "
                                     f"the options say {lib.num_inputs(blob)}")
     return lib.run(blob, np.asarray(stage_input), model_constants(model, op, lib))
-
-
-# ----------------------------------------------------------------------------- jobs
-
-
-@dataclass(frozen=True)
-class ValidateCase:
-    label: str
-    blob: bytes
-    status: int | None  # expected Status; None: any rejection
-
-
-@dataclass(frozen=True)
-class RunCase:
-    label: str
-    blob: bytes
-    stage_input: np.ndarray
-    constants: tuple[np.ndarray | None, ...]
-    expect: np.ndarray
-
-
-@dataclass(frozen=True)
-class NativeJob:
-    """Work for a child process (typically under sanitizers): every validate case must
-    give its status, every run case its output."""
-
-    variant: str
-    validate: tuple[ValidateCase, ...] = ()
-    run: tuple[RunCase, ...] = ()
-
-
-def run_job(job: NativeJob) -> list[str]:
-    """The failures of a job (empty when all cases pass)."""
-    lib = load(job.variant)
-    failures = []
-    for v in job.validate:
-        got = lib.validate(v.blob)
-        if (v.status is None and got.ok) or (v.status is not None and got.status != v.status):
-            failures.append(f"validate {v.label}: {got.status.name} ({got.message}), expected "
-                            f"{'a rejection' if v.status is None else Status(v.status).name}")
-    for r in job.run:
-        out = lib.run(r.blob, r.stage_input, r.constants)
-        if out.shape != r.expect.shape or not np.array_equal(out, r.expect):
-            diff = np.abs(out.astype(int) - r.expect.astype(int)).max() \
-                if out.shape == r.expect.shape else "shape"
-            failures.append(f"run {r.label}: output differs (max |diff| {diff})")
-    return failures
-
-
-def run_job_sanitized(job: NativeJob, timeout: float = 600.0) -> SanitizedRun:
-    """Pickle `job` to a temporary file and run it in a sanitized child."""
-    with tempfile.TemporaryDirectory(prefix="tflm_patch_job_") as tmp:
-        path = Path(tmp) / "job.pickle"
-        path.write_bytes(pickle.dumps(job))
-        return run_sanitized(["job", str(path)], timeout)
-
-
-# ------------------------------------------------------------------------------ CLI
-
-
-def _canary() -> int:
-    """A deliberate heap overflow through the real API: the output buffer is one byte
-    shorter than the stage output (exit 0 only if nothing noticed)."""
-    import random
-
-    from tflm_patch import patch_format as pf
-    from tflm_patch.native_fuzz import random_constants, random_stage, random_stage_input
-
-    options = random_stage(random.Random(1))
-    blob = pf.encode(options)
-    lib = load("asan" if under_sanitizers() else "release")
-    rng = np.random.default_rng(0)
-    x = random_stage_input(options, rng)
-    with lib.prepare(blob, x, random_constants(options, rng)) as prepared:
-        short = _Buffer(prepared._output.size - 1)
-        lib.run_ptrs(prepared._blob, prepared._input, prepared._ptr_array, short,
-                     prepared._scratch)
-        short.free()
-    return 0
-
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tflm_patch.native",
-                                     description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="build a variant and print the library path")
-    b.add_argument("--variant", default="release", choices=sorted(VARIANT_FLAGS))
-    j = sub.add_parser("job", help="run a pickled NativeJob (used by the sanitizer tests)")
-    j.add_argument("path", type=Path)
-    sub.add_parser("canary", help="run the core with an output buffer one byte short: "
-                   "under ASan this must end in a report (checks the sanitizer harness)")
-    from tflm_patch import native_fuzz
-
-    native_fuzz.add_parser(sub)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
-        if args.cmd == "build":
-            sys.stdout.write(f"{build(args.variant)}\n")
-            return 0
-        if args.cmd == "canary":
-            return _canary()
-        if args.cmd == "job":
-            job = pickle.loads(args.path.read_bytes())
-            failures = run_job(job)
-            for f in failures:
-                log.error("%s", f)
-            log.info("%d validate and %d run cases, %d failures (%s)", len(job.validate),
-                     len(job.run), len(failures), job.variant)
-            return 1 if failures else 0
-        return native_fuzz.main(args)
-    except TflmPatchError as e:
-        log.error("error: %s", e)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

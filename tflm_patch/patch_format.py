@@ -17,6 +17,7 @@ import struct
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from tflm_patch.errors import TflmPatchError
 from tflm_patch.receptive_field import _window_axis
@@ -39,6 +40,9 @@ MAX_LAYERS = 128
 MAX_GRID = 256
 NUM_P = 12
 SLOT_ALIGNMENT = 4
+MAX_TENSOR_BYTES = (1 << 31) - 1  # every stage tensor and constant (32-bit indexing)
+MAX_SCRATCH_BYTES = (1 << 31) - 16  # TFLM aligns requests to 16 in 32-bit arithmetic
+REGION_SLACK = 8  # alignment allowed per slot and cache when bounding scratch_bytes
 
 CONV, DEPTHWISE, AVERAGE_POOL, MAX_POOL, PAD, ADD = 1, 2, 3, 4, 5, 6
 KIND_NAMES = {CONV: "CONV_2D", DEPTHWISE: "DEPTHWISE_CONV_2D", AVERAGE_POOL: "AVERAGE_POOL_2D",
@@ -196,26 +200,48 @@ def blob_size(num_layers: int, grid: tuple[int, int], caches: bool = False) -> i
 
 
 # ---------------------------------------------------------------------------- encode
+_FIELD_RANGES = {"B": (0, 0xFF), "H": (0, 0xFFFF), "I": (0, 0xFFFFFFFF),
+                 "i": (-(1 << 31), (1 << 31) - 1)}
+
+
+def _pack(st: struct.Struct, what: str, *values: Any) -> bytes:
+    """st.pack, with an OptionsError naming the field instead of struct.error when a
+    value does not fit its field."""
+    try:
+        return st.pack(*values)
+    except struct.error:
+        pass
+    codes = [c for c in st.format.lstrip("<") if not c.isdigit()]
+    for position, (code, value) in enumerate(zip(codes, values, strict=False)):
+        lo, hi = _FIELD_RANGES.get(code, (None, None))
+        if lo is not None and not (hasattr(value, "__index__") and lo <= value <= hi):
+            raise OptionsError(f"PATCH_EXEC options: {what}, field {position}: {value} is "
+                               f"outside the field's range {lo}..{hi}")
+    raise OptionsError(f"PATCH_EXEC options: {what}: the values {values} do not fit")
+
+
 def encode(options: PatchOptions) -> bytes:
     """The blob; raises OptionsError when the options break a rule (checked by decoding)."""
     n, m = options.grid
     caches = bool(options.flags & FLAG_CACHES)
-    parts = [_HEADER.pack(MAGIC, options.version, HEADER_BYTES,
-                          blob_size(len(options.layers), (n, m), caches), len(options.tensors),
-                          len(options.layers), n, m, options.scratch_bytes,
-                          options.num_inputs, options.flags, 0)]
-    for t in options.tensors:
-        parts.append(_TENSOR.pack(t.height, t.width, t.channels, t.flags, t.slot_offset,
-                                  t.slot_bytes))
-    for t in options.tensors:
+    parts = [_pack(_HEADER, "header", MAGIC, options.version, HEADER_BYTES,
+                   blob_size(len(options.layers), (n, m), caches), len(options.tensors),
+                   len(options.layers), n, m, options.scratch_bytes,
+                   options.num_inputs, options.flags, 0)]
+    for k, t in enumerate(options.tensors):
+        parts.append(_pack(_TENSOR, f"tensor {k}", t.height, t.width, t.channels, t.flags,
+                           t.slot_offset, t.slot_bytes))
+    for k, t in enumerate(options.tensors):
         for lo, hi in (*t.rows, *t.cols):
-            parts.append(_RANGE.pack(lo, hi))
-    for ly in options.layers:
-        parts.append(_LAYER.pack(ly.kind, ly.flags, ly.input0, ly.input1, *ly.kernel, *ly.stride,
-                                 *ly.dilation, ly.pad_top, ly.pad_left, ly.depth_multiplier,
-                                 ly.weights, ly.bias, ly.multipliers, ly.shifts, *ly.p))
+            parts.append(_pack(_RANGE, f"tensor {k} range", lo, hi))
+    for k, ly in enumerate(options.layers):
+        parts.append(_pack(_LAYER, f"layer {k}", ly.kind, ly.flags, ly.input0, ly.input1,
+                           *ly.kernel, *ly.stride, *ly.dilation, ly.pad_top, ly.pad_left,
+                           ly.depth_multiplier, ly.weights, ly.bias, ly.multipliers, ly.shifts,
+                           *ly.p))
     if caches:
-        parts.extend(_CACHE.pack(t.cache_offset, t.cache_bytes) for t in options.tensors)
+        parts.extend(_pack(_CACHE, f"tensor {k} cache", t.cache_offset, t.cache_bytes)
+                     for k, t in enumerate(options.tensors))
     blob = b"".join(parts)
     decode(blob)  # never hand out a blob the kernel would reject
     return blob
@@ -322,7 +348,29 @@ def validate(o: PatchOptions) -> None:
     for k, layer in enumerate(o.layers):
         _check_layer(o, k, layer)
     _check_slots(o)
+    _check_scratch_bytes(o)
     constant_specs(o)
+
+
+def scratch_bound(o: PatchOptions) -> tuple[int, int]:
+    """(bytes, regions): the slots and caches laid end to end, REGION_SLACK bytes of
+    alignment each; rule 10 bounds scratch_bytes by it."""
+    needs = [o.slot_need(k) for k in range(len(o.tensors)) if o.has_slot(k)]
+    needs += [t.cache_need() for t in o.tensors if t.cached]
+    return sum(needs) + REGION_SLACK * len(needs), len(needs)
+
+
+def _check_scratch_bytes(o: PatchOptions) -> None:
+    """Rule 10: scratch_bytes is at most what the slots and caches need and at most
+    MAX_SCRATCH_BYTES."""
+    if o.scratch_bytes > MAX_SCRATCH_BYTES:
+        raise OptionsError(f"scratch_bytes {o.scratch_bytes} is more than {MAX_SCRATCH_BYTES} "
+                           "(2^31 - 16)")
+    need, regions = scratch_bound(o)
+    if o.scratch_bytes > need:
+        raise OptionsError(f"scratch_bytes {o.scratch_bytes} is more than the {need} bytes its "
+                           f"{regions} slots and caches need laid end to end ({REGION_SLACK} "
+                           "bytes of alignment each)")
 
 
 def constant_uses(o: PatchOptions, k: int) -> list[tuple[int, str, tuple[int, ...]]]:
@@ -342,16 +390,18 @@ def constant_uses(o: PatchOptions, k: int) -> list[tuple[int, str, tuple[int, ..
 
 def constant_specs(o: PatchOptions) -> dict[int, tuple[str, tuple[int, ...]]]:
     """Operator input -> (dtype, shape of its first use) for every constant the layers
-    read. OptionsError when an input is used with another type or element count, or has
-    2^32 elements or more (validation rule 5)."""
+    read. OptionsError when an input is used with another type or element count, or is
+    2^31 bytes or more (validation rule 5)."""
     seen: dict[int, tuple[str, tuple[int, ...]]] = {}
     for k, ly in enumerate(o.layers):
         for index, dtype, shape in constant_uses(o, k):
             first = seen.setdefault(index, (dtype, shape))
             count = math.prod(shape)
-            if (first[0], math.prod(first[1])) != (dtype, count) or count >= 1 << 32:
+            size = 1 if dtype == "int8" else 4
+            if (first[0], math.prod(first[1])) != (dtype, count) or \
+                    count * size > MAX_TENSOR_BYTES:
                 raise OptionsError(f"layer {k} ({ly.name}): operator input {index} is used "
-                                   "with another type or size")
+                                   "with another type or size, or is over 2^31 - 1 bytes")
     return seen
 
 
@@ -359,6 +409,10 @@ def _check_tensor(o: PatchOptions, k: int, t: StageTensor) -> None:
     where = f"tensor {k}"
     if min(t.height, t.width, t.channels) < 1:
         raise OptionsError(f"{where}: size {t.height}x{t.width}x{t.channels} has a zero")
+    nbytes = t.height * t.width * t.channels
+    if nbytes > MAX_TENSOR_BYTES:
+        raise OptionsError(f"{where}: {t.height}x{t.width}x{t.channels} is {nbytes} bytes, "
+                           "more than 2^31 - 1")
     for what, ranges, size in (("row", t.rows, t.height), ("column", t.cols, t.width)):
         for b, (lo, hi) in enumerate(ranges):
             if not 0 <= lo <= hi <= size:

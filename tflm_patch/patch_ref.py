@@ -10,6 +10,7 @@ reference kernels) applied to the kept range with the padding shifted accordingl
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,84 @@ class _View:
     c0: int
 
 
+def check_operator_tensors(model: Model, op: OperatorInfo, o: pf.PatchOptions) -> None:
+    """The rules the C++ glue checks in Prepare (docs/patch_exec.md, "Operator tensors"),
+    with its messages: input 0 and output 0 are distinct arena tensors (not constant, not
+    variable); every constant a layer reads is constant, not variable, of the type the
+    options need, at most 2^31 - 1 elements, and its buffer holds exactly its bytes."""
+    if len(op.inputs) != o.num_inputs or len(op.outputs) != 1:
+        raise UnsupportedModelError(f"PATCH_EXEC: the operator has {len(op.inputs)} inputs; "
+                                    f"the options say num_inputs = {o.num_inputs}")
+    if op.inputs[0] < 0 or op.outputs[0] < 0:
+        raise UnsupportedModelError("PATCH_EXEC: input 0 or output 0 is omitted")
+    if op.inputs[0] == op.outputs[0]:
+        raise UnsupportedModelError("PATCH_EXEC: input 0 and output 0 are the same tensor")
+    if model.tensors[op.inputs[0]].dtype != "int8":
+        raise UnsupportedModelError(f"PATCH_EXEC: input 0 is {model.tensors[op.inputs[0]].dtype}"
+                                    ", not int8")
+    out = model.tensors[op.outputs[0]]
+    _check_activation(o, "output 0", out.dtype, out.shape)  # input 0: the array's shape
+    for what, index in (("input 0", op.inputs[0]), ("output 0", op.outputs[0])):
+        t = model.tensors[index]
+        if _inline_data(model, index) is not None:
+            raise UnsupportedModelError(f"PATCH_EXEC: {what} is not planned in the arena: a "
+                                        "constant stage input or output is not allowed")
+        if t.is_variable:
+            raise UnsupportedModelError(f"PATCH_EXEC: {what} is a variable tensor")
+    for index, (dtype, shape) in sorted(pf.constant_specs(o).items()):
+        _check_constant(model, op, index, dtype, math.prod(shape))
+
+
+def _check_activation(o: pf.PatchOptions, what: str, dtype: str,
+                      shape: tuple[int, ...]) -> None:
+    """Output 0: int8 [1, H, W, C] of the options' last tensor. (Input 0 is checked as the
+    array run_patch_exec receives, which the split path shapes as the model's tensor.)"""
+    if dtype != "int8":
+        raise UnsupportedModelError(f"PATCH_EXEC: {what} is {dtype}, not int8")
+    t = o.output
+    expect = (1, t.height, t.width, t.channels)
+    if tuple(shape) != expect:
+        raise UnsupportedModelError(f"PATCH_EXEC: {what} has shape {list(shape)}; the options "
+                                    f"say {list(expect)}, i.e. [1, H, W, C]")
+
+
+def _inline_data(model: Model, tensor: int) -> bytes | None:
+    """The bytes of a tensor's buffer `data` vector, None when empty: what TFLM runs a
+    constant from (it ignores the offset/size of buffers stored after the flatbuffer)."""
+    buf = model.obj.buffers[model.tensors[tensor].buffer]
+    if buf.data is None or len(buf.data) == 0:
+        return None
+    return bytes(np.asarray(buf.data, dtype=np.uint8))
+
+
+def _check_constant(model: Model, op: OperatorInfo, index: int, dtype: str,
+                    elements: int) -> None:
+    if op.inputs[index] < 0:
+        raise UnsupportedModelError(f"PATCH_EXEC: input {index} is omitted but a layer reads "
+                                    "it")
+    t = model.tensors[op.inputs[index]]
+    where = f"PATCH_EXEC: input {index}"
+    if t.dtype != dtype:
+        raise UnsupportedModelError(f"{where} is {t.dtype}; the options need {dtype}")
+    if min(t.shape, default=1) < 0 or t.numel > pf.MAX_TENSOR_BYTES:
+        raise UnsupportedModelError(f"{where} has a negative dimension or more than 2^31 - 1 "
+                                    "elements")
+    if t.numel != elements:
+        raise UnsupportedModelError(f"{where} has {t.numel} elements; the options need "
+                                    f"{elements}")
+    data = _inline_data(model, op.inputs[index])
+    if data is None:
+        raise UnsupportedModelError(f"{where} is not a constant tensor (its data must be in "
+                                    "the model)")
+    if t.is_variable:
+        raise UnsupportedModelError(f"{where} is a variable tensor (TFLM runs it from a copy "
+                                    "in the arena)")
+    nbytes = elements * (1 if dtype == "int8" else 4)
+    if len(data) != nbytes:
+        raise UnsupportedModelError(f"{where} has a {len(data)}-byte buffer; its shape needs "
+                                    f"{nbytes}")
+
+
 def _constants(model: Model, op: OperatorInfo, o: pf.PatchOptions, ly: pf.Layer,
                k: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
     def get(idx: int, dtype: str, what: str) -> np.ndarray:
@@ -47,9 +126,11 @@ def _constants(model: Model, op: OperatorInfo, o: pf.PatchOptions, ly: pf.Layer,
     dst = o.tensors[k + 1]
     w = get(ly.weights, "int8", "weights")
     expect = pf.constant_uses(o, k)[0][2]
-    if w.shape != expect:
+    if w.size != math.prod(expect):
         raise UnsupportedModelError(f"PATCH_EXEC layer {k}: weights shape {w.shape}, "
                                     f"expected {expect}")
+    # like the kernel: the data in the table's layout, whatever dims the tensor declares
+    w = w.reshape(expect)
     b = get(ly.bias, "int32", "bias").reshape(-1) if ly.bias != pf.NONE else None
     mult = get(ly.multipliers, "int32", "multipliers").reshape(-1)
     shift = get(ly.shifts, "int32", "shifts").reshape(-1)
@@ -263,7 +344,9 @@ def run_patch_exec(model: Model, op: OperatorInfo, stage_input: np.ndarray) -> n
     """Run one PATCH_EXEC operator of `model` on its input activation ([1, H, W, C], or
     [1, C, H, W] with INPUT_NCHW)."""
     o = pf.decode(op.custom_options or b"")
-    if len(op.inputs) != o.num_inputs or len(op.outputs) != 1:
+    if model.obj is not None:  # a model read from a file (not a test's array model)
+        check_operator_tensors(model, op, o)
+    elif len(op.inputs) != o.num_inputs or len(op.outputs) != 1:
         raise UnsupportedModelError(f"PATCH_EXEC operator {op.index}: {len(op.inputs)} inputs, "
                                     f"the options say {o.num_inputs}")
     first, out_t = o.tensors[0], o.output

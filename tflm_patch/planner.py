@@ -1,11 +1,16 @@
 """The patch planner: which stage to patch, with which grid.
 
 For every candidate stage (stage.candidate_stages) and every n x m grid it predicts the
-whole patched model's TFLM arena with the arena model (the patched model is built for
-real: stage input/output and scratch in the head, the tail with PATCH_EXEC's OpData and
-without the stage's per-channel data) and the MACs patch by patch. Objectives:
+whole patched model's TFLM arena with the arena model (evaluate.StageEvaluator: exactly
+the prediction for the model convert would write -- stage input/output and scratch in the
+head, the tail with PATCH_EXEC's OpData and without the stage's per-channel data -- laid
+out without building it) and the MACs patch by patch. Objectives:
 
-- default: the smallest arena whose MAC overhead is <= max_overhead (ties: fewer MACs);
+- latency (default): the smallest arena whose estimated Cortex-M4 instructions (cost.py)
+  are within max_latency of the original's (ties: fewer instructions), and whose MAC
+  overhead is within max_overhead when that is given;
+- memory: the smallest arena whose MAC overhead is <= max_overhead (default 20%; ties:
+  fewer MACs);
 - budget: the fewest MACs whose arena fits the budget (ties: smaller arena).
 
 A plan is only ever returned when its arena is smaller than the unpatched model's.
@@ -16,13 +21,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tflm_patch.analysis import op_macs
 from tflm_patch.arena import predict_arena
+from tflm_patch.cost import PlanCost, StageKey
 from tflm_patch.errors import TflmPatchError, UnsupportedModelError
-from tflm_patch.evaluate import Candidate, StageEvaluator, UnitGraphs
+from tflm_patch.evaluate import Candidate, StageEvaluator, UnitGraphs, without_gc
 from tflm_patch.model import Model, require_int8
 from tflm_patch.multistage import refine
 from tflm_patch.rewrite import CUSTOM_CODE, replace_stages
@@ -36,10 +42,13 @@ from tflm_patch.stage import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_OVERHEAD = 0.20
+DEFAULT_MAX_OVERHEAD = 0.20  # MACs, the memory objective's limit
+DEFAULT_MAX_LATENCY = 0.15  # estimated Cortex-M4 instructions, the latency objective's
+OBJECTIVES = ("latency", "memory")
 DEFAULT_MAX_GRID = 8
 DEFAULT_MIN_SAVING = 0.10
 OTHER_SEEDS = 3  # main stages besides the chosen one that get stages added after them
+SEARCHES = 2 + OTHER_SEEDS  # multi-stage searches: the chosen plan, the flipped one, others
 
 
 class PlanError(TflmPatchError):
@@ -49,7 +58,9 @@ class PlanError(TflmPatchError):
 @dataclass(frozen=True)
 class PlanRequest:
     budget: int | None = None
-    max_overhead: float = DEFAULT_MAX_OVERHEAD
+    # MAC overhead limit; None: DEFAULT_MAX_OVERHEAD for the memory objective, none for
+    # the latency objective (plan() resolves it)
+    max_overhead: float | None = None
     split_op: int | None = None  # force the stage's last operator
     grid: tuple[int, int] | None = None  # force the grid
     max_grid: int = DEFAULT_MAX_GRID
@@ -59,6 +70,18 @@ class PlanRequest:
     # multi-stage: more patched stages after the main one (multistage.py), and the
     # convolutions outside them as fused 1x1-grid PATCH_EXECs (fuse.py)
     multi_stage: bool = True
+    objective: str = "latency"
+    max_latency: float = DEFAULT_MAX_LATENCY  # latency objective: estimated instructions
+
+    @property
+    def mac_limit(self) -> float:
+        if self.max_overhead is not None:
+            return self.max_overhead
+        return DEFAULT_MAX_OVERHEAD if self.objective == "memory" else float("inf")
+
+    @property
+    def latency(self) -> bool:
+        return self.objective == "latency" and self.budget is None
 
 
 @dataclass
@@ -70,9 +93,33 @@ class PlanResult:
     message: str  # why this choice, or why the model stays as it is
     request: PlanRequest
     seconds: float = 0.0
+    cost: PlanCost | None = None  # estimated Cortex-M4 instructions (cost.py)
+    _instructions: dict[Candidate, int] = field(default_factory=dict, repr=False)
 
     def overhead(self, c: Candidate) -> float:
         return c.overhead(self.macs_before)
+
+    @property
+    def instructions_before(self) -> int:
+        assert self.cost is not None
+        return self.cost.instructions
+
+    def instructions(self, c: Candidate) -> int:
+        """Estimated Cortex-M4 instructions of one Invoke of the model patched by `c`."""
+        if c not in self._instructions:
+            assert self.cost is not None
+            self._instructions[c] = self.cost.plan_instructions(stage_keys(c))
+        return self._instructions[c]
+
+    def latency_ratio(self, c: Candidate) -> float:
+        return self.instructions(c) / self.instructions_before
+
+    def fits(self, c: Candidate) -> bool:
+        """Within the request's limits: MACs, and estimated instructions (latency)."""
+        req = self.request
+        if self.overhead(c) > req.mac_limit + 1e-12:
+            return False
+        return not req.latency or self.latency_ratio(c) <= 1.0 + req.max_latency + 1e-12
 
     def pareto(self) -> list[Candidate]:
         """Candidates no other beats on both arena and MACs, by arena."""
@@ -93,10 +140,22 @@ class PlanResult:
             "patched_stages": [{"first_op": a, "last_op": b, "grid": list(g)}
                                for a, b, g in c.extra],
             "scratch_bytes": c.scratch_bytes,
+            "objective": self.request.objective if self.request.budget is None else "budget",
             "predicted": {"arena_before": self.arena_before, "arena_after": c.arena,
                           "macs_before": self.macs_before, "macs_after": c.macs,
-                          "mac_overhead": round(self.overhead(c), 6)},
+                          "mac_overhead": round(self.overhead(c), 6),
+                          "m4_instructions_before": self.instructions_before,
+                          "m4_instructions_after": self.instructions(c),
+                          "m4_instruction_ratio": round(self.latency_ratio(c), 6)},
         }
+
+
+def stage_keys(c: Candidate) -> list[StageKey]:
+    """Every PATCH_EXEC of a candidate as plan_stages builds it, for cost.PlanCost."""
+    none = frozenset[int]()
+    return [(c.first, c.last, c.grid, c.cache, False),
+            *((a, b, g, none, False) for a, b, g in c.extra),
+            *((a, b, (1, 1), none, True) for a, b in c.fused)]
 
 
 def _grids(graph: StageGraph, request: PlanRequest) -> Iterable[tuple[int, int]]:
@@ -128,10 +187,14 @@ def _stages(model: Model, request: PlanRequest) -> list[tuple[int, int]]:
                     f"({model.operators[k].name}): {reason or 'no valid stage ends there'}")
 
 
+@without_gc
 def plan(model: Model, request: PlanRequest | None = None,
          progress: Callable[[int, int], None] | None = None) -> PlanResult:
     """Search stages and grids; choose by the request's objective."""
     request = request or PlanRequest()
+    if request.objective not in OBJECTIVES:
+        raise PlanError(f"objective {request.objective!r}: expected one of "
+                        f"{', '.join(OBJECTIVES)}")
     start = time.perf_counter()
     require_int8(model)
     if any(op.name == CUSTOM_CODE for op in model.operators):
@@ -142,9 +205,10 @@ def plan(model: Model, request: PlanRequest | None = None,
     stages = _stages(model, request)
     units = UnitGraphs(model)
     candidates: list[Candidate] = []
-    for done, (first, last) in enumerate(stages):
-        if progress is not None:
-            progress(done, len(stages))
+    multi = request.multi_stage and request.split_op is None and request.grid is None
+    work = _Work(len(stages), max(1, len(stages) // 2) if multi else 0, progress)
+    for first, last in stages:
+        work.advance(0)
         graph = build_stage(model, first, last)
         evaluators = [StageEvaluator(model, graph, request.target, macs_before)]
         fused = units.outside([(first, last)]) if request.multi_stage else []
@@ -152,36 +216,64 @@ def plan(model: Model, request: PlanRequest | None = None,
             evaluators.append(StageEvaluator(model, graph, request.target, macs_before, fused))
         for ev in evaluators:
             candidates.extend(_evaluate(ev, _grids(graph, request)))
-    if progress is not None:
-        progress(len(stages), len(stages))
-    result = PlanResult(arena_before, macs_before, candidates, None, "", request)
-    multi = request.multi_stage and request.split_op is None and request.grid is None
+        work.advance(1)
+    result = PlanResult(arena_before, macs_before, candidates, None, "", request,
+                        cost=PlanCost(model))
     budget = request.budget
     if (multi and candidates and budget is not None and arena_before > budget
             and all(c.arena > budget for c in candidates)):
         # no single patched stage fits: try more patched stages, whatever the MACs
         seed = min(candidates, key=lambda c: (c.arena, c.macs))
         _add_patched_stages(model, result, units, seed, float("inf"))
+        work.advance(work.search)
     result.chosen, result.message = choose(result)
     if multi and budget is None and result.chosen is not None:
         chosen = result.chosen
-        _add_patched_stages(model, result, units, chosen, request.max_overhead)
+        _add_patched_stages(model, result, units, chosen, request.mac_limit)
+        work.advance(work.search)
         # the best plan with the other halo strategy (recompute vs cache) as well: the
         # greedy stage search is seed-dependent, and either may end up smaller
-        flipped = [c for c in result.candidates if not c.extra and bool(c.cache) !=
-                   bool(chosen.cache) and result.overhead(c) <= request.max_overhead + 1e-12]
-        if flipped:
-            _add_patched_stages(model, result, units, min(flipped, key=lambda c: (c.arena,
-                                                                                   c.macs)),
-                                request.max_overhead)
+        flipped = _first_fit(result, (c for c in result.candidates if not c.extra and
+                                      bool(c.cache) != bool(chosen.cache)))
+        if flipped is not None:
+            _add_patched_stages(model, result, units, flipped, request.mac_limit)
+        work.advance(work.search)
         for seed in _other_seeds(result, chosen):
-            _add_patched_stages(model, result, units, seed, request.max_overhead,
+            _add_patched_stages(model, result, units, seed, request.mac_limit,
                                 free_only=True)
+            work.advance(work.search)
         result.chosen, result.message = choose(result)
     if budget is None and result.chosen is not None and result.chosen.cache:
         _tune_caches(model, result)
+    if request.latency and request.multi_stage and result.chosen is not None:
+        _tune_fused(model, result, units)
+    work.finish()
     result.seconds = time.perf_counter() - start
     return result
+
+
+@dataclass
+class _Work:
+    """Planning progress for `plan`'s callback, as (done, total) units of work: one per
+    main stage evaluated, `search` per multi-stage search after a seed (SEARCHES at
+    most; each takes about the time of half the main stages)."""
+
+    stages: int
+    search: int
+    report: Callable[[int, int], None] | None
+    done: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.stages + SEARCHES * self.search
+
+    def advance(self, units: int) -> None:
+        self.done = min(self.total, self.done + units)
+        if self.report is not None:
+            self.report(self.done, self.total)
+
+    def finish(self) -> None:
+        self.advance(self.total - self.done)
 
 
 def _tune_caches(model: Model, result: PlanResult) -> None:
@@ -200,26 +292,59 @@ def _tune_caches(model: Model, result: PlanResult) -> None:
         improved = False
         for t in sorted(best.cache):
             cand = ev.evaluate(c.grid, best.cache - {t})[0]
-            if cand.arena < best.arena and \
-                    result.overhead(cand) <= req.max_overhead + 1e-12:
+            if cand.arena < best.arena and result.fits(cand):
                 best, improved = cand, True
-                log.info("halo reuse: recompute tensor %d of the main stage -> %s B", t,
-                         f"{best.arena:,}")
+                log.debug("halo reuse: recompute tensor %d of the main stage -> %s B", t,
+                          f"{best.arena:,}")
                 break
     if best is not c:
         result.candidates.append(best)
         result.chosen, result.message = choose(result)
 
 
-def _evaluate(ev: StageEvaluator, grids: Iterable[tuple[int, int]]) -> Iterator[Candidate]:
+def _tune_fused(model: Model, result: PlanResult, units: UnitGraphs) -> None:
+    """Latency objective, per fusion unit of the chosen plan: a fused 1x1-grid PATCH_EXEC
+    estimated slower than the operators it replaces is dropped, and one estimated faster
+    is added, whenever the arena does not grow (slowest drops first, then fastest adds)."""
+    c = result.chosen
+    assert c is not None and result.cost is not None
+    cost = result.cost
+    stages = units.outside([(c.first, c.last), *((a, b) for a, b, _ in c.extra)])
+    gains = {(g.first, g.last): cost.stage_gain((g.first, g.last, (1, 1), frozenset(), True))
+             for g, _ in stages}
+    drops = sorted((u for u in c.fused if gains.get(u, 0) < 0), key=lambda u: gains[u])
+    adds = sorted((u for u in gains if u not in c.fused and gains[u] > 0),
+                  key=lambda u: -gains[u])
+    if not drops and not adds:
+        return
+    (graph, _), *others = plan_stages(model, c)
+    fixed = others[:len(c.extra)]
+    best = c
+    for u in (*drops, *adds):
+        trial = set(best.fused) ^ {u}
+        keep = [st for st in stages if (st[0].first, st[0].last) in trial]
+        ev = StageEvaluator(model, graph, result.request.target, result.macs_before, keep,
+                            fixed)
+        cand = ev.evaluate(c.grid, c.cache)[0]
+        if cand.arena <= best.arena and result.fits(cand):
+            best = cand
+            log.info("ops %d..%d: %s (estimated %+d instructions, arena %s B)", *u,
+                     "fused" if u in trial else "not fused", -gains[u], f"{cand.arena:,}")
+    if best is not c:
+        result.candidates.append(best)
+        result.chosen, result.message = choose(result)
+
+
+def _evaluate(ev: StageEvaluator, grids: Iterable[tuple[int, int]],
+              best: Candidate | None = None) -> Iterator[Candidate]:
     """Every grid, recomputing the halos and (when the grid has column bands and some
-    tensor can keep a cache) reusing them: fewer MACs, the caches' bytes more."""
+    tensor can keep a cache) reusing them: fewer MACs, the caches' bytes more. best: a
+    candidate within the limits; those it certainly dominates are left out."""
     for grid in grids:
-        yield ev.evaluate(grid)[0]
-        if grid[1] > 1:
-            cached, sched = ev.evaluate(grid, cache=True)
-            if sched.cache:
-                yield cached
+        for cache in (False, True) if grid[1] > 1 else (False,):
+            got = ev.evaluate_unless_dominated(grid, best, cache)
+            if got is not None and (not cache or got[1].cache):
+                yield got[0]
 
 
 def choose(result: PlanResult) -> tuple[Candidate | None, str]:
@@ -248,20 +373,38 @@ def choose(result: PlanResult) -> tuple[Candidate | None, str]:
                             f"unpatched {before:,}")
         c = min(fits, key=lambda c: (c.macs, c.arena))
         return c, (f"fewest MACs within the {req.budget:,}-byte budget")
-    allowed = [c for c in better if result.overhead(c) <= req.max_overhead + 1e-12]
-    if not allowed:
-        if not better:
-            best = min(result.candidates, key=lambda c: c.arena)
-            return None, (f"no plan makes the arena at least {req.min_saving:.0%} smaller "
-                          f"than the unpatched {before:,} bytes (best: {best.arena:,} with "
-                          f"{best.label}): the model stays as it is")
+    if not better:
+        best = min(result.candidates, key=lambda c: c.arena)
+        return None, (f"no plan makes the arena at least {req.min_saving:.0%} smaller "
+                      f"than the unpatched {before:,} bytes (best: {best.arena:,} with "
+                      f"{best.label}): the model stays as it is")
+    first = _first_fit(result, better)
+    if first is None:
+        return None, _over_limits(result, better)
+    if not req.latency:
+        return first, f"smallest arena with MAC overhead <= {req.mac_limit:.0%}"
+    ties = [c for c in better if c.arena == first.arena and result.fits(c)]
+    c = min(ties, key=lambda c: (result.instructions(c), c.macs))
+    macs = "" if req.max_overhead is None else f", MAC overhead <= {req.mac_limit:.0%}"
+    return c, (f"smallest arena with estimated Cortex-M4 instructions <= "
+               f"{1 + req.max_latency:.2f}x the original's{macs}")
+
+
+def _over_limits(result: PlanResult, better: list[Candidate]) -> str:
+    """Why no plan that shrinks the arena enough is within the limits."""
+    req = result.request
+    in_macs = [c for c in better if result.overhead(c) <= req.mac_limit + 1e-12]
+    if not in_macs:
         cheapest = min(better, key=lambda c: result.overhead(c))
-        return None, (f"every plan that shrinks the arena costs more than "
-                      f"{req.max_overhead:.0%} extra MACs (the cheapest: "
-                      f"{result.overhead(cheapest):.1%}, {cheapest.label}); raise "
-                      "--max-overhead or give --budget: the model stays as it is")
-    c = min(allowed, key=lambda c: (c.arena, c.macs))
-    return c, f"smallest arena with MAC overhead <= {req.max_overhead:.0%}"
+        return (f"every plan that shrinks the arena costs more than {req.mac_limit:.0%} "
+                f"extra MACs (the cheapest: {result.overhead(cheapest):.1%}, "
+                f"{cheapest.label}); raise --max-overhead or give --budget: the model "
+                "stays as it is")
+    fastest = min(in_macs, key=lambda c: (result.instructions(c), c.arena))
+    return (f"every plan that shrinks the arena costs more than {req.max_latency:.0%} extra "
+            f"estimated Cortex-M4 instructions (the fastest: "
+            f"{result.latency_ratio(fastest) - 1:+.1%}, {fastest.label}); raise "
+            "--max-latency, or use --objective memory: the model stays as it is")
 
 
 def build_plan(model: Model, c: Candidate) -> tuple[StageGraph, Schedule]:
@@ -284,16 +427,22 @@ def _other_seeds(result: PlanResult, chosen: Candidate) -> list[Candidate]:
     """The best single-stage candidate (within the MAC limit) of each of the next
     OTHER_SEEDS main stages after the chosen one's: with stages added after them they
     may beat it (a shorter main stage leaves more blocks to the added stages)."""
-    limit = result.request.max_overhead + 1e-12
     best: dict[tuple[int, int], Candidate] = {}
-    for c in result.candidates:
-        if c.extra or result.overhead(c) > limit or (c.first, c.last) == (chosen.first,
-                                                                           chosen.last):
-            continue
+    for c in sorted(result.candidates, key=lambda c: (c.arena, c.macs)):
         key = (c.first, c.last)
-        if key not in best or (c.arena, c.macs) < (best[key].arena, best[key].macs):
+        if c.extra or key in best or key == (chosen.first, chosen.last):
+            continue
+        if result.fits(c):
             best[key] = c
-    return sorted(best.values(), key=lambda c: (c.arena, c.macs))[:OTHER_SEEDS]
+            if len(best) == OTHER_SEEDS:
+                break
+    return list(best.values())
+
+
+def _first_fit(result: PlanResult, candidates: Iterable[Candidate]) -> Candidate | None:
+    """The smallest arena (then fewest MACs) within the request's limits."""
+    return next((c for c in sorted(candidates, key=lambda c: (c.arena, c.macs))
+                 if result.fits(c)), None)
 
 
 def _add_patched_stages(model: Model, result: PlanResult, units: UnitGraphs, c: Candidate,
@@ -302,10 +451,11 @@ def _add_patched_stages(model: Model, result: PlanResult, units: UnitGraphs, c: 
     every main stage and grid evaluated again with them in place (new candidates).
     free_only: only the cheap search (1x1-grid stages judged at the floor grid)."""
     req = result.request
+    judge = result.fits if req.latency else None
     fixed: list[tuple[StageGraph, Schedule]] = []
     if not free_only:
         refined, fixed = refine(model, c, target=req.target, macs_before=result.macs_before,
-                                max_overhead=max_overhead, units=units)
+                                max_overhead=max_overhead, units=units, judge=judge)
         if fixed:
             result.candidates.append(refined)
             _reevaluate(model, result, units, fixed)
@@ -321,7 +471,7 @@ def _add_patched_stages(model: Model, result: PlanResult, units: UnitGraphs, c: 
     for free in (True,) if free_only else (False, True):
         _, floor_fixed = refine(model, c, target=req.target, macs_before=result.macs_before,
                                 max_overhead=max_overhead, units=units, floor_grid=floor,
-                                free_only=free)
+                                free_only=free, judge=judge)
         if floor_fixed and _key(floor_fixed) not in tried:
             tried.append(_key(floor_fixed))
             _reevaluate(model, result, units, floor_fixed)
@@ -336,13 +486,16 @@ def _reevaluate(model: Model, result: PlanResult, units: UnitGraphs,
     """Every main stage before the `fixed` stages under every grid, with them in place."""
     req = result.request
     taken = [(g.first, g.last) for g, _ in fixed]
+    # the plan chosen so far is within the limits: what it certainly dominates can be
+    # neither chosen nor on the Pareto front, and is not kept
+    best = result.chosen
     for first, last in _stages(model, req):
         if last >= taken[0][0]:
             continue
         graph = build_stage(model, first, last)
         ev = StageEvaluator(model, graph, req.target, result.macs_before,
                             units.outside([(first, last), *taken]), fixed)
-        result.candidates.extend(_evaluate(ev, _grids(graph, req)))
+        result.candidates.extend(_evaluate(ev, _grids(graph, req), best))
 
 
 def patched_model_object(model: Model, result: PlanResult) -> Any:

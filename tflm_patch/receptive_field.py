@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -235,6 +236,7 @@ class SpatialNode:
             raise self._err(f"output size {self.out_hw} != padded input size {expect}")
 
 
+@lru_cache(maxsize=1 << 16)  # the planner asks for the same bands of the same layers often
 def _window_axis(o0: int, o1: int, n: int, k: int, s: int, d: int, before: int
                  ) -> tuple[int, int] | None:
     """Smallest [lo, hi) of input positions in [0, n) read by outputs [o0, o1)."""

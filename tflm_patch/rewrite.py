@@ -153,7 +153,15 @@ def set_metadata(obj: Any, name: str, data: bytes) -> None:
 
 def plan_metadata(model: Model) -> dict[str, Any] | None:
     raw = model.metadata(PLAN_METADATA)
-    return None if raw is None else dict(json.loads(raw.decode()))
+    if raw is None:
+        return None
+    try:
+        doc = json.loads(raw.decode())
+    except (UnicodeDecodeError, ValueError):
+        raise ModelFormatError(f"metadata {PLAN_METADATA!r} is not JSON") from None
+    if not isinstance(doc, dict):
+        raise ModelFormatError(f"metadata {PLAN_METADATA!r} is not a JSON object")
+    return doc
 
 
 # ---------------------------------------------------------------------------- prune
@@ -162,7 +170,9 @@ def prune(obj: Any) -> None:
     metadata refers to (buffer 0, the empty sentinel, stays) and unused operator codes;
     renumber all references."""
     sg = obj.subgraphs[0]
-    used_t: set[int] = set(sg.inputs or []) | set(sg.outputs or [])
+    # numpy arrays in the object API: `or []` would ask an array for its truth value
+    used_t: set[int] = {int(t) for seq in (sg.inputs, sg.outputs) if seq is not None
+                        for t in seq}
     for op in sg.operators:
         for seq in (op.inputs, op.outputs, op.intermediates):
             used_t.update(int(t) for t in (seq if seq is not None else []) if t >= 0)

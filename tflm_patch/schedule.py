@@ -8,6 +8,7 @@ m column ranges per tensor (what the options blob carries).
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -125,27 +126,40 @@ def _ranges(layers: Sequence[pf.Layer], shapes: Sequence[tuple[int, int, int]], 
     return final, frozenset(cached)
 
 
-def pack_slots(sizes: list[int], life: list[tuple[int, int]]) -> tuple[list[int], int]:
+def pack_slots(sizes: list[int], life: list[tuple[int, int]],
+               overlap: Sequence[Sequence[bool]] | None = None) -> tuple[list[int], int]:
     """Greedy by size (largest first), first fit among tensors live at the same time;
-    offsets aligned to SLOT_ALIGNMENT. Returns offsets and the total bytes."""
+    offsets aligned to SLOT_ALIGNMENT. Returns offsets and the total bytes. overlap[k][j]:
+    do k and j live at the same time (worked out from `life` when not given)."""
+    if overlap is None:
+        overlap = _overlap(tuple(life))
     order = sorted(range(len(sizes)), key=lambda k: (-sizes[k], k))
-    placed: list[tuple[int, int, int]] = []  # (offset, end, k)
+    placed: list[tuple[int, int, int]] = []  # (offset, end, k), sorted
     offsets = [0] * len(sizes)
     total = 0
+    a = pf.SLOT_ALIGNMENT
     for k in order:
-        if sizes[k] == 0:
+        size = sizes[k]
+        if size == 0:
             continue
-        busy = sorted((o, e) for o, e, j in placed
-                      if not (life[j][1] < life[k][0] or life[k][1] < life[j][0]))
+        row = overlap[k]
         offset = 0
-        for o, e in busy:
-            if offset + sizes[k] <= o:
+        for o, e, _ in [p for p in placed if row[p[2]]]:
+            if offset + size <= o:
                 break
-            offset = max(offset, _align(e))
+            e = (e + a - 1) // a * a
+            if e > offset:
+                offset = e
         offsets[k] = offset
-        placed.append((offset, offset + sizes[k], k))
-        total = max(total, offset + sizes[k])
+        bisect.insort(placed, (offset, offset + size, k))
+        total = max(total, offset + size)
     return offsets, total
+
+
+@lru_cache(maxsize=4096)
+def _overlap(life: tuple[tuple[int, int], ...]) -> tuple[tuple[bool, ...], ...]:
+    """[k][j]: do lifetimes k and j share a layer?"""
+    return tuple(tuple(not (lb < fa or la < fb) for fb, lb in life) for fa, la in life)
 
 
 def _align(v: int, a: int = pf.SLOT_ALIGNMENT) -> int:
@@ -156,7 +170,16 @@ def make_schedule(graph: StageGraph, grid: tuple[int, int],
                   cache: bool | frozenset[int] = False) -> Schedule:
     """The schedule of `graph` under an n x m grid; cache: halo reuse between horizontally
     adjacent patches (cached_col_ranges) wherever a tensor can have a cache (True), or
-    only for these stage tensors (a set; the empty set is no cache)."""
+    only for these stage tensors (a set; the empty set is no cache). Made once per graph
+    and arguments (the planner judges each grid many times)."""
+    key = (grid, cache)
+    if key not in graph.schedules:
+        graph.schedules[key] = _make_schedule(graph, grid, cache)
+    return graph.schedules[key]
+
+
+def _make_schedule(graph: StageGraph, grid: tuple[int, int],
+                   cache: bool | frozenset[int]) -> Schedule:
     n, m = grid
     rows = axis_ranges(graph, 0, n)
     if cache is False or cache == frozenset():
@@ -164,36 +187,48 @@ def make_schedule(graph: StageGraph, grid: tuple[int, int],
     else:
         cols, cached = cached_col_ranges(graph, m, None if cache is True else cache)
     num_t = len(graph.tensors)
+    row_max, row_sum = _extents(rows)
+    col_max, col_sum = _extents(cols, cached)
     sizes = [0] * num_t
     slotted = [k for k in range(num_t - 1) if k > 0 or graph.input_nchw]
     for k in slotted:
         # a STREAM layer's output holds one channel; tensor 0 has a slot only when the
         # kernel gathers it from an NCHW input
         depth = 1 if k > 0 and graph.layers[k - 1].stream else graph.shapes[k][2]
-        sizes[k] = (max(hi - lo for lo, hi in rows[k]) * max(hi - lo for lo, hi in cols[k])
-                    * depth)
-    life = pf.lifetimes(list(graph.layers))
+        sizes[k] = row_max[k] * col_max[k] * depth
+    life = _lifetimes(graph)
     # a cache lives for the whole run: the widest overlap, every row, every channel
     order = sorted(cached)
-    cache_sizes = [max(hi - lo for lo, hi in rows[t])
-                   * max(cols[t][j - 1][1] - cols[t][j][0] for j in range(1, m))
+    cache_sizes = [row_max[t] * max(cols[t][j - 1][1] - cols[t][j][0] for j in range(1, m))
                    * graph.shapes[t][2] for t in order]
     whole = (-1, len(graph.layers))
-    offsets, total = pack_slots(sizes + cache_sizes, life + [whole] * len(order))
+    lives = tuple(life) + (whole,) * len(order)
+    offsets, total = pack_slots(sizes + cache_sizes, list(lives), _overlap(lives))
     slots = tuple((offsets[k], sizes[k]) if k in slotted else (pf.EXTERNAL, 0)
                   for k in range(num_t))
     caches = [(pf.EXTERNAL, 0)] * num_t
     for i, t in enumerate(order):
         caches[t] = (offsets[num_t + i], cache_sizes[i])
-    macs = 0
-    for k, per_pixel in enumerate(graph.macs_per_pixel):
-        t = k + 1
-        sum_rows = sum(hi - lo for lo, hi in rows[t])
-        # a cached tensor computes only the columns the previous patch did not
-        sum_cols = sum(hi - max(lo, cols[t][j - 1][1] if j and t in cached else lo)
-                       for j, (lo, hi) in enumerate(cols[t]))
-        macs += per_pixel * sum_rows * sum_cols
+    # a cached tensor computes only the columns the previous patch did not
+    macs = sum(per_pixel * row_sum[k + 1] * col_sum[k + 1]
+               for k, per_pixel in enumerate(graph.macs_per_pixel))
     return Schedule(grid, rows, cols, slots, total, macs, cached, tuple(caches))
+
+
+@lru_cache(maxsize=4096)
+def _lifetimes(graph: StageGraph) -> list[tuple[int, int]]:
+    return pf.lifetimes(list(graph.layers))
+
+
+@lru_cache(maxsize=4096)
+def _extents(ranges: Ranges, cached: frozenset[int] = frozenset()
+             ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Per tensor, the widest band and the sum of the bands' widths (where a cached
+    tensor computes only what the previous band has not)."""
+    widest = tuple(max(hi - lo for lo, hi in per_t) for per_t in ranges)
+    total = tuple(sum(hi - max(lo, per_t[j - 1][1] if j and t in cached else lo)
+                      for j, (lo, hi) in enumerate(per_t)) for t, per_t in enumerate(ranges))
+    return widest, total
 
 
 def stage_options(graph: StageGraph, sched: Schedule, layers: tuple[pf.Layer, ...],

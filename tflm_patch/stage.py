@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -63,8 +65,62 @@ def transpose_support(model: Model, op: OperatorInfo) -> tuple[bool, str]:
     return True, ""
 
 
+SHIFT_MIN, SHIFT_MAX = -31, 30  # the requantization shifts PATCH_EXEC accepts
+FIELD_MAX = 0xFFFF  # PATCH_EXEC's options store sizes, kernels and strides in 16 bits
+_WINDOW_FIELDS = ("strideH", "strideW", "dilationHFactor", "dilationWFactor", "filterHeight",
+                  "filterWidth", "depthMultiplier")
+
+
+def _field_overflow(model: Model, op: OperatorInfo) -> str:
+    """Why the operator's sizes do not fit PATCH_EXEC's 16-bit option fields ('' if
+    they do)."""
+    for t in (*op.inputs, *op.outputs):
+        shape = model.tensors[t].shape if t >= 0 else ()
+        if any(d > FIELD_MAX for d in shape[1:]):
+            return (f"tensor {t} {list(shape)} has a dimension over {FIELD_MAX}, the limit of "
+                    "PATCH_EXEC's 16-bit fields")
+    for name in _WINDOW_FIELDS:
+        value = getattr(op.options, name, None)
+        if value is not None and not 0 <= int(value) <= FIELD_MAX:
+            return f"{name} {value} does not fit PATCH_EXEC's 16-bit fields"
+    return ""
+
+
+def activation_type_reason(model: Model) -> str:
+    """Why no operator can be patched because of its activation type, e.g. an int16
+    (16x8-quantized) model; '' when some operator PATCH_EXEC executes has int8 ones."""
+    found: dict[str, OperatorInfo] = {}
+    for op in model.operators:
+        if op.name in STAGE_OPS:
+            for t in (*model.activation_inputs(op), *op.outputs):
+                found.setdefault(model.tensors[t].dtype, op)
+    if not found or "int8" in found:
+        return ""
+    dtype, op = next(iter(found.items()))
+    kind = "int16 activations (16x8 quantization)" if dtype == "int16" else \
+        f"{dtype} activations"
+    return (f"{kind}, e.g. operator {op.index} ({op.name}): PATCH_EXEC computes int8 "
+            "activations only, so no operator of this model can be patched")
+
+
 def op_support(model: Model, op: OperatorInfo) -> tuple[bool, str]:
-    """(ok, reason): can PATCH_EXEC execute this operator?"""
+    """(ok, reason): can PATCH_EXEC execute this operator? (worked out once per operator)"""
+    if _own(model, op):
+        return model.memo(("op_support", op.index), lambda: _op_support(model, op))
+    return _op_support(model, op)
+
+
+def model_support(model: Model) -> list[tuple[bool, str]]:
+    """op_support of every operator (one list per model: do not modify it)."""
+    return model.memo("support", lambda: [op_support(model, op) for op in model.operators])
+
+
+def _own(model: Model, op: OperatorInfo) -> bool:
+    """Is `op` the model's own operator (whose facts the model may memoize)?"""
+    return 0 <= op.index < len(model.operators) and model.operators[op.index] is op
+
+
+def _op_support(model: Model, op: OperatorInfo) -> tuple[bool, str]:
     where = f"operator {op.index} ({op.name})"
     if op.name == "TRANSPOSE":
         return transpose_support(model, op)
@@ -78,6 +134,9 @@ def op_support(model: Model, op: OperatorInfo) -> tuple[bool, str]:
     ok, reason = spatial_support(model, op)
     if not ok:
         return False, reason
+    too_big = _field_overflow(model, op)
+    if too_big:
+        return False, f"{where}: {too_big}"
     if op.name in ("PAD", "PADV2") and model.constant(op.inputs[1]).reshape(-1, 2)[3].any():
         return False, f"{where}: pads the channel dimension"
     fused = getattr(op.options, "fusedActivationFunction", 0) if op.options is not None else 0
@@ -94,13 +153,24 @@ def op_support(model: Model, op: OperatorInfo) -> tuple[bool, str]:
         if not model.tensors[op.inputs[1]].is_constant:
             return False, f"{where}: the filter is not constant"
     try:
-        layer_params(model, op)
+        params = layer_params(model, op)
     except UnsupportedModelError as e:
         return False, str(e)
+    shift = getattr(params, "output_shift", ())
+    shifts = tuple(shift) if isinstance(shift, tuple | list) else (int(shift),)
+    if any(not SHIFT_MIN <= s <= SHIFT_MAX for s in shifts):
+        return False, (f"{where}: a requantization shift ({min(shifts)}..{max(shifts)}) is "
+                       f"outside PATCH_EXEC's {SHIFT_MIN}..{SHIFT_MAX} (extreme scales)")
     return True, ""
 
 
 def layer_params(model: Model, op: OperatorInfo) -> object:
+    if _own(model, op):
+        return model.memo(("layer_params", op.index), lambda: _layer_params(model, op))
+    return _layer_params(model, op)
+
+
+def _layer_params(model: Model, op: OperatorInfo) -> object:
     fn = {"CONV_2D": conv_params, "DEPTHWISE_CONV_2D": depthwise_params,
           "AVERAGE_POOL_2D": pool_params, "MAX_POOL_2D": pool_params, "PAD": pad_params,
           "PADV2": pad_params, "ADD": add_params}[op.name]
@@ -135,6 +205,8 @@ class StageGraph:
     constants: tuple[LayerConstants | None, ...]
     macs_per_pixel: tuple[int, ...]  # per layer, per output pixel (all channels)
     input_nchw: bool = False  # a folded TRANSPOSE: tensors[0] is the NCHW model tensor
+    # schedule.make_schedule's results for this graph, by (grid, cache)
+    schedules: dict[Any, Any] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def ops(self) -> range:
@@ -148,7 +220,7 @@ class StageGraph:
     def output(self) -> int:
         return self.tensors[-1]
 
-    @property
+    @cached_property
     def macs(self) -> int:
         return sum(m * s[0] * s[1] for m, s in zip(self.macs_per_pixel, self.shapes[1:],
                                                    strict=True))
@@ -170,6 +242,15 @@ def stage_check(model: Model, first: int, last: int,
     `support`: op_support of every operator, when the caller has it already.
     live_input: the stage input may still be read after the stage (a fused tail stage
     inside a residual block); a patched stage must end where one tensor is live."""
+    if support is None or support is model.memoized("support"):
+        # op_support is the model's own: the answer is too
+        return model.memo(("stage_check", first, last, live_input),
+                          lambda: _stage_check(model, first, last, None, live_input))
+    return _stage_check(model, first, last, support, live_input)
+
+
+def _stage_check(model: Model, first: int, last: int, support: list[tuple[bool, str]] | None,
+                 live_input: bool) -> tuple[bool, str]:
     n_ops = len(model.operators)
     if not 0 <= first <= last < n_ops:
         return False, f"operators {first}..{last} are not within the model's 0..{n_ops - 1}"
@@ -195,19 +276,31 @@ def stage_check(model: Model, first: int, last: int,
                        "from before the stage (PATCH_EXEC takes exactly one)")
     stage_in = next(iter(outside_inputs))
     stage_out = model.operators[last].outputs[0]
-    later = {t for op in model.operators[last + 1:] for t in model.activation_inputs(op)}
-    later |= set(model.outputs)
-    leaking = sorted(t for t in produced if t != stage_out and t in later)
+    last_read, outputs = _last_reads(model)
+
+    def read_later(t: int) -> bool:
+        return last_read.get(t, -1) > last or t in outputs
+
+    leaking = sorted(t for t in produced if t != stage_out and read_later(t))
     if leaking:
         return False, (f"tensor {leaking[0]} ({model.tensors[leaking[0]].name}) made inside "
                        f"operators {first}..{last} is read after them; the stage must end "
                        "where one tensor is live")
-    if stage_in in later and not live_input:
+    if read_later(stage_in) and not live_input:
         return False, (f"the stage input (tensor {stage_in}) is read again after operator "
                        f"{last}")
-    if stage_out not in later:
+    if not read_later(stage_out):
         return False, f"the stage output (tensor {stage_out}) is never read"
     return True, ""
+
+
+def _last_reads(model: Model) -> tuple[dict[int, int], frozenset[int]]:
+    """tensor -> the last operator reading it as an activation; the graph outputs."""
+    def compute() -> tuple[dict[int, int], frozenset[int]]:
+        last = {t: op.index for op in model.operators for t in model.activation_inputs(op)}
+        return last, frozenset(model.outputs)
+
+    return model.memo("last_reads", compute)
 
 
 def foldable_pad(model: Model, op: OperatorInfo, consumers: dict[int, list[int]],
@@ -240,11 +333,18 @@ def stream_pairs(graph_layers: list[pf.Layer], shapes: list[tuple[int, int, int]
 def build_stage(model: Model, first: int, last: int, *, fold_pads: bool = True,
                 live_input: bool = False, stream: bool = True) -> StageGraph:
     """The stage of operators first..last; UnsupportedModelError with the reason if not.
+    Built once per model and arguments (the same StageGraph object afterwards).
 
     fold_pads: a zero-point PAD feeding a single convolution becomes that convolution's
     padding (the padded copy is never made). live_input: as in `stage_check`. stream:
     flag STREAM on the conv -> depthwise pairs of `stream_pairs`. A TRANSPOSE at the
     start is folded: the stage reads its NCHW input (INPUT_NCHW)."""
+    return model.memo(("stage", first, last, fold_pads, live_input, stream),
+                      lambda: _build_stage(model, first, last, fold_pads, live_input, stream))
+
+
+def _build_stage(model: Model, first: int, last: int, fold_pads: bool, live_input: bool,
+                 stream: bool) -> StageGraph:
     ok, reason = stage_check(model, first, last, live_input=live_input)
     if not ok:
         raise UnsupportedModelError(reason)
@@ -331,7 +431,7 @@ def _layer(model: Model, op: OperatorInfo, index: dict[int, int],
 def candidate_stages(model: Model) -> Iterator[tuple[int, int]]:
     """(first, last) of every stage the planner considers: in each run of supported
     operators, the earliest valid start and every valid end after it."""
-    support = [op_support(model, op) for op in model.operators]
+    support = model_support(model)
     supported = [ok for ok, _ in support]
     i = 0
     n = len(supported)

@@ -16,6 +16,11 @@ layout; NDEBUG for bazel's opt mode). The library links against the wheel's own
 AddCustom, RegisterOp, AllocateTempInputTensor, ...) are the wheel's, and
 ``-z defs`` proves at link time that nothing else is missing.
 
+The sanitizer variant (``build_kernel(sanitize=True)``) compiles the same sources with
+``-fsanitize=address,undefined`` (every report fatal); the wheel is not instrumented, so
+its child process needs the sanitizer runtimes preloaded (``KernelLibrary.sanitized``:
+``tflm_runner`` then starts the child with ``native.sanitizer_env()``).
+
 Builds are cached under ``~/.cache/tflm_patch/tflm_kernel/<key>/`` (key: hash of the
 sources, flags, compiler and the wheel's library), published atomically (a finished
 directory is renamed into place), and reused while every header the compiler read
@@ -63,6 +68,9 @@ COMMON_FLAGS = ("-fPIC", "-O2", "-DNDEBUG", "-fno-exceptions")
 # as in python/tflite_micro/pypi_build.sh (--//:with_compression=true)
 TFLM_DEFINES = ("-DTF_LITE_STATIC_MEMORY=1", "-DUSE_TFLM_COMPRESSION=1",
                 "-DFLATBUFFERS_LOCALE_INDEPENDENT=0")
+SANITIZER_FLAGS = ("-fPIC", "-O1", "-g", "-fno-omit-frame-pointer", "-DNDEBUG",
+                   "-fno-exceptions", "-fsanitize=address,undefined",
+                   "-fno-sanitize-recover=all")
 CORE_FLAGS = ("-std=c++14", "-Wall", "-Wextra", "-Werror")
 GLUE_FLAGS = ("-std=c++17", "-Wall", "-Wextra", "-Werror")
 
@@ -86,6 +94,7 @@ class KernelLibrary:
 
     path: Path
     registerer: str = REGISTERER
+    sanitized: bool = False  # built with ASan + UBSan: its process needs the runtimes
 
     def runner_kwargs(self) -> RunnerKwargs:
         """Keyword arguments of the tflm_runner functions that make PATCH_EXEC known."""
@@ -99,6 +108,11 @@ class BuildConfig:
     extra_includes: tuple[Path, ...]
     runtime_library: Path  # the wheel's _runtime.so
     core_sources: tuple[Path, ...] = (CORE_SOURCE,)
+    sanitize: bool = False  # -fsanitize=address,undefined (SANITIZER_FLAGS)
+
+    @property
+    def common_flags(self) -> tuple[str, ...]:
+        return SANITIZER_FLAGS if self.sanitize else COMMON_FLAGS
 
     def include_flags(self) -> list[str]:
         flags = ["-I", str(SOURCE_ROOT)]
@@ -107,17 +121,18 @@ class BuildConfig:
         return flags
 
     def core_command(self, source: Path, out: Path) -> list[str]:
-        return [self.compiler, *CORE_FLAGS, *COMMON_FLAGS, "-I", str(SOURCE_ROOT), "-c",
+        return [self.compiler, *CORE_FLAGS, *self.common_flags, "-I", str(SOURCE_ROOT), "-c",
                 str(source), "-o", str(out), "-MD", "-MF", f"{out}.d"]
 
     def glue_command(self, source: Path, out: Path) -> list[str]:
-        return [self.compiler, *GLUE_FLAGS, *COMMON_FLAGS, *TFLM_DEFINES,
+        return [self.compiler, *GLUE_FLAGS, *self.common_flags, *TFLM_DEFINES,
                 *self.include_flags(), "-c", str(source), "-o", str(out), "-MD", "-MF",
                 f"{out}.d"]
 
     def link_command(self, objects: Sequence[Path], out: Path) -> list[str]:
         # the wheel's library by absolute path: it becomes DT_NEEDED as that path
-        return [self.compiler, "-shared", "-o", str(out), *map(str, objects),
+        sanitizers = ["-fsanitize=address,undefined"] if self.sanitize else []
+        return [self.compiler, "-shared", *sanitizers, "-o", str(out), *map(str, objects),
                 str(self.runtime_library), "-Wl,-z,defs"]
 
 
@@ -134,8 +149,10 @@ def wheel_runtime_library() -> Path:
 
 
 def config_from_env(env: Mapping[str, str] | None = None,
-                    core: Sequence[Path] | None = None) -> BuildConfig:
-    """Build settings from TFLM_ROOT / TFLM_EXTRA_INCLUDES (and CXX); unavailable if unset."""
+                    core: Sequence[Path] | None = None, *, sanitize: bool = False
+                    ) -> BuildConfig:
+    """Build settings from TFLM_ROOT / TFLM_EXTRA_INCLUDES (and CXX); unavailable if unset.
+    `sanitize`: the ASan + UBSan variant."""
     env = os.environ if env is None else env
     root, extra = env.get(ENV_ROOT, ""), env.get(ENV_EXTRA, "")
     if not root or not extra:
@@ -162,7 +179,8 @@ def config_from_env(env: Mapping[str, str] | None = None,
     for src in (*core, GLUE_SOURCE, REGISTERER_SOURCE):
         if not src.is_file():
             raise TflmBuildUnavailable(f"{src} does not exist")
-    return BuildConfig(compiler, tflm_root, includes, wheel_runtime_library(), tuple(core))
+    return BuildConfig(compiler, tflm_root, includes, wheel_runtime_library(), tuple(core),
+                       sanitize)
 
 
 def cache_root() -> Path:
@@ -278,13 +296,19 @@ def _build_into(config: BuildConfig, work: Path) -> None:
 
 
 def build_kernel(config: BuildConfig | None = None, *, cache_dir: Path | None = None,
-                 force: bool = False) -> KernelLibrary:
-    """The PATCH_EXEC library for the wheel: built, or reused from the cache."""
-    config = config or config_from_env()
+                 force: bool = False, sanitize: bool = False) -> KernelLibrary:
+    """The PATCH_EXEC library for the wheel: built, or reused from the cache. `sanitize`
+    (when no config is given): the ASan + UBSan variant."""
+    config = config or config_from_env(sanitize=sanitize)
+    lib = _build_or_reuse(config, cache_dir, force)
+    return KernelLibrary(lib, sanitized=config.sanitize)
+
+
+def _build_or_reuse(config: BuildConfig, cache_dir: Path | None, force: bool) -> Path:
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     final = root / build_key(config)
     if not force and _fresh(final):
-        return KernelLibrary(final / LIBRARY_NAME)
+        return final / LIBRARY_NAME
     root.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
@@ -302,7 +326,7 @@ def build_kernel(config: BuildConfig | None = None, *, cache_dir: Path | None = 
     finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("built %s in %.1f s", final / LIBRARY_NAME, time.monotonic() - start)
-    return KernelLibrary(final / LIBRARY_NAME)
+    return final / LIBRARY_NAME
 
 
 @functools.cache

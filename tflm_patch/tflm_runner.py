@@ -12,6 +12,7 @@ naming the step that failed and TFLM's last log line.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import pickle
@@ -19,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,7 @@ from tflm_patch._tflm_child import (
     PHASE_MARK,
     REPORT_HEADER,
     RESOURCE_VARIABLES_LINE,
+    IsolatedRun,
     Request,
     Response,
 )
@@ -123,10 +125,13 @@ def _parse_record(body: str) -> AllocationRecord:
     return AllocationRecord(name, used, requested, count)
 
 
-def _model_shape(model: bytes) -> _ModelShape:
-    """Verify the flatbuffer (TFLM itself does not) and count main-subgraph I/O and tensors."""
+def _model_shape(model: bytes, verify: bool = True) -> _ModelShape:
+    """Verify the flatbuffer (TFLM itself does not) and count main-subgraph I/O and tensors.
+    verify=False: hand TFLM what a device would get, unchecked (tests of the kernel's own
+    checks, e.g. misaligned constants, which the verifier refuses first)."""
     try:
-        verify_tflite(model)
+        if verify:
+            verify_tflite(model)
     except ModelFormatError as e:
         raise TflmRunError(f"TFLM cannot run the model: {e}") from e
     root = schema().Model.GetRootAs(model, 0)
@@ -136,8 +141,14 @@ def _model_shape(model: bytes) -> _ModelShape:
     return _ModelShape(graph.InputsLength(), graph.OutputsLength(), graph.TensorsLength())
 
 
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
+# First lines of an ASan / UBSan report (a kernel built with sanitizers, run with
+# child_env preloading their runtimes)
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "runtime error:",
+                   "SUMMARY: UndefinedBehaviorSanitizer")
+
+
+def _child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {**os.environ, **(extra or {})}
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(tflm_patch.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     env.setdefault("OPENBLAS_NUM_THREADS", "1")  # the child forks: keep it single-threaded
@@ -182,11 +193,18 @@ class _ChildLog:
         return " (no TFLM log output)"
 
 
-def _call(request: Request, timeout: float) -> Response:
+def _sanitizer_report(log: str) -> str:
+    """The first line of a sanitizer report in a child's log, "" when none."""
+    return next((line.strip() for line in log.splitlines()
+                 if any(mark in line for mark in SANITIZER_MARKS)), "")
+
+
+def _call(request: Request, timeout: float, env: Mapping[str, str] | None = None
+          ) -> Response:
     start = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tflm_patch._tflm_child"], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_child_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_child_env(env),
         start_new_session=True)  # own process group: a timeout also ends probe processes
     try:
         out, err = proc.communicate(pickle.dumps(request), timeout=timeout)
@@ -221,12 +239,13 @@ def _request(action: str, model: bytes, *, arena_size: int | None = None,
              registerers: Sequence[str] = (), preload: Sequence[str] = (),
              inputs: Sequence[np.ndarray] | None = None, granularity: int = 16,
              invoke: bool = True, preserve_all: bool = False,
-             extra_models: Sequence[bytes] = (), repeats: int = 0) -> Request:
+             extra_models: Sequence[bytes] = (), repeats: int = 0,
+             verify: bool = True) -> Request:
     data = bytes(model)
-    shape = _model_shape(data)
+    shape = _model_shape(data, verify)
     extra = tuple(bytes(m) for m in extra_models)
     for other in extra:
-        s = _model_shape(other)
+        s = _model_shape(other, verify)
         if (s.inputs, s.outputs) != (shape.inputs, shape.outputs):
             raise TflmRunError(f"the models have different numbers of inputs/outputs: "
                                f"{shape.inputs}/{shape.outputs} and {s.inputs}/{s.outputs}")
@@ -248,10 +267,11 @@ def _request(action: str, model: bytes, *, arena_size: int | None = None,
 
 def run_model(model: bytes, inputs: Sequence[np.ndarray], *, arena_size: int | None = None,
               registerers: Sequence[str] = (), preload: Sequence[str] = (),
-              timeout: float = DEFAULT_TIMEOUT) -> list[np.ndarray]:
-    """Invoke the model once on `inputs` (one array per model input); its outputs."""
+              timeout: float = DEFAULT_TIMEOUT, verify: bool = True) -> list[np.ndarray]:
+    """Invoke the model once on `inputs` (one array per model input); its outputs.
+    `verify`: see _model_shape."""
     req = _request("run", model, arena_size=arena_size, registerers=registerers,
-                   preload=preload, inputs=inputs)
+                   preload=preload, inputs=inputs, verify=verify)
     return list(_call(req, timeout).outputs)
 
 
@@ -264,6 +284,70 @@ def run_all_tensors(model: bytes, inputs: Sequence[np.ndarray], *,
     req = _request("run", model, arena_size=arena_size, registerers=registerers,
                    preload=preload, inputs=inputs, preserve_all=True)
     return _call(req, timeout).tensors
+
+
+@dataclass(frozen=True)
+class IsolatedOutcome:
+    """How one model of `run_isolated` ended: outputs, or the error (a verifier refusal,
+    TFLM's failure with the phase, a signal, a sanitizer report, a timeout)."""
+
+    outputs: tuple[np.ndarray, ...] = ()
+    error: str = ""
+    phase: str = ""  # the child's last phase ("allocating tensors", "invoking", ...)
+    log: str = ""  # TFLM's messages of that phase (" | "-joined)
+    signal: str = ""  # e.g. "SIGSEGV" when the process was killed by a signal
+    sanitizer: str = ""  # the first sanitizer report line
+    timed_out: bool = False
+
+    @property
+    def ran(self) -> bool:
+        return not (self.error or self.signal or self.sanitizer or self.timed_out)
+
+
+def run_isolated(models: Sequence[bytes], inputs: Sequence[np.ndarray], *,
+                 registerers: Sequence[str] = (), preload: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None, verify: bool = True,
+                 timeout: float = 60.0) -> list[IsolatedOutcome]:
+    """Run each model once on the same inputs, each in its own forked process of one TFLM
+    child (one interpreter start for all): a crash, a sanitizer report or a timeout
+    (`timeout` seconds per model) ends that model's process only. `env`: variables added
+    to the child's environment (e.g. the sanitizer runtimes preloaded for a kernel built
+    with them). Models the flatbuffer verifier refuses never reach TFLM (unless
+    verify=False)."""
+    results: list[IsolatedOutcome | None] = []
+    todo: list[bytes] = []
+    for m in models:
+        try:
+            _model_shape(bytes(m), verify)
+            results.append(None)
+            todo.append(bytes(m))
+        except TflmRunError as e:
+            results.append(IsolatedOutcome(error=str(e), phase="verifying"))
+        except Exception as e:  # an unverified file the schema reader cannot even read
+            results.append(IsolatedOutcome(error=f"{type(e).__name__}: {e}", phase="reading"))
+    runs: list[IsolatedOutcome] = []
+    if todo:
+        req = _request("isolated", todo[0], registerers=registerers, preload=preload,
+                       inputs=inputs, extra_models=todo[1:], verify=False)
+        req = dataclasses.replace(req, timeout=timeout)
+        response = _call(req, timeout * len(todo) + 120, env)
+        runs = [_isolated_outcome(run) for run in response.isolated]
+    it = iter(runs)
+    return [r if r is not None else next(it) for r in results]
+
+
+def _isolated_outcome(run: IsolatedRun) -> IsolatedOutcome:
+    child = _ChildLog.parse(run.log.encode())
+    report = _sanitizer_report(run.log)
+    code = run.exit_code
+    sig = signal.Signals(-code).name if code < 0 else ""
+    timed_out = sig == "SIGALRM"
+    error = run.error
+    if not error and (code != 0 or not run.outputs):
+        error = f"the process ended with exit code {code}" if code >= 0 else f"killed by {sig}"
+    return IsolatedOutcome(outputs=run.outputs, error=error, phase=child.phase,
+                           log=child.message, signal="" if timed_out else sig,
+                           sanitizer=report, timed_out=timed_out)
 
 
 def allocation_report(model: bytes, *, arena_size: int | None = None,

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from tflm_patch import tflm_build, tflm_runner
-from tflm_patch.errors import TflmPatchError
+from tflm_patch.errors import InputFileError, TflmPatchError
+from tflm_patch.io_checks import read_image_bytes, read_npy, shown
 from tflm_patch.model import Model, OperatorInfo, load_model, model_to_bytes
 from tflm_patch.patch_ref import run_patch_exec
 from tflm_patch.rewrite import CUSTOM_CODE, prune
@@ -165,30 +166,33 @@ def load_input(model: Model, path: str | Path) -> list[np.ndarray]:
     if len(model.inputs) != 1:
         raise TflmPatchError(f"--input gives one array; the model has {len(model.inputs)} inputs")
     info = model.tensors[model.inputs[0]]
-    if not p.is_file():
-        raise TflmPatchError(f"{p}: no such file")
-    if p.suffix == ".npy":
-        arr = np.load(p)
-    else:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(p) as img:
-                arr = np.frombuffer(img.tobytes(), np.uint8).view(np.int8)
-        except (UnidentifiedImageError, OSError) as e:
-            raise TflmPatchError(f"{p}: not an image or .npy file ({e})") from None
+    read = read_npy if p.suffix.lower() == ".npy" else read_image_bytes
+    arr = read(p, info.numel)
     if arr.size != info.numel:
-        raise TflmPatchError(f"{p}: {arr.size} values, the input tensor {info.shape} needs "
-                             f"{info.numel}")
-    if arr.dtype != np.int8:
-        raise TflmPatchError(f"{p}: {arr.dtype} data; the model input is int8")
+        raise InputFileError(f"{shown(p)}: {arr.size} values, the input tensor "
+                             f"{list(info.shape)} needs {info.numel}")
+    if arr.dtype != np.int8 or info.dtype != "int8":
+        raise InputFileError(f"{shown(p)}: {arr.dtype} data; the model input is {info.dtype} "
+                             "(int8 .npy files and 8-bit images are read)")
     return [arr.reshape(info.shape)]
 
 
 def load_pair(original: str | Path, patched: str | Path) -> tuple[Model, Model]:
     a, b = load_model(original), load_model(patched)
-    if [a.tensors[t].shape for t in a.inputs] != [b.tensors[t].shape for t in b.inputs] or \
-            [a.tensors[t].shape for t in a.outputs] != [b.tensors[t].shape for t in b.outputs]:
-        raise TflmPatchError("the two models have different input/output shapes: not an "
-                             "original and its patched version")
+    pair_checked(a, b)
     return a, b
+
+
+def pair_checked(a: Model, b: Model) -> None:
+    """Refuse two models whose inputs or outputs differ in count, shape or type: not an
+    original and its patched version (every output is compared)."""
+    for kind, ta, tb in (("input", a.inputs, b.inputs), ("output", a.outputs, b.outputs)):
+        sig_a = [(a.tensors[t].shape, a.tensors[t].dtype) for t in ta]
+        sig_b = [(b.tensors[t].shape, b.tensors[t].dtype) for t in tb]
+        if sig_a != sig_b:
+            raise TflmPatchError(f"the two models have different {kind}s ({_sig(sig_a)} vs "
+                                 f"{_sig(sig_b)}): not an original and its patched version")
+
+
+def _sig(sig: list[tuple[tuple[int, ...], str]]) -> str:
+    return ", ".join(f"{dtype} {list(shape)}" for shape, dtype in sig) or "none"

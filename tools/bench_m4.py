@@ -12,12 +12,17 @@ Cross-compiles the portable core (tflm_patch/csrc/custom_ops/patch_exec/*.cc) wi
 then (unless --no-run) runs the patched model's consecutive PATCH_EXECs on
 qemu-system-arm -M mps2-an386 and prints, per operator, the output checksum next to the
 numpy reference's and the stack measured by painting; with Arduino_TensorFlowLite's
-sources (--arduino-src), also the example sketch whole (tflm_patch.m4_arduino): its scores
+sources (--arduino-src), also the example sketch whole (tools/m4_arduino.py): its scores
 and interpreter.arena_used_bytes(). QEMU does not emulate the DWT cycle counter: no cycle
 counts.
 
     python tools/bench_m4.py [--model PATH|zoo:NAME] [--input IMAGE] [--no-run]
                              [--arduino-src DIR]
+    python tools/bench_m4.py --speed [--model PATH|zoo:NAME] [--per-op] [--json]
+
+--speed: instructions per Invoke() of the original and patched models with
+Arduino_TensorFlowLite's CMSIS-NN kernels on QEMU with -icount (tools/m4_speed.py table;
+without --model: person_detect and the zoo models that fit 256 KiB of SRAM).
 
 Default model: ../shared/models/person_detect.tflite on person.bmp (else the zoo's
 mbv1_025_96 on a seeded input), converted with the default plan.
@@ -32,7 +37,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tflm_patch import m4, m4_arduino
+import m4
+import m4_arduino
+
 from tflm_patch import patch_format as pf
 from tflm_patch.errors import TflmPatchError
 
@@ -40,7 +47,7 @@ from tflm_patch.errors import TflmPatchError
 def _model(args: argparse.Namespace) -> m4.HarnessModel:
     if args.model is None:
         return m4.default_model()
-    from tflm_patch.cli import resolve_model_arg
+    from tflm_patch.cli_args import resolve_model_arg
     from tflm_patch.model import load_model
     from tflm_patch.validate import load_input
 
@@ -87,6 +94,16 @@ def _arduino_example(hm: m4.HarnessModel, src: str | None) -> None:
           f"{_fmt(a.total)} B (predicted {_fmt(a.predicted)} + margin {_fmt(a.margin)})")
 
 
+def _speed(args: argparse.Namespace) -> int:
+    """The benchmark table of tools/m4_speed.py (next to this script)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import m4_speed
+
+    argv = ["table", *(["--models", args.model] if args.model else []),
+            *(["--per-op"] if args.per_op else []), *(["--json"] if args.json else [])]
+    return int(m4_speed.main(argv))
+
+
 def _fmt(n: int) -> str:
     return f"{n:,}"
 
@@ -101,8 +118,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="Arduino_TensorFlowLite's src/ (default $ARDUINO_TENSORFLOWLITE_SRC): "
                    "also run the example sketch with this model on QEMU and print the arena "
                    "TFLM uses (first build of the library: minutes, then cached)")
+    p.add_argument("--speed", action="store_true",
+                   help="instructions per Invoke() with CMSIS-NN on QEMU (tools/m4_speed.py)")
+    p.add_argument("--per-op", action="store_true", help="with --speed: per operator too")
+    p.add_argument("--json", action="store_true", help="with --speed: JSON")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if args.speed:
+        return _speed(args)
     reason = m4.toolchain_reason(qemu=not args.no_run)
     if reason:
         print(f"error: {reason}", file=sys.stderr)

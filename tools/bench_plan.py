@@ -4,11 +4,13 @@ MCUNetV2-style, and the default multi-stage plan), MAC overhead and convert time
 real and zoo model, as a markdown table.
 
     python tools/bench_plan.py [--shared DIR] [--no-zoo] [--target x86_64|cortex_m]
+                               [--objective latency|memory]
 
-Each model is planned with the default objective (smallest arena with MAC overhead
-<= 20%), converted (plan + rewrite + verify) and, with --validate, checked bit for bit on
-two seeded random inputs (x86 TFLM + numpy PATCH_EXEC). Arena figures are predictions of
-the arena model; the C++ kernel (issue 4) measures them.
+Each model is planned with the planner's default objective (or --objective; memory:
+smallest arena with MAC overhead <= 20%), converted (plan + rewrite + verify) and, with
+--validate, checked bit for bit on two seeded random inputs (x86 TFLM + numpy
+PATCH_EXEC). Arena figures are predictions of the arena model; the C++ kernel (issue 4)
+measures them.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ import argparse
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tflm_patch.model import load_model
-from tflm_patch.planner import PlanRequest, patched_model_object, plan
+from tflm_patch.planner import OBJECTIVES, PlanRequest, patched_model_object, plan
 from tflm_patch.rewrite import to_checked_bytes
 
 log = logging.getLogger("bench_plan")
@@ -43,14 +45,14 @@ class Row:
     validated: str
 
 
-def bench(name: str, path: Path, target: str, validate: bool) -> Row:
+def bench(name: str, path: Path, request: PlanRequest, validate: bool) -> Row:
     model = load_model(path)
     start = time.perf_counter()
-    result = plan(model, PlanRequest(target=target))
+    result = plan(model, request)
     c = result.chosen
     data = to_checked_bytes(patched_model_object(model, result)) if c else model.raw
     seconds = time.perf_counter() - start
-    one = plan(model, PlanRequest(target=target, multi_stage=False)).chosen
+    one = plan(model, replace(request, multi_stage=False)).chosen
     single = one.arena if one is not None else None
     checked = "-"
     if c is not None and validate:
@@ -73,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
     ap.add_argument("--no-zoo", action="store_true")
     ap.add_argument("--target", default="x86_64", choices=("x86_64", "cortex_m"))
+    ap.add_argument("--objective", choices=OBJECTIVES, default=PlanRequest().objective,
+                    help="the planner's objective (default: its default)")
     ap.add_argument("--validate", action="store_true",
                     help="also check each patched model bit for bit (x86 TFLM + numpy)")
     args = ap.parse_args(argv)
@@ -95,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for name, path in models:
         log.info("%s ...", name)
-        r = bench(name, path, args.target, args.validate)
+        r = bench(name, path, PlanRequest(target=args.target, objective=args.objective),
+                  args.validate)
         failed |= r.validated == "MISMATCH"
         after = f"{r.after:,}" if r.after is not None else "(unchanged)"
         single = f"{r.single:,}" if r.single is not None else "(unchanged)"

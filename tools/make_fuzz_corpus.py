@@ -21,9 +21,10 @@ import random
 import sys
 from pathlib import Path
 
+from native_fuzz import DEFAULT_CORPUS, random_stage, with_version2
+
 from tflm_patch import patch_format as pf
 from tflm_patch.model import load_model
-from tflm_patch.native_fuzz import DEFAULT_CORPUS, random_stage, with_version2
 from tflm_patch.rewrite import replace_stage
 from tflm_patch.schedule import make_schedule
 from tflm_patch.stage import build_stage

@@ -7,7 +7,7 @@
 // (`tflm-patch export --arduino` writes model_ops.h, whose RegisterModelOps()
 // does that and registers the model's builtin operators.)
 //
-// The sources under custom_ops/ are copies of the repository's custom_ops/
+// The sources under custom_ops/ are copies of the package's csrc/custom_ops/
 // (tools/sync_arduino.py keeps them identical; .cc files become .cpp, which
 // every Arduino IDE compiles).
 #ifndef TFLM_PATCH_ARDUINO_TFLM_PATCH_H_

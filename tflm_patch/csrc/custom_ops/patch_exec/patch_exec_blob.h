@@ -23,6 +23,13 @@ constexpr uint32_t kExternal = 0xFFFFFFFFu;
 constexpr uint32_t kMaxLayers = 128;
 constexpr uint32_t kMaxGrid = 256;
 constexpr int kNumP = 12;
+// Rule 10 and the size rules: every stage tensor and constant is under 2^31 bytes (so
+// 32-bit targets index them with int32_t), the scratch at most 2^31 - 16 bytes (TFLM
+// aligns its requests to 16 in 32-bit arithmetic), and at most the slots and caches
+// laid end to end with kRegionSlack bytes of alignment each.
+constexpr int64_t kMaxTensorBytes = 0x7FFFFFFF;
+constexpr uint32_t kMaxScratchBytes = 0x7FFFFFF0u;
+constexpr int64_t kRegionSlack = 8;
 constexpr uint16_t kFlagInputNchw = 1;    // header flags (version 2): input 0 is [1, C, H, W]
 constexpr uint16_t kFlagCaches = 2;       // a cache table follows the layer records
 constexpr uint16_t kTensorCacheCols = 1;  // tensor flags (version 2): halo reuse between

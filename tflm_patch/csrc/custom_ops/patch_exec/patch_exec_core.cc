@@ -1,6 +1,6 @@
 // Copyright 2026 The tflm-patch Authors. Licensed under the Apache License, Version 2.0.
 //
-// PATCH_EXEC portable core (patch_exec_core.h): the options validator (the 9 rules of
+// PATCH_EXEC portable core (patch_exec_core.h): the options validator (the 10 rules of
 // docs/patch_exec.md, versions 1 and 2, messages like tflm_patch/patch_format.py) and
 // the patch-by-patch executor (like tflm_patch/patch_ref.run_patch_exec: a CACHE_COLS
 // output is restored from its cache, computed over its computed columns only, then
@@ -283,7 +283,10 @@ class Validator {
   PatchExecStatus CheckShapes(uint32_t k, const LayerRec& ly);
   PatchExecStatus CheckHalo(uint32_t k, const LayerRec& ly);
   PatchExecStatus CheckSlots();
+  PatchExecStatus CheckScratchBytes();
   PatchExecStatus CheckConstantUses();
+  int64_t SlotNeed(uint32_t k) const;
+  int64_t CacheNeed(uint32_t k) const;
 
   const uint8_t* blob_;
   size_t size_;
@@ -380,6 +383,11 @@ PatchExecStatus Validator::CheckTensor(uint32_t k) {
     return Fail(kPatchExecErrTensor, "tensor {}: size {}x{}x{} has a zero",
                 {k, t.height, t.width, t.channels});
   }
+  const int64_t bytes = int64_t{t.height} * t.width * t.channels;  // < 2^48
+  if (bytes > kMaxTensorBytes) {
+    return Fail(kPatchExecErrTensor, "tensor {}: {}x{}x{} is {} bytes, more than 2^31 - 1",
+                {k, t.height, t.width, t.channels, bytes});
+  }
   for (int axis = 0; axis < 2; ++axis) {
     const uint32_t bands = axis == 0 ? L.grid_rows() : L.grid_cols();
     const int32_t size = axis == 0 ? t.height : t.width;
@@ -418,13 +426,7 @@ PatchExecStatus Validator::CheckCache(uint32_t k, const TensorRec& t) {
     return Fail(kPatchExecErrTensor, "tensor {}: cache [{}, +{}) is outside the {}-byte scratch",
                 {k, c.offset, c.bytes, h_.scratch_bytes});
   }
-  int64_t rows = 0;
-  int64_t overlap = 0;
-  for (uint32_t i = 0; i < L.grid_rows(); ++i) rows = Max64(rows, L.Row(k, i).size());
-  for (uint32_t j = 1; j < L.grid_cols(); ++j) {
-    overlap = Max64(overlap, L.Col(k, j - 1).hi - L.Col(k, j).lo);
-  }
-  const int64_t need = rows * overlap * t.channels;
+  const int64_t need = CacheNeed(k);
   if (static_cast<int64_t>(c.bytes) < need) {
     return Fail(kPatchExecErrTensor, "tensor {}: cache of {} bytes < the widest overlap {}",
                 {k, c.bytes, need});
@@ -468,18 +470,36 @@ PatchExecStatus Validator::CheckTensorSlot(uint32_t k, const TensorRec& t) {
     return Fail(kPatchExecErrTensor, "tensor {}: slot [{}, +{}) is outside the {}-byte scratch",
                 {k, t.slot_offset, t.slot_bytes, h_.scratch_bytes});
   }
-  int64_t rows = 0;
-  int64_t cols = 0;
-  for (uint32_t i = 0; i < L.grid_rows(); ++i) rows = Max64(rows, L.Row(k, i).size());
-  for (uint32_t j = 0; j < L.grid_cols(); ++j) cols = Max64(cols, L.Col(k, j).size());
-  // the output of a STREAM layer holds one channel at a time
-  const bool streamed = k > 0 && L.stream(k - 1);
-  const int64_t largest = rows * cols * (streamed ? 1 : t.channels);
+  const int64_t largest = SlotNeed(k);
   if (static_cast<int64_t>(t.slot_bytes) < largest) {
     return Fail(kPatchExecErrTensor, "tensor {}: slot of {} bytes < the largest patch {}",
                 {k, t.slot_bytes, largest});
   }
   return kPatchExecOk;
+}
+
+// The bytes tensor k's slot must hold: its largest patch (rows x cols x channels), one
+// channel of it for the output of a STREAM layer. < 2^48.
+int64_t Validator::SlotNeed(uint32_t k) const {
+  const Layout& L = *layout_;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  for (uint32_t i = 0; i < L.grid_rows(); ++i) rows = Max64(rows, L.Row(k, i).size());
+  for (uint32_t j = 0; j < L.grid_cols(); ++j) cols = Max64(cols, L.Col(k, j).size());
+  const bool streamed = k > 0 && L.stream(k - 1);
+  return rows * cols * (streamed ? 1 : L.Tensor(k).channels);
+}
+
+// The bytes tensor k's cache must hold: the widest overlap, every row, every channel.
+int64_t Validator::CacheNeed(uint32_t k) const {
+  const Layout& L = *layout_;
+  int64_t rows = 0;
+  int64_t overlap = 0;
+  for (uint32_t i = 0; i < L.grid_rows(); ++i) rows = Max64(rows, L.Row(k, i).size());
+  for (uint32_t j = 1; j < L.grid_cols(); ++j) {
+    overlap = Max64(overlap, L.Col(k, j - 1).hi - L.Col(k, j).lo);
+  }
+  return rows * overlap * L.Tensor(k).channels;
 }
 
 PatchExecStatus Validator::CheckTiling(bool rows) {
@@ -800,8 +820,39 @@ PatchExecStatus Validator::Run() {
   for (uint32_t k = 0; k < layout.num_layers() && s == kPatchExecOk; ++k) s = CheckLayer(k);
   if (s == kPatchExecOk) s = CheckSlots();
   if (s == kPatchExecOk && layout.caches()) s = CheckCacheOverlap();
+  if (s == kPatchExecOk) s = CheckScratchBytes();
   if (s == kPatchExecOk) s = CheckConstantUses();
   return s;
+}
+
+// Rule 10: scratch_bytes is no more than the slots and caches need laid end to end
+// (kRegionSlack bytes of alignment each) and no more than kMaxScratchBytes, so that
+// TFLM's 32-bit arithmetic on the request (alignment, offsets) cannot wrap. O(T (n + m)).
+PatchExecStatus Validator::CheckScratchBytes() {
+  const Layout& L = *layout_;
+  if (h_.scratch_bytes > kMaxScratchBytes) {
+    return Fail(kPatchExecErrTensor, "scratch_bytes {} is more than {} (2^31 - 16)",
+                {h_.scratch_bytes, kMaxScratchBytes});
+  }
+  int64_t need = 0;  // at most 2 * 129 regions of < 2^48 bytes each
+  int64_t regions = 0;
+  for (uint32_t k = 0; k < L.num_tensors(); ++k) {
+    if (L.has_slot(k)) {
+      need += SlotNeed(k) + kRegionSlack;
+      ++regions;
+    }
+    if (L.cached(k)) {
+      need += CacheNeed(k) + kRegionSlack;
+      ++regions;
+    }
+  }
+  if (static_cast<int64_t>(h_.scratch_bytes) > need) {
+    return Fail(kPatchExecErrTensor,
+                "scratch_bytes {} is more than the {} bytes its {} slots and caches need laid "
+                "end to end ({} bytes of alignment each)",
+                {h_.scratch_bytes, need, regions, kRegionSlack});
+  }
+  return kPatchExecOk;
 }
 
 // Every operator input the layers reference is used with one type and one element count
@@ -815,7 +866,8 @@ PatchExecStatus Validator::CheckConstantUses() {
       if (index == kNone) continue;
       PatchExecConstType type;
       uint64_t count;
-      bool ok = LayerConstant(L, k, index, &type, &count) == kPatchExecOk && count <= 0xFFFFFFFFu;
+      bool ok = LayerConstant(L, k, index, &type, &count) == kPatchExecOk &&
+                count * (type == kPatchExecConstInt8 ? 1 : 4) <= kMaxTensorBytes;
       for (uint32_t e = 0; ok && e < k; ++e) {
         PatchExecConstType t;
         uint64_t n;
@@ -824,7 +876,8 @@ PatchExecStatus Validator::CheckConstantUses() {
       }
       if (!ok) {
         return Fail(kPatchExecErrLayer,
-                    "layer {} ({}): operator input {} is used with another type or size",
+                    "layer {} ({}): operator input {} is used with another type or size, or is "
+                    "over 2^31 - 1 bytes",
                     {k, KindName(ly.kind), index});
       }
     }
@@ -1099,11 +1152,13 @@ PatchExecStatus ComputeStreamPair(const Runner& r, uint32_t k, uint32_t i, uint3
   const bool mid = !conv.out.rows.empty() && !conv.out.cols.empty();
   const size_t filter = static_cast<size_t>(conv.g.kh) * static_cast<size_t>(conv.g.kw) *
                         static_cast<size_t>(conv.in.channels);
+  const Range conv_interior = InteriorCols(conv.g, conv.in.width);  // once per patch
+  const Range dw_interior = InteriorCols(dw.g, dw.in.width);
   for (int32_t c = 0; c < out.channels; ++c) {
-    if (mid) ConvOneChannel(ChannelOf(conv, c, filter));
+    if (mid) ConvOneChannel(ChannelOf(conv, c, filter), conv_interior);
     ConvArgs d = ChannelOf(dw, c, 1);
     d.out.data += c;
-    DepthwiseOneChannel(d);
+    DepthwiseOneChannel(d, dw_interior);
   }
   return kPatchExecOk;
 }
@@ -1213,8 +1268,15 @@ PatchExecStatus PatchExecCheckConstants(const uint8_t* validated_blob, PatchExec
                  {index});
       return kPatchExecErrConstant;
     }
-    if (type != kPatchExecConstUnused && get_input(context, index) == nullptr) {
+    const void* data = type == kPatchExecConstUnused ? nullptr : get_input(context, index);
+    if (type != kPatchExecConstUnused && data == nullptr) {
       msg.Format("input {}: no data", {index});
+      return kPatchExecErrConstant;
+    }
+    // the kernels load int32 constants through int32_t pointers (TFLite's schema aligns
+    // buffers to 16, so a well-formed model always passes)
+    if (type == kPatchExecConstInt32 && reinterpret_cast<uintptr_t>(data) % sizeof(int32_t) != 0) {
+      msg.Format("input {}: int32 data at an address that is not a multiple of 4", {index});
       return kPatchExecErrConstant;
     }
   }

@@ -12,6 +12,18 @@
 
 #include "patch_exec_blob.h"
 
+// Small arithmetic helpers of the hot loops: inlined even at -Os, where a call (and the
+// argument shuffling around it) costs more than the arithmetic.
+// The DSP kernels, in turn, are never inlined: inside a large caller the compiler keeps
+// their accumulators on the stack.
+#if defined(__GNUC__)
+#define PATCH_EXEC_ALWAYS_INLINE inline __attribute__((always_inline))
+#define PATCH_EXEC_NOINLINE __attribute__((noinline))
+#else
+#define PATCH_EXEC_ALWAYS_INLINE inline
+#define PATCH_EXEC_NOINLINE
+#endif
+
 namespace patch_exec {
 
 constexpr int32_t kInt32Min = -2147483647 - 1;
@@ -23,7 +35,7 @@ constexpr int32_t kInt32Max = 2147483647;
 // (Saturation, for a == b == INT32_MIN, cannot happen: multipliers are >= 0, checked
 // by validation for ADD and by PatchExecCheckConstants for convolutions; a negative
 // one gives an unspecified value, never undefined behaviour.)
-inline int32_t SatRoundDoublingHighMul(int32_t a, int32_t b) {
+PATCH_EXEC_ALWAYS_INLINE int32_t SatRoundDoublingHighMul(int32_t a, int32_t b) {
   const int64_t ab = static_cast<int64_t>(a) * b;
   return static_cast<int32_t>((ab + (int64_t{1} << 30)) >> 31);
 }
@@ -49,14 +61,14 @@ inline Requant MakeRequant(int32_t multiplier, int32_t shift) {
 }
 
 // gemmlowp's RoundingDivideByPOT: x / 2^right rounded half away from zero.
-inline int32_t RoundingDivideByPot(int32_t x, const Requant& q) {
+PATCH_EXEC_ALWAYS_INLINE int32_t RoundingDivideByPot(int32_t x, const Requant& q) {
   const int32_t remainder = x & q.mask;
   const int32_t threshold = q.half + (x < 0 ? 1 : 0);
   return (x >> q.right) + (remainder > threshold ? 1 : 0);
 }
 
 // TFLM's MultiplyByQuantizedMultiplier (double rounding).
-inline int32_t MultiplyByQuantized(int32_t x, const Requant& q) {
+PATCH_EXEC_ALWAYS_INLINE int32_t MultiplyByQuantized(int32_t x, const Requant& q) {
   const int32_t shifted = ToInt32(static_cast<uint32_t>(x) << q.left);
   return RoundingDivideByPot(SatRoundDoublingHighMul(shifted, q.multiplier), q);
 }
@@ -77,7 +89,13 @@ inline OutputStage MakeOutputStage(int32_t offset, int32_t act_min, int32_t act_
   return o;
 }
 
-inline int8_t Finish(int32_t v, const OutputStage& o) {
+// True when the activation range is all of int8 (no fused ReLU): clamping to it is a
+// saturation to 8 bits.
+inline bool FullRange(const OutputStage& o) {
+  return o.lo == -128 - o.offset && o.hi == 127 - o.offset;
+}
+
+PATCH_EXEC_ALWAYS_INLINE int8_t Finish(int32_t v, const OutputStage& o) {
   const int32_t c = v < o.lo ? o.lo : (v > o.hi ? o.hi : v);
   return static_cast<int8_t>(c + o.offset);
 }
@@ -116,7 +134,7 @@ inline void SetChannelQuant(ChunkQuant* q, int32_t c, int32_t multiplier, int32_
 }
 
 // MultiplyByQuantizedMultiplier with channel c's parameters.
-inline int32_t RequantOne(int32_t x, const ChunkQuant& q, int32_t c) {
+PATCH_EXEC_ALWAYS_INLINE int32_t RequantOne(int32_t x, const ChunkQuant& q, int32_t c) {
   const int32_t shifted = ToInt32(static_cast<uint32_t>(x) * q.left_pow[c]);
   const int32_t high = SatRoundDoublingHighMul(shifted, q.multiplier[c]);
   const int32_t threshold = q.half[c] + (high < 0 ? 1 : 0);
@@ -124,7 +142,7 @@ inline int32_t RequantOne(int32_t x, const ChunkQuant& q, int32_t c) {
 }
 
 // The int32 accumulator TFLM keeps (sums wrap modulo 2^32), back from uint32.
-inline int32_t Wrap(uint32_t acc) { return ToInt32(acc); }
+PATCH_EXEC_ALWAYS_INLINE int32_t Wrap(uint32_t acc) { return ToInt32(acc); }
 
 }  // namespace patch_exec
 

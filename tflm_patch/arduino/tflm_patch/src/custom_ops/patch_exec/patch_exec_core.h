@@ -22,7 +22,7 @@ typedef enum {
   kPatchExecErrMagic = 2,         // not "TPEX"
   kPatchExecErrVersion = 3,       // version not 1 or 2, or header_bytes != 32
   kPatchExecErrCounts = 4,        // T, L, n, m, num_inputs, header flags, reserved fields
-  kPatchExecErrTensor = 5,        // tensor records and flags, slots, caches (CACHE_COLS)
+  kPatchExecErrTensor = 5,        // tensor records and sizes, slots, caches, scratch_bytes
   kPatchExecErrRange = 6,         // range table, output tiling
   kPatchExecErrLayer = 7,         // layer records (kind, flags, indices, params, STREAM)
   kPatchExecErrShape = 8,         // rule 6: shapes
@@ -39,7 +39,7 @@ typedef enum {
   kPatchExecConstInt32 = 2,   // bias, multipliers, shifts
 } PatchExecConstType;
 
-// Checks all 9 rules of docs/patch_exec.md in bounded time; never reads outside
+// Checks all 10 rules of docs/patch_exec.md in bounded time; never reads outside
 // [blob, blob + size). On error writes a NUL-terminated message into `message`
 // (if non-null, at most message_size bytes including the NUL).
 PatchExecStatus PatchExecValidate(const uint8_t* blob, size_t size, char* message,
@@ -65,8 +65,9 @@ PatchExecStatus PatchExecConstantSpec(const uint8_t* validated_blob, uint32_t in
 // Supplies the data of operator input `index` (1..num_inputs-1) at run time.
 typedef const void* (*PatchExecInputFn)(void* context, uint32_t index);
 
-// Checks constant values (multipliers in [0, 2^31), shifts in [-31, 30]) once, in
-// Prepare. Message as PatchExecValidate.
+// Checks the constants once, in Prepare: every int32 constant at an address that is a
+// multiple of 4 (the kernels load int32_t), multipliers in [0, 2^31), shifts in
+// [-31, 30]. Message as PatchExecValidate.
 PatchExecStatus PatchExecCheckConstants(const uint8_t* validated_blob, PatchExecInputFn get_input,
                                         void* context, char* message, size_t message_size);
 

@@ -5,16 +5,23 @@
 // MaxPool, Add) and reference_ops::Pad, double rounding. Internal to the core.
 //
 // Speed: requantization parameters are hoisted per output channel (chunks of kChunk
-// channels on the stack), inner loops run over contiguous channels, and the window
-// taps of an output pixel are clipped to the image once (interior pixels have no
-// per-tap test). Convolutions of interior pixels compute raw int8 dot products and
-// fold the input offset into the bias (offset * sum of the channel's weights), two
-// output pixels x two output channels at a time. A STREAM pair (version 2) runs one
-// channel at a time: its kernels (ConvOneChannel, DepthwiseOneChannel) accumulate up to
-// kChunk pixels of a row and requantize them together. Sums wrap modulo 2^32 in uint32
-// exactly like TFLM's int32 accumulator (no signed overflow, hence no UB, for any
-// blob that passed validation). Stack: under 1 KB (ChunkQuant plus two accumulator
-// arrays of kChunk = 16 channels or pixels).
+// channels on the stack; a STREAM channel's once per channel and patch), inner loops
+// run over contiguous channels, and the window taps of an output pixel are clipped to
+// the image once (interior pixels have no per-tap test). Convolutions of interior pixels
+// compute raw int8 dot products and fold the input offset into the bias (offset * sum
+// of the channel's weights), two output pixels x two output channels at a time. A
+// STREAM pair (version 2) runs one channel at a time: its kernels (ConvOneChannel,
+// DepthwiseOneChannel) accumulate a run of pixels (a whole dense patch at once for a
+// 1x1 convolution, else up to kChunk pixels of a row) and requantize them together.
+// With the Arm DSP extension (patch_exec_dsp.h) the inner loops use dual 16-bit MACs,
+// a 3x3 depthwise convolution keeps its accumulators in registers over the window
+// (interior pixels of a channel chunk with the weights unpacked once per chunk; a
+// STREAM channel's rows with the border pixels read from zero-point padded copies of
+// three input rows), and requantization to the full int8 range saturates (QADD, SSAT).
+// Sums wrap modulo 2^32 in uint32 exactly like TFLM's int32 accumulator (no signed
+// overflow, hence no UB, for any blob that passed validation). Stack: about 1 KB at
+// most per frame (ChunkQuant, accumulator arrays of kChunk channels or kFlatRun pixels,
+// 288 bytes of unpacked 3x3 weights, 108 bytes of padded rows).
 //
 // Reads stay inside the range the options keep of each input (validation rule 7):
 // a kernel only forms pointers to in-image taps, and in-image taps of the patch
@@ -27,6 +34,17 @@
 #include <string.h>
 
 #include "patch_exec_blob.h"
+
+// The kernels and their inner loops are compiled with -O2 even in a build for size
+// (-Os, the Arduino IDE's default for Cortex-M): there GCC keeps the accumulators of the
+// DSP loops on the stack and calls the small helpers. (The rest of the core keeps the
+// build's level.)
+#if defined(__GNUC__) && !defined(__clang__) && !defined(PATCH_EXEC_KEEP_OPT_LEVEL)
+#pragma GCC push_options
+#pragma GCC optimize("O2")
+#define PATCH_EXEC_KERNELS_O2 1
+#endif
+
 #include "patch_exec_quant.h"
 #include "patch_exec_simd.h"
 
@@ -45,7 +63,7 @@ struct InView {
   int32_t height;  // of the whole tensor
   int32_t width;
   int32_t channels;
-  const int8_t* At(int32_t y, int32_t x) const {
+  PATCH_EXEC_ALWAYS_INLINE const int8_t* At(int32_t y, int32_t x) const {
     return data + (y - r0) * row_stride + static_cast<ptrdiff_t>(x - c0) * channels;
   }
 };
@@ -60,7 +78,7 @@ struct OutView {
   Range rows;
   Range cols;
   int32_t channels;
-  int8_t* Pixel(int32_t y, int32_t x) const {
+  PATCH_EXEC_ALWAYS_INLINE int8_t* Pixel(int32_t y, int32_t x) const {
     return data + (y - rows.lo) * row_stride + static_cast<ptrdiff_t>(x - cols.lo) * pixel_stride;
   }
 };
@@ -102,13 +120,33 @@ struct ConvArgs {
   OutView out;
 };
 
+// memcpy of a few bytes (a row of a padded window) without a library
+// call: words, then the last n % 4 bytes. (GCC would turn the loop back into a memcpy
+// call; the attribute keeps it a loop.)
+#if defined(PATCH_EXEC_KERNELS_O2)
+__attribute__((optimize("no-tree-loop-distribute-patterns")))
+#endif
+inline void CopySmall(int8_t* dst, const int8_t* src, size_t n) {
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    uint32_t v;
+    memcpy(&v, src + i, 4);
+    memcpy(dst + i, &v, 4);
+  }
+  for (; i < n; ++i) dst[i] = src[i];
+}
+
 // Sum of n int8 values (any n), modulo 2^32.
 inline uint32_t SumInt8(const int8_t* w, size_t n) {
   uint32_t total = 0;
   while (n > 0) {
     const size_t len = n < static_cast<size_t>(kRawRun) ? n : static_cast<size_t>(kRawRun);
+    size_t i = 0;
+#if PATCH_EXEC_DSP
+    i = static_cast<size_t>(dsp::SumRun(w, static_cast<int32_t>(len), &total));
+#endif
     int32_t s = 0;
-    for (size_t i = 0; i < len; ++i) s += w[i];
+    for (; i < len; ++i) s += w[i];
     total += static_cast<uint32_t>(s);
     w += len;
     n -= len;
@@ -260,7 +298,9 @@ inline void ConvBorder(const ConvArgs& a, int32_t oy, int32_t ox, int32_t oc0, i
   RequantizeChannels(acc, q, cn, a.os, a.out.Pixel(oy, ox) + oc0);
 }
 
-inline bool FullTaps(const TapRange& t, int32_t k) { return t.begin == 0 && t.end == k; }
+PATCH_EXEC_ALWAYS_INLINE bool FullTaps(const TapRange& t, int32_t k) {
+  return t.begin == 0 && t.end == k;
+}
 
 // 1x1 convolution without padding: every pixel is interior (validation rule 6 puts
 // every output's single tap inside the input), a plain matrix product over Cin.
@@ -337,6 +377,35 @@ inline void DepthwiseTap(const int8_t* x, const int8_t* w, int32_t oc0, int32_t 
   }
 }
 
+#if PATCH_EXEC_DSP
+// The chunk's channels four at a time with the accumulators in registers (depth
+// multiplier 1 with dilation 1, or a multiple of 4 on a chunk starting at a multiple of
+// 4): returns the channels done; acc holds their start values. ty, tx: the pixel's
+// in-image taps (not empty).
+inline int32_t DepthwisePixelDsp(const ConvArgs& a, int32_t dm, int32_t iy0, int32_t ix0,
+                                 const TapRange& ty, const TapRange& tx, int32_t oc0, int32_t cn,
+                                 int32_t offset, uint32_t* acc) {
+  const Window& g = a.g;
+  dsp::TapGrid t;
+  t.x = a.in.At(iy0 + ty.begin * g.dh, ix0 + tx.begin * g.dw);
+  t.row_stride = g.dh * a.in.row_stride;
+  t.step = static_cast<ptrdiff_t>(g.dw) * a.in.channels;
+  t.w_step = static_cast<ptrdiff_t>(a.tap_stride);
+  t.w_row = static_cast<ptrdiff_t>(g.kw) * t.w_step;
+  t.w = a.weights + ty.begin * t.w_row + tx.begin * t.w_step + oc0;
+  t.rows = ty.end - ty.begin;
+  t.cols = tx.end - tx.begin;
+  if (dm == 1 && g.dw == 1) {
+    t.x += oc0;
+    return offset != 0 ? dsp::DepthwiseChannels4<true>(t, offset, cn, acc)
+                       : dsp::DepthwiseChannels4<false>(t, 0, cn, acc);
+  }
+  if (dm % 4 != 0 || oc0 % 4 != 0) return 0;
+  return offset != 0 ? dsp::DepthwiseBroadcast4<true>(t, offset, oc0, dm, cn, acc)
+                     : dsp::DepthwiseBroadcast4<false>(t, 0, oc0, dm, cn, acc);
+}
+#endif  // PATCH_EXEC_DSP
+
 inline void DepthwisePixel(const ConvArgs& a, int32_t dm, int32_t oy, int32_t ox, int32_t oc0,
                            int32_t cn, const ChunkQuant& q) {
   const Window& g = a.g;
@@ -348,18 +417,40 @@ inline void DepthwisePixel(const ConvArgs& a, int32_t dm, int32_t oy, int32_t ox
   const int32_t offset = full ? 0 : a.input_offset;
   uint32_t acc[kChunk];
   for (int32_t c = 0; c < cn; ++c) acc[c] = full ? q.bias_full[c] : q.bias[c];
+  int32_t done = 0;
+#if PATCH_EXEC_DSP
+  if (ty.begin < ty.end && tx.begin < tx.end)
+    done = DepthwisePixelDsp(a, dm, iy0, ix0, ty, tx, oc0, cn, offset, acc);
+#endif
   const ptrdiff_t step = static_cast<ptrdiff_t>(g.dw) * a.in.channels;
-  for (int32_t fy = ty.begin; fy < ty.end; ++fy) {
+  for (int32_t fy = ty.begin; fy < ty.end && done < cn; ++fy) {
     const int8_t* x = a.in.At(iy0 + fy * g.dh, ix0 + tx.begin * g.dw);
     const size_t row_taps = static_cast<size_t>(fy) * static_cast<size_t>(g.kw);
     for (int32_t fx = tx.begin; fx < tx.end; ++fx) {
       const int8_t* w = a.weights + (row_taps + static_cast<size_t>(fx)) * a.tap_stride + oc0;
-      DepthwiseTap(x, w, oc0, cn, dm, offset, acc);
+      DepthwiseTap(x, w + done, oc0 + done, cn - done, dm, offset, acc + done);
       if (fx + 1 < tx.end) x += step;
     }
   }
   RequantizeChannels(acc, q, cn, a.os, a.out.Pixel(oy, ox) + oc0);
 }
+
+#if PATCH_EXEC_DSP
+// DepthwisePixel of an interior pixel of a 3x3 depthwise convolution (multiplier 1 or a
+// multiple of 4, dilation 1, cn a multiple of 4) with the chunk's unpacked weights f.
+inline void DepthwisePixel3x3(const ConvArgs& a, const dsp::Chunk3x3& f, int32_t dm, int32_t oy,
+                              int32_t ox, int32_t oc0, int32_t cn, const ChunkQuant& q) {
+  uint32_t acc[kChunk];
+  for (int32_t c = 0; c < cn; ++c) acc[c] = q.bias_full[c];
+  const int8_t* x = a.in.At(oy * a.g.sh - a.g.pad_top, ox * a.g.sw - a.g.pad_left);
+  if (dm == 1) {
+    dsp::Depthwise3x3Interior(x + oc0, a.in.row_stride, a.in.channels, f, cn / 4, acc);
+  } else {
+    dsp::Depthwise3x3InteriorBroadcast(x, a.in.row_stride, a.in.channels, f, cn / 4, oc0, dm, acc);
+  }
+  RequantizeChannels(acc, q, cn, a.os, a.out.Pixel(oy, ox) + oc0);
+}
+#endif  // PATCH_EXEC_DSP
 
 // reference_integer_ops::DepthwiseConvPerChannel over the output patch (weights
 // [1][KH][KW][Cout], tap t of channel c at t * tap_stride + c; output channel c reads
@@ -374,12 +465,30 @@ inline void DepthwiseConvPerChannel(const ConvArgs& a, int32_t dm) {
     }
     return sum;
   };
+#if PATCH_EXEC_DSP
+  const Window& g = a.g;
+  const bool is3x3 = (dm == 1 || dm % 4 == 0) && g.kh == 3 && g.kw == 3 && g.dh == 1 && g.dw == 1;
+#endif
   for (int32_t oc0 = 0; oc0 < cout; oc0 += kChunk) {
     const int32_t cn = cout - oc0 < kChunk ? cout - oc0 : kChunk;
     ChunkQuant q;
     SetChunk(a, oc0, cn, weight_sum, &q);
+#if PATCH_EXEC_DSP
+    const bool fast = is3x3 && cn % 4 == 0;
+    dsp::Chunk3x3 f;
+    if (fast) dsp::Unpack3x3(a.weights + oc0, a.tap_stride, cn / 4, &f);
+#endif
     for (int32_t oy = a.out.rows.lo; oy < a.out.rows.hi; ++oy) {
+#if PATCH_EXEC_DSP
+      const bool full_rows = FullTaps(RowTaps(g, oy, a.in.height), 3);
+#endif
       for (int32_t ox = a.out.cols.lo; ox < a.out.cols.hi; ++ox) {
+#if PATCH_EXEC_DSP
+        if (fast && full_rows && FullTaps(ColTaps(g, ox, a.in.width), 3)) {
+          DepthwisePixel3x3(a, f, dm, oy, ox, oc0, cn, q);
+          continue;
+        }
+#endif
         DepthwisePixel(a, dm, oy, ox, oc0, cn, q);
       }
     }
@@ -390,16 +499,22 @@ inline void DepthwiseConvPerChannel(const ConvArgs& a, int32_t dm) {
 
 // A STREAM pair computes one output channel at a time (ConvArgs offset to the channel:
 // weights, bias, multiplier and shift of channel 0 are the channel's). Up to kChunk
-// pixels of a row are accumulated, then requantized together with the channel's
-// parameters in every lane, and stored out.pixel_stride bytes apart.
+// pixels of a row are accumulated, then requantized with the channel's parameters
+// (hoisted once per channel and patch) and stored out.pixel_stride bytes apart.
 
-// The channel's parameters in all kChunk lanes; weight_sum: the sum of its weights.
-inline void SetChannelLanes(const ConvArgs& a, uint32_t weight_sum, ChunkQuant* q) {
-  const uint32_t bias = a.bias != nullptr ? static_cast<uint32_t>(a.bias[0]) : 0u;
-  const uint32_t folded = static_cast<uint32_t>(a.input_offset) * weight_sum;
-  for (int32_t c = 0; c < kChunk; ++c) {
-    SetChannelQuant(q, c, a.multipliers[0], a.shifts[0], bias, bias + folded);
-  }
+struct ChannelQuant {
+  uint32_t bias;       // the bias (0 without one)
+  uint32_t bias_full;  // bias + input_offset * (sum of the channel's weights)
+  Requant r;
+};
+
+// The channel's parameters; weight_sum: the sum of its weights.
+inline ChannelQuant MakeChannelQuant(const ConvArgs& a, uint32_t weight_sum) {
+  ChannelQuant q;
+  q.bias = a.bias != nullptr ? static_cast<uint32_t>(a.bias[0]) : 0u;
+  q.bias_full = q.bias + static_cast<uint32_t>(a.input_offset) * weight_sum;
+  q.r = MakeRequant(a.multipliers[0], a.shifts[0]);
+  return q;
 }
 
 // Output columns [lo, hi) whose window lies inside the input's width (interior).
@@ -429,16 +544,29 @@ inline Range InteriorChunk(const ConvArgs& a, Range interior, int32_t oy, int32_
 }
 
 // Requantizes acc[0..n) (pixels ox0.. of row oy) into the output.
-inline void StoreRow(const ConvArgs& a, const uint32_t* acc, const ChunkQuant& q, int32_t n,
-                     int32_t oy, int32_t ox0) {
-  int8_t* dst = a.out.Pixel(oy, ox0);
-  if (a.out.pixel_stride == 1) {
-    RequantizeChannels(acc, q, n, a.os, dst);
+// dst[p * stride] = the int8 output of acc[p] for p < n (one channel's parameters).
+PATCH_EXEC_NOINLINE inline void RequantizeRun(const uint32_t* acc, int32_t n, Requant r,
+                                              OutputStage os, int8_t* dst, ptrdiff_t stride) {
+  for (int32_t p = 0; p < n; ++p) {
+    dst[p * stride] = Finish(MultiplyByQuantized(Wrap(acc[p]), r), os);
+  }
+}
+
+// RequantizeRun into dst with the layer's output stage (pixels out.pixel_stride apart).
+inline void Requantize(const ConvArgs& a, const uint32_t* acc, const ChannelQuant& q, int32_t n,
+                       int8_t* dst) {
+#if PATCH_EXEC_DSP
+  if (FullRange(a.os)) {
+    dsp::RequantizeRunFull(acc, n, q.r, a.os.offset, dst, a.out.pixel_stride);
     return;
   }
-  int8_t values[kChunk];
-  RequantizeChannels(acc, q, n, a.os, values);
-  for (int32_t p = 0; p < n; ++p) dst[p * a.out.pixel_stride] = values[p];
+#endif
+  RequantizeRun(acc, n, q.r, a.os, dst, a.out.pixel_stride);
+}
+
+inline void StoreRow(const ConvArgs& a, const uint32_t* acc, const ChannelQuant& q, int32_t n,
+                     int32_t oy, int32_t ox0) {
+  Requantize(a, acc, q, n, a.out.Pixel(oy, ox0));
 }
 
 // acc[i] = bias_full + the raw dot products of four interior pixels of a 1x1
@@ -461,7 +589,7 @@ inline void PointwiseDots4(const ConvArgs& a, const int8_t* x, ptrdiff_t pixel_s
 // with one output channel: interior pixels four (1x1) or two at a time (raw dot
 // products, the offset folded into bias_full), the others over their in-image taps.
 inline void ConvChannelRow(const ConvArgs& a, int32_t oy, int32_t ox0, int32_t n, Range inner,
-                           const ChunkQuant& q, uint32_t* acc) {
+                           const ChannelQuant& q, uint32_t* acc) {
   const Window& g = a.g;
   const ptrdiff_t pixel_step = static_cast<ptrdiff_t>(g.sw) * a.in.channels;
   const int32_t iy0 = oy * g.sh - g.pad_top;
@@ -469,36 +597,91 @@ inline void ConvChannelRow(const ConvArgs& a, int32_t oy, int32_t ox0, int32_t n
   int32_t p = 0;
   while (p < n) {
     const int32_t ix0 = (ox0 + p) * g.sw - g.pad_left;
+#if PATCH_EXEC_DSP
+    if (pointwise && p >= inner.lo && p < inner.hi && a.in.channels <= kRawRun) {
+      dsp::PointwiseRow(a.in.At(iy0, ix0), pixel_step, a.weights, a.in.channels, q.bias_full,
+                        inner.hi - p, acc + p);
+      p = inner.hi;
+      continue;
+    }
+#endif
     if (pointwise && p >= inner.lo && p + 4 <= inner.hi) {
-      PointwiseDots4(a, a.in.At(iy0, ix0), pixel_step, q.bias_full[0], acc + p);
+      PointwiseDots4(a, a.in.At(iy0, ix0), pixel_step, q.bias_full, acc + p);
       p += 4;
     } else if (p < inner.lo || p >= inner.hi) {
       const TapRange ty = InImageTaps(iy0, g.kh, g.dh, a.in.height);
       const TapRange tx = InImageTaps(ix0, g.kw, g.dw, a.in.width);
-      acc[p++] = q.bias[0] + BorderSum(a, a.weights, iy0, ix0, ty, tx);
+      acc[p++] = q.bias + BorderSum(a, a.weights, iy0, ix0, ty, tx);
     } else if (p + 1 < inner.hi) {
       const int8_t* x = a.in.At(iy0, ix0);
-      uint32_t d[4] = {q.bias_full[0], 0, q.bias_full[0], 0};
+      uint32_t d[4] = {q.bias_full, 0, q.bias_full, 0};
       WindowDots<2, 1>(a, x, x + pixel_step, a.weights, a.weights, d);
       acc[p] = d[0];
       acc[p + 1] = d[2];
       p += 2;
     } else {
       const int8_t* x = a.in.At(iy0, ix0);
-      uint32_t d[4] = {q.bias_full[0], 0, 0, 0};
+      uint32_t d[4] = {q.bias_full, 0, 0, 0};
       WindowDots<1, 1>(a, x, x, a.weights, a.weights, d);
       acc[p++] = d[0];
     }
   }
 }
 
-// reference_integer_ops::ConvPerChannel for one output channel over the output patch.
-inline void ConvOneChannel(const ConvArgs& a) {
+// A 1x1 convolution with stride 1 and no padding whose input and output patches are
+// dense over the same columns: its rows x cols pixels form one run (pixels Cin bytes
+// apart in the input, out.pixel_stride in the output).
+inline bool FlatPointwise(const ConvArgs& a) {
+  const Window& g = a.g;
+  const ptrdiff_t cols = a.out.cols.size();
+  return g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pad_top == 0 && g.pad_left == 0 &&
+         a.in.row_stride == cols * a.in.channels && a.out.row_stride == cols * a.out.pixel_stride;
+}
+
+constexpr int32_t kFlatRun = 32;  // pixels of a flat run accumulated at once
+
+// acc[p] = bias_full + dot(x + p * Cin, weights) for p < n (n <= kFlatRun).
+inline void PointwiseRun(const ConvArgs& a, const int8_t* x, uint32_t bias_full, int32_t n,
+                         uint32_t* acc) {
+  const ptrdiff_t step = a.in.channels;
+#if PATCH_EXEC_DSP
+  if (a.in.channels <= kRawRun) {
+    dsp::PointwiseRow(x, step, a.weights, a.in.channels, bias_full, n, acc);
+    return;
+  }
+#endif
+  int32_t p = 0;
+  for (; p + 4 <= n; p += 4) PointwiseDots4(a, x + p * step, step, bias_full, acc + p);
+  for (; p < n; ++p) {
+    uint32_t d[4] = {bias_full, 0, 0, 0};
+    WindowDots<1, 1>(a, x + p * step, x + p * step, a.weights, a.weights, d);
+    acc[p] = d[0];
+  }
+}
+
+// ConvOneChannel of a FlatPointwise convolution.
+inline void ConvOneChannelFlat(const ConvArgs& a, const ChannelQuant& q) {
+  const int32_t total = a.out.rows.size() * a.out.cols.size();
+  const int8_t* x = a.in.At(a.out.rows.lo, a.out.cols.lo);
+  int8_t* dst = a.out.Pixel(a.out.rows.lo, a.out.cols.lo);
+  uint32_t acc[kFlatRun];
+  for (int32_t p = 0; p < total; p += kFlatRun) {
+    const int32_t n = total - p < kFlatRun ? total - p : kFlatRun;
+    PointwiseRun(a, x + p * a.in.channels, q.bias_full, n, acc);
+    Requantize(a, acc, q, n, dst + p * a.out.pixel_stride);
+  }
+}
+
+// reference_integer_ops::ConvPerChannel for one output channel over the output patch;
+// interior: InteriorCols of the layer.
+inline void ConvOneChannel(const ConvArgs& a, Range interior) {
   const size_t fsize = static_cast<size_t>(a.g.kh) * static_cast<size_t>(a.g.kw) *
                        static_cast<size_t>(a.in.channels);
-  ChunkQuant q;
-  SetChannelLanes(a, a.input_offset != 0 ? SumInt8(a.weights, fsize) : 0u, &q);
-  const Range interior = InteriorCols(a.g, a.in.width);
+  const ChannelQuant q = MakeChannelQuant(a, a.input_offset != 0 ? SumInt8(a.weights, fsize) : 0u);
+  if (FlatPointwise(a)) {
+    ConvOneChannelFlat(a, q);
+    return;
+  }
   uint32_t acc[kChunk];
   for (int32_t oy = a.out.rows.lo; oy < a.out.rows.hi; ++oy) {
     for (int32_t ox = a.out.cols.lo; ox < a.out.cols.hi; ox += kChunk) {
@@ -513,7 +696,7 @@ inline void ConvOneChannel(const ConvArgs& a) {
 // with multiplier 1 reading a one-channel input (tap t's weight at t * tap_stride),
 // over its in-image taps.
 inline uint32_t DepthwiseChannelPixel(const ConvArgs& a, int32_t oy, int32_t ox,
-                                      const ChunkQuant& q) {
+                                      const ChannelQuant& q) {
   const Window& g = a.g;
   const int32_t iy0 = oy * g.sh - g.pad_top;
   const int32_t ix0 = ox * g.sw - g.pad_left;
@@ -521,7 +704,7 @@ inline uint32_t DepthwiseChannelPixel(const ConvArgs& a, int32_t oy, int32_t ox,
   const TapRange tx = InImageTaps(ix0, g.kw, g.dw, a.in.width);
   const bool full = FullTaps(ty, g.kh) && FullTaps(tx, g.kw);
   const int32_t offset = full ? 0 : a.input_offset;
-  uint32_t acc = full ? q.bias_full[0] : q.bias[0];
+  uint32_t acc = full ? q.bias_full : q.bias;
   const size_t count = static_cast<size_t>(tx.end - tx.begin);
   const size_t x_step = static_cast<size_t>(g.dw);
   for (int32_t fy = ty.begin; fy < ty.end; ++fy) {
@@ -539,12 +722,12 @@ inline uint32_t DepthwiseChannelPixel(const ConvArgs& a, int32_t oy, int32_t ox,
 // Accumulators of pixels ox0 .. ox0 + n - 1 (n <= kChunk) of row oy of one depthwise
 // channel: the interior ones tap by tap over the run of pixels, the others one by one.
 inline void DepthwiseChannelRow(const ConvArgs& a, int32_t oy, int32_t ox0, int32_t n, Range inner,
-                                const ChunkQuant& q, uint32_t* acc) {
+                                const ChannelQuant& q, uint32_t* acc) {
   const Window& g = a.g;
   for (int32_t p = 0; p < inner.lo; ++p) acc[p] = DepthwiseChannelPixel(a, oy, ox0 + p, q);
   for (int32_t p = inner.hi; p < n; ++p) acc[p] = DepthwiseChannelPixel(a, oy, ox0 + p, q);
   if (inner.empty()) return;
-  for (int32_t p = inner.lo; p < inner.hi; ++p) acc[p] = q.bias_full[0];
+  for (int32_t p = inner.lo; p < inner.hi; ++p) acc[p] = q.bias_full;
   const int32_t iy0 = oy * g.sh - g.pad_top;
   const int32_t ix0 = (ox0 + inner.lo) * g.sw - g.pad_left;
   const size_t step = static_cast<size_t>(g.sw);
@@ -557,22 +740,88 @@ inline void DepthwiseChannelRow(const ConvArgs& a, int32_t oy, int32_t ox0, int3
   }
 }
 
+#if PATCH_EXEC_DSP
+constexpr int32_t kPadWidth = 2 * kChunk + 4;  // >= (n - 1) * 2 + 3 columns, a multiple of 4
+
+// The three input rows of pixels ox0 .. ox0 + n - 1 of row oy (3x3 window, dilation 1)
+// copied into `rows`, the taps outside the image set to the input zero point: there
+// x + input_offset = 0, so the padded window sum of every pixel is its interior one
+// (bias_full + the raw dot product), exactly TFLM's sum over the in-image taps.
+inline void PadRows3x3(const ConvArgs& a, int32_t oy, int32_t ox0, int32_t n,
+                       int8_t (*rows)[kPadWidth]) {
+  const Window& g = a.g;
+  const uint32_t fill = (static_cast<uint32_t>(-a.input_offset) & 0xFFu) * 0x01010101u;
+  const int32_t ix0 = ox0 * g.sw - g.pad_left;
+  const int32_t width = (n - 1) * g.sw + 3;
+  const int32_t lo = ix0 < 0 ? (-ix0 < width ? -ix0 : width) : 0;
+  int32_t hi = a.in.width - ix0;
+  hi = hi > width ? width : (hi < lo ? lo : hi);
+  for (int32_t fy = 0; fy < 3; ++fy) {
+    int8_t* row = rows[fy];
+    // word stores (kPadWidth is a multiple of 4); small inline copies, no libc calls
+    for (int32_t i = 0; i < width; i += 4) memcpy(row + i, &fill, 4);
+    const int32_t iy = oy * g.sh - g.pad_top + fy;
+    if (iy < 0 || iy >= a.in.height || lo >= hi) continue;
+    CopySmall(row + lo, a.in.At(iy, ix0 + lo), static_cast<size_t>(hi - lo));
+  }
+}
+
+// DepthwiseChannelRow for a 3x3 window with dilation 1 and stride 1 or 2 (f: the
+// channel's filter): the pixels two (stride 1) or one at a time over the three kernel
+// rows with the accumulators in registers; a chunk with pixels whose window leaves the
+// image reads zero-point padded copies of its rows (PadRows3x3).
+inline void DepthwiseChannelRow3x3(const ConvArgs& a, const dsp::Filter3x3& f, int32_t oy,
+                                   int32_t ox0, int32_t n, Range inner, const ChannelQuant& q,
+                                   uint32_t* acc) {
+  const Window& g = a.g;
+  const int8_t* x;
+  ptrdiff_t row_stride;
+  int8_t rows[3][kPadWidth];
+  if (inner.lo == 0 && inner.hi == n) {
+    x = a.in.At(oy * g.sh - g.pad_top, ox0 * g.sw - g.pad_left);
+    row_stride = a.in.row_stride;
+  } else {
+    PadRows3x3(a, oy, ox0, n, rows);
+    x = rows[0];
+    row_stride = kPadWidth;
+  }
+  if (g.sw == 1) {
+    dsp::DepthwiseRow3x3S1(x, row_stride, f, q.bias_full, n, acc);
+  } else {
+    dsp::DepthwiseRow3x3S2(x, row_stride, f, q.bias_full, n, acc);
+  }
+}
+#endif  // PATCH_EXEC_DSP
+
 // reference_integer_ops::DepthwiseConvPerChannel for one channel (multiplier 1) over
-// the output patch, reading a one-channel input.
-inline void DepthwiseOneChannel(const ConvArgs& a) {
+// the output patch, reading a one-channel input; interior: InteriorCols of the layer.
+inline void DepthwiseOneChannel(const ConvArgs& a, Range interior) {
   const size_t taps = static_cast<size_t>(a.g.kh) * static_cast<size_t>(a.g.kw);
   uint32_t weight_sum = 0;
   for (size_t t = 0; t < taps; ++t) {
     weight_sum += static_cast<uint32_t>(a.weights[t * a.tap_stride]);
   }
-  ChunkQuant q;
-  SetChannelLanes(a, weight_sum, &q);
-  const Range interior = InteriorCols(a.g, a.in.width);
+  const ChannelQuant q = MakeChannelQuant(a, weight_sum);
+#if PATCH_EXEC_DSP
+  const Window& g = a.g;
+  const bool fast = g.kh == 3 && g.kw == 3 && g.dh == 1 && g.dw == 1 && (g.sw == 1 || g.sw == 2);
+  dsp::Filter3x3 f = {};
+  if (fast) f = dsp::MakeFilter3x3(a.weights, a.tap_stride);
+#endif
   uint32_t acc[kChunk];
   for (int32_t oy = a.out.rows.lo; oy < a.out.rows.hi; ++oy) {
     for (int32_t ox = a.out.cols.lo; ox < a.out.cols.hi; ox += kChunk) {
       const int32_t n = a.out.cols.hi - ox < kChunk ? a.out.cols.hi - ox : kChunk;
-      DepthwiseChannelRow(a, oy, ox, n, InteriorChunk(a, interior, oy, ox, n), q, acc);
+      const Range inner = InteriorChunk(a, interior, oy, ox, n);
+#if PATCH_EXEC_DSP
+      if (fast) {
+        DepthwiseChannelRow3x3(a, f, oy, ox, n, inner, q, acc);
+      } else {
+        DepthwiseChannelRow(a, oy, ox, n, inner, q, acc);
+      }
+#else
+      DepthwiseChannelRow(a, oy, ox, n, inner, q, acc);
+#endif
       StoreRow(a, acc, q, n, oy, ox);
     }
   }
@@ -721,5 +970,9 @@ inline void Add(const AddParams& p, const InView& in1, const InView& in2, const 
 }
 
 }  // namespace patch_exec
+
+#if defined(PATCH_EXEC_KERNELS_O2)
+#pragma GCC pop_options
+#endif
 
 #endif  // TFLM_PATCH_CUSTOM_OPS_PATCH_EXEC_PATCH_EXEC_KERNELS_H_

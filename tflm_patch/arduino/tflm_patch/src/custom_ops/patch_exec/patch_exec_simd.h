@@ -1,9 +1,11 @@
 // Copyright 2026 The tflm-patch Authors. Licensed under the Apache License, Version 2.0.
 //
 // Inner loops of the PATCH_EXEC kernels: int8 dot products (two pixels x two filters)
-// and the depthwise per-channel multiply-accumulate. SSE2 (baseline on x86-64) when
+// and the depthwise per-channel multiply-accumulate. The one place that selects the
+// path: the Arm DSP extension (patch_exec_dsp.h) where __ARM_FEATURE_DSP is defined or
+// PATCH_EXEC_EMULATE_DSP asks for it on any host, else SSE2 (baseline on x86-64) when
 // available, else portable C++; define PATCH_EXEC_PORTABLE to force the portable code
-// (the tests run both). Integer results are identical on every path: products are
+// (the tests run all three). Integer results are identical on every path: products are
 // exact in 16 bits (|x * w| <= 2^14) and 32-bit sums wrap like the uint32 sums of the
 // portable code. Internal to the core.
 #ifndef TFLM_PATCH_CUSTOM_OPS_PATCH_EXEC_PATCH_EXEC_SIMD_H_
@@ -13,9 +15,10 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "patch_exec_dsp.h"
 #include "patch_exec_quant.h"
 
-#if defined(__SSE2__) && !defined(PATCH_EXEC_PORTABLE)
+#if defined(__SSE2__) && !defined(PATCH_EXEC_PORTABLE) && !PATCH_EXEC_DSP
 #define PATCH_EXEC_SSE2 1
 #include <emmintrin.h>
 #else
@@ -328,10 +331,44 @@ inline void RequantizeChannels(const uint32_t* acc, const ChunkQuant& q, int32_t
   RequantizeChannelsPortable(acc, q, c, n, os, dst);
 }
 
-#else  // portable
+#else  // DSP or portable
+
+#if PATCH_EXEC_DSP
+
+template <int NX, int NW>
+inline void DotRun(const int8_t* xa, const int8_t* xb, const int8_t* wa, const int8_t* wb,
+                   int32_t n, uint32_t* acc) {
+  const int32_t i = dsp::DotRun<NX, NW>(xa, xb, wa, wb, n, acc);
+  if (i < n) DotRunPortable<NX, NW>(xa + i, xb + i, wa + i, wb + i, n - i, acc);
+}
+
+inline void DotRun4(const int8_t* x, ptrdiff_t step, const int8_t* w, int32_t n, uint32_t* acc) {
+  const int32_t i = dsp::DotRun4(x, step, w, n, acc);
+  if (i < n) DotRun4Portable(x + i, step, w + i, n - i, acc);
+}
+
+#else
+
+template <int NX, int NW>
+inline void DotRun(const int8_t* xa, const int8_t* xb, const int8_t* wa, const int8_t* wb,
+                   int32_t n, uint32_t* acc) {
+  DotRunPortable<NX, NW>(xa, xb, wa, wb, n, acc);
+}
+
+inline void DotRun4(const int8_t* x, ptrdiff_t step, const int8_t* w, int32_t n, uint32_t* acc) {
+  DotRun4Portable(x, step, w, n, acc);
+}
+
+#endif  // PATCH_EXEC_DSP
 
 inline void RequantizeChannels(const uint32_t* acc, const ChunkQuant& q, int32_t n,
                                const OutputStage& os, int8_t* dst) {
+#if PATCH_EXEC_DSP
+  if (FullRange(os)) {
+    dsp::RequantizeChannelsFull(acc, q, n, os.offset, dst);
+    return;
+  }
+#endif
   RequantizeChannelsPortable(acc, q, 0, n, os, dst);
 }
 
@@ -344,22 +381,12 @@ inline void MacBroadcast(int32_t v, const int8_t* w, int32_t n, uint32_t* acc) {
   MacBroadcastPortable(v, w, n, acc);
 }
 
-template <int NX, int NW>
-inline void DotRun(const int8_t* xa, const int8_t* xb, const int8_t* wa, const int8_t* wb,
-                   int32_t n, uint32_t* acc) {
-  DotRunPortable<NX, NW>(xa, xb, wa, wb, n, acc);
-}
-
 inline void MacChannels(const int8_t* x, const int8_t* w, int32_t n, uint32_t* acc) {
   MacChannelsPortable(x, w, n, acc);
 }
 
 inline void MacStrided(const int8_t* x, size_t step, int32_t w, int32_t n, uint32_t* acc) {
   MacStridedPortable(x, step, w, n, acc);
-}
-
-inline void DotRun4(const int8_t* x, ptrdiff_t step, const int8_t* w, int32_t n, uint32_t* acc) {
-  DotRun4Portable(x, step, w, n, acc);
 }
 
 #endif  // PATCH_EXEC_SSE2

@@ -1,8 +1,10 @@
 // TFLM glue of PATCH_EXEC (docs/patch_exec.md). Init keeps a pointer to the
 // options blob and validates it; Prepare checks that the operator's tensors are
-// the ones the blob describes and requests the one scratch buffer; Eval hands
-// the tensors to the portable core. All validation happens before Eval: Eval
-// checks nothing and allocates nothing.
+// the ones the blob describes ("Operator tensors": input and output in the arena,
+// constants really constant with buffers of their exact size, no size that
+// overflows) and requests the one scratch buffer; Eval hands the tensors to the
+// portable core. All validation happens before Eval: Eval checks nothing and
+// allocates nothing. The model is untrusted data.
 //
 // Arena use is fixed by the contract (the project's arena model counts exactly
 // this): one persistent OpData from Init, one scratch buffer of scratch_bytes
@@ -83,12 +85,51 @@ TfLiteType RequiredType(PatchExecConstType type) {
   return type == kPatchExecConstInt8 ? kTfLiteInt8 : kTfLiteInt32;
 }
 
+// Largest tensor PATCH_EXEC accepts (the core's rule: 32-bit targets index every
+// tensor with int32_t).
+constexpr int64_t kMaxTensorBytes = 0x7FFFFFFF;
+
+// Element count of `dims`, or -1 when a dimension is negative or the count exceeds
+// kMaxTensorBytes (checked at every step: no 32- or 64-bit overflow).
 int64_t ElementCount(const TfLiteIntArray* dims) {
+  if (dims == nullptr) return -1;
   int64_t count = 1;
   for (int i = 0; i < dims->size; ++i) {
-    count *= dims->data[i];
+    const int64_t d = dims->data[i];
+    if (d < 0 || (d > 0 && count > kMaxTensorBytes / d)) return -1;
+    count *= d;
   }
   return count;
+}
+
+// Length of the flatbuffer vector whose elements start at `data`: TFLM points a
+// constant tensor at its buffer's `data` vector, which the flatbuffer format stores as a
+// little-endian uint32 element count right before the elements.
+uint32_t FlatbufferVectorLength(const void* data) {
+  const uint8_t* p = static_cast<const uint8_t*>(data) - sizeof(uint32_t);
+  return static_cast<uint32_t>(p[0]) | (static_cast<uint32_t>(p[1]) << 8) |
+         (static_cast<uint32_t>(p[2]) << 16) | (static_cast<uint32_t>(p[3]) << 24);
+}
+
+// What Prepare needs of one operator tensor, read from a temporary TfLiteTensor.
+struct TensorFacts {
+  TfLiteType type;
+  int64_t elements;  // -1: negative dimension or too large
+  size_t bytes;      // TFLM's size (element count x type size, from the shape)
+  bool constant;     // kTfLiteMmapRo with data: points into the model
+  bool variable;
+  uint32_t buffer_length;  // bytes of the model buffer behind a constant; else 0
+};
+
+TensorFacts FactsOf(const TfLiteTensor& tensor) {
+  TensorFacts f;
+  f.type = tensor.type;
+  f.elements = ElementCount(tensor.dims);
+  f.bytes = tensor.bytes;
+  f.constant = tensor.allocation_type == kTfLiteMmapRo && tensor.data.raw != nullptr;
+  f.variable = tensor.is_variable;
+  f.buffer_length = f.constant ? FlatbufferVectorLength(tensor.data.raw) : 0;
+  return f;
 }
 
 bool IsCompressed(MicroContext* micro_context, const TfLiteNode* node, int index) {
@@ -135,7 +176,8 @@ TfLiteStatus ReportInvalidOptions(TfLiteContext* context, const TfLiteNode* node
 }
 
 // Input 0 or output 0: int8 [1, h, w, c] as the options' tensor 0 or T-1; input 0 is
-// [1, c, h, w] when the options set INPUT_NCHW (a folded TRANSPOSE).
+// [1, c, h, w] when the options set INPUT_NCHW (a folded TRANSPOSE). Both are planned in
+// the arena (not constant: PATCH_EXEC would write into the model; not variable).
 TfLiteStatus CheckActivation(TfLiteContext* context, const TfLiteTensor* tensor,
                              const uint8_t* options, int which, [[maybe_unused]] const char* what) {
   PATCH_EXEC_ENSURE(context, tensor != nullptr, "%s is missing", what);
@@ -158,11 +200,22 @@ TfLiteStatus CheckActivation(TfLiteContext* context, const TfLiteTensor* tensor,
                     dims->data[0], dims->data[1], dims->data[2], dims->data[3],
                     static_cast<int>(expect[1]), static_cast<int>(expect[2]),
                     static_cast<int>(expect[3]), layout);
+  PATCH_EXEC_ENSURE(context, tensor->allocation_type == kTfLiteArenaRw,
+                    "%s is not planned in the arena: a constant stage input or output is not "
+                    "allowed",
+                    what);
+  PATCH_EXEC_ENSURE(context, !tensor->is_variable, "%s is a variable tensor", what);
+  const int64_t elements = static_cast<int64_t>(h) * w * c;  // < 2^31 (validated options)
+  PATCH_EXEC_ENSURE(context,
+                    static_cast<uint64_t>(tensor->bytes) == static_cast<uint64_t>(elements),
+                    "%s is %u bytes; its shape needs %d", what,
+                    static_cast<unsigned>(tensor->bytes), static_cast<int>(elements));
   return kTfLiteOk;
 }
 
-// Operator input `index` >= 1 against what the options need: type, element
-// count, constant data in the flatbuffer.
+// Operator input `index` >= 1 against what the options need: type, element count
+// (overflow-checked), TFLM's byte size, constant data in the flatbuffer (not a variable,
+// whose run-time data is an arena copy) and a model buffer of exactly that many bytes.
 TfLiteStatus CheckConstant(TfLiteContext* context, const TfLiteNode* node, const uint8_t* options,
                            int index) {
   PatchExecConstType type = kPatchExecConstUnused;
@@ -183,25 +236,28 @@ TfLiteStatus CheckConstant(TfLiteContext* context, const TfLiteNode* node, const
                     index);
   TfLiteTensor* tensor = micro_context->AllocateTempInputTensor(node, index);
   PATCH_EXEC_ENSURE(context, tensor != nullptr, "cannot read input %d", index);
-  const TfLiteType actual_type = tensor->type;
-  const int64_t actual_elements = ElementCount(tensor->dims);
-  const bool constant = tensor->allocation_type == kTfLiteMmapRo && tensor->data.raw != nullptr;
+  const TensorFacts f = FactsOf(*tensor);
   micro_context->DeallocateTempTfLiteTensor(tensor);
 
   const TfLiteType required = RequiredType(type);
-  PATCH_EXEC_ENSURE(context, actual_type == required,
-                    "input %d is %s (type %d); the options need "
-                    "%s",
-                    index, TypeName(actual_type), static_cast<int>(actual_type),
-                    TypeName(required));
-  PATCH_EXEC_ENSURE(context, actual_elements == static_cast<int64_t>(elements),
-                    "input %d has %d elements; the options need "
-                    "%d",
-                    index, static_cast<int>(actual_elements), static_cast<int>(elements));
-  PATCH_EXEC_ENSURE(context, constant,
-                    "input %d is not a constant tensor (its data "
-                    "must be in the model)",
-                    index);
+  PATCH_EXEC_ENSURE(context, f.type == required, "input %d is %s (type %d); the options need %s",
+                    index, TypeName(f.type), static_cast<int>(f.type), TypeName(required));
+  PATCH_EXEC_ENSURE(context, f.elements >= 0,
+                    "input %d has a negative dimension or more than 2^31 - 1 elements", index);
+  PATCH_EXEC_ENSURE(context, f.elements == static_cast<int64_t>(elements),
+                    "input %d has %d elements; the options need %d", index,
+                    static_cast<int>(f.elements), static_cast<int>(elements));
+  const uint64_t nbytes = static_cast<uint64_t>(elements) * (required == kTfLiteInt8 ? 1 : 4);
+  PATCH_EXEC_ENSURE(context, static_cast<uint64_t>(f.bytes) == nbytes,
+                    "input %d is %u bytes; its shape needs %u", index,
+                    static_cast<unsigned>(f.bytes), static_cast<unsigned>(nbytes));
+  PATCH_EXEC_ENSURE(context, f.constant,
+                    "input %d is not a constant tensor (its data must be in the model)", index);
+  PATCH_EXEC_ENSURE(context, !f.variable,
+                    "input %d is a variable tensor (TFLM runs it from a copy in the arena)", index);
+  PATCH_EXEC_ENSURE(context, f.buffer_length == nbytes,
+                    "input %d has a %u-byte buffer; its shape needs %u", index,
+                    static_cast<unsigned>(f.buffer_length), static_cast<unsigned>(nbytes));
   return kTfLiteOk;
 }
 
@@ -221,6 +277,11 @@ TfLiteStatus Prepare(TfLiteContext* context, TfLiteNode* node) {
                     node->inputs->size, num_inputs);
   PATCH_EXEC_ENSURE(context, node->outputs->size == 1, "the operator has %d outputs, not 1",
                     node->outputs->size);
+  PATCH_EXEC_ENSURE(context,
+                    node->inputs->data[kStageInput] >= 0 && node->outputs->data[kStageOutput] >= 0,
+                    "input 0 or output 0 is omitted");
+  PATCH_EXEC_ENSURE(context, node->inputs->data[kStageInput] != node->outputs->data[kStageOutput],
+                    "input 0 and output 0 are the same tensor");
 
   MicroContext* micro_context = GetMicroContext(context);
   TfLiteTensor* input = micro_context->AllocateTempInputTensor(node, kStageInput);

@@ -28,7 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tflm_patch import m4
+import m4
+
 from tflm_patch.native import ARDUINO_LIBRARY
 
 log = logging.getLogger(__name__)

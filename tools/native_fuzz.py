@@ -17,7 +17,7 @@ flag (INPUT_NCHW, STREAM, CACHES with its cache table, a tensor's CACHE_COLS). T
 engines: "atheris" (libFuzzer, coverage of the Python decoder, our mutator as its custom
 mutator) when it is installed, else "builtin" (seeded, time-bounded loop).
 
-    python -m tflm_patch.native fuzz [--seconds 60] [--engine auto|atheris|builtin]
+    python tools/native_child.py fuzz [--seconds 60] [--engine auto|atheris|builtin]
 """
 
 from __future__ import annotations
@@ -40,9 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from native_sanitize import child_command, run_sanitized
 
+from tflm_patch import native, ref_ops
 from tflm_patch import patch_format as pf
-from tflm_patch import ref_ops
 from tflm_patch.errors import TflmPatchError
 from tflm_patch.schedule import band_ranges, cached_band_ranges, cols_cacheable
 
@@ -743,11 +744,9 @@ def _orchestrate(args: argparse.Namespace, engine: str) -> int:
     """Builtin: one ASan child. Atheris: a UBSan child explores (atheris cannot get
     coverage where GCC's libasan is preloaded: its weak __sanitizer_cov_* hooks shadow
     libFuzzer's), then an ASan child replays everything it kept."""
-    from tflm_patch import native
-
     if engine == "builtin":
-        return _relay(native.run_sanitized(_child_args(args, "builtin", args.corpus),
-                                           timeout=args.seconds * 3 + 300))
+        return _relay(run_sanitized(_child_args(args, "builtin", args.corpus),
+                                    timeout=args.seconds * 3 + 300))
     work = Path(tempfile.mkdtemp(prefix="patch_exec_fuzz_"))
     try:
         for i, blob in enumerate(load_corpus(args.corpus)):
@@ -755,7 +754,7 @@ def _orchestrate(args: argparse.Namespace, engine: str) -> int:
         native.build("ubsan")
         env = {**os.environ, "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1:exitcode=87",
                "OPENBLAS_NUM_THREADS": "1"}
-        cmd = [sys.executable, "-m", "tflm_patch.native", *_child_args(args, "atheris", work)]
+        cmd = child_command(_child_args(args, "atheris", work))
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False,
                               timeout=args.seconds * 3 + 300)
         sys.stderr.write(proc.stderr[-20000:])
@@ -764,15 +763,13 @@ def _orchestrate(args: argparse.Namespace, engine: str) -> int:
             return proc.returncode
         kept = len(list(work.glob("*")))
         log.info("atheris kept %d inputs; replaying them under ASan + UBSan", kept)
-        return _relay(native.run_sanitized(_child_args(args, "replay", work),
-                                           timeout=args.seconds * 3 + 300))
+        return _relay(run_sanitized(_child_args(args, "replay", work),
+                                    timeout=args.seconds * 3 + 300))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def main(args: argparse.Namespace) -> int:
-    from tflm_patch import native
-
     if args.phase == "main":
         engine = args.engine
         if engine == "auto":
