@@ -303,19 +303,12 @@ def _small_patched() -> Any:
     return _stage_model(_zoo("odd_stride2"), 0, 4, (3, 2))
 
 
-def _patch_op(obj: Any) -> Any:
-    sg = obj.subgraphs[0]
-    return next(op for op in sg.operators
-                if obj.operatorCodes[op.opcodeIndex].customCode in (CUSTOM_CODE,
-                                                                   CUSTOM_CODE.encode()))
-
-
 def _blob(obj: Any) -> bytearray:
-    return bytearray(np.asarray(_patch_op(obj).customOptions, dtype=np.uint8).tobytes())
+    return bytearray(np.asarray(mf.patch_op(obj).customOptions, dtype=np.uint8).tobytes())
 
 
 def _set_blob(obj: Any, blob: bytes) -> None:
-    _patch_op(obj).customOptions = np.frombuffer(bytes(blob), dtype=np.uint8)
+    mf.patch_op(obj).customOptions = np.frombuffer(bytes(blob), dtype=np.uint8)
 
 
 def _options(obj: Any) -> pf.PatchOptions:
@@ -342,7 +335,7 @@ def _tensor_of_input(obj: Any, field: str, layer: int | None = None) -> Any:
     ly = next(ly for k, ly in enumerate(o.layers)
               if ly.kind in pf.CONV_KINDS and (layer is None or k == layer))
     index = getattr(ly, field)
-    return obj.subgraphs[0].tensors[_patch_op(obj).inputs[index]]
+    return obj.subgraphs[0].tensors[mf.patch_op(obj).inputs[index]]
 
 
 def _shift_out_of_range(obj: Any) -> None:
@@ -372,13 +365,13 @@ def _weights_not_constant(obj: Any) -> None:
 
 def _input_shape(obj: Any) -> None:
     sg = obj.subgraphs[0]
-    t = sg.tensors[_patch_op(obj).inputs[0]]
+    t = sg.tensors[mf.patch_op(obj).inputs[0]]
     t.shape = [1, int(t.shape[1]) + 1, int(t.shape[2]), int(t.shape[3])]
 
 
 def _output_shape(obj: Any) -> None:
     sg = obj.subgraphs[0]
-    t = sg.tensors[_patch_op(obj).outputs[0]]
+    t = sg.tensors[mf.patch_op(obj).outputs[0]]
     t.shape = [1, int(t.shape[1]), int(t.shape[2]) - 1, int(t.shape[3])]
 
 
@@ -386,11 +379,11 @@ def _input_type(obj: Any) -> None:
     from tflm_patch.schema import schema
 
     sg = obj.subgraphs[0]
-    sg.tensors[_patch_op(obj).inputs[0]].type = schema().TensorType.UINT8
+    sg.tensors[mf.patch_op(obj).inputs[0]].type = schema().TensorType.UINT8
 
 
 def _drop_last_input(obj: Any) -> None:
-    op = _patch_op(obj)
+    op = mf.patch_op(obj)
     op.inputs = list(op.inputs)[:-1]
 
 
@@ -402,7 +395,7 @@ def _nchw_blob(b: bytearray) -> bytes:
 def _nchw_input(obj: Any) -> None:
     """INPUT_NCHW options, and input 0 (the model input) made [1, C, H, W]."""
     _edit_blob(_nchw_blob)(obj)
-    t = obj.subgraphs[0].tensors[_patch_op(obj).inputs[0]]
+    t = obj.subgraphs[0].tensors[mf.patch_op(obj).inputs[0]]
     _, h, w, c = (int(v) for v in t.shape)
     t.shape = [1, c, h, w]
     if t.shapeSignature is not None and len(t.shapeSignature) == 4:
@@ -410,7 +403,7 @@ def _nchw_input(obj: Any) -> None:
 
 
 def _no_options(obj: Any) -> None:
-    _patch_op(obj).customOptions = None
+    mf.patch_op(obj).customOptions = None
 
 
 def _slot_past_scratch(b: bytearray) -> bytearray:
