@@ -27,7 +27,8 @@ import logging
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -93,6 +94,30 @@ def toolchain_reason(qemu: bool = True) -> str:
         return (f"{', '.join(missing)} not installed (apt-get install "
                 f"{' '.join(APT_PACKAGES)})")
     return ""
+
+
+def published(root: Path, key: str, make: Callable[[Path], None], done: str = "ok") -> Path:
+    """root/key, made once by `make(work_dir)` in a fresh directory and published by
+    renaming it; `done` names the file whose presence means the directory is complete
+    ("ok" is written after `make` returns)."""
+    final = root / key
+    if (final / done).is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".build_", dir=root))
+    try:
+        make(work)
+        (work / "ok").write_text("")
+        if final.exists():  # an incomplete directory left by an interrupted build
+            shutil.rmtree(final, ignore_errors=True)
+        try:
+            work.rename(final)
+        except OSError:  # another process published it first
+            shutil.rmtree(work, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return final
 
 
 def _run(cmd: Sequence[str], what: str, timeout: float = 600.0) -> str:

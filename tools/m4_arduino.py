@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -100,15 +99,11 @@ def build_arduino_tflm(src: Path, jobs: int | None = None) -> Path:
     sources = library_sources(src)
     if not sources:
         raise m4.M4Error(f"no sources under {src}")
-    final = cache_root() / _key(src, sources)
-    archive = final / "libarduino_tflm.a"
-    if archive.is_file():
-        return archive
-    cache_root().mkdir(parents=True, exist_ok=True)
-    log.info("compiling Arduino_TensorFlowLite for Cortex-M4 (%d files, once)...",
-             len(sources))
-    work = Path(tempfile.mkdtemp(prefix=".build_", dir=cache_root()))
-    try:
+    archive = "libarduino_tflm.a"
+
+    def make(work: Path) -> None:
+        log.info("compiling Arduino_TensorFlowLite for Cortex-M4 (%d files, once)...",
+                 len(sources))
         includes = include_flags(src)
 
         def compile_one(k: int) -> Path:
@@ -121,17 +116,11 @@ def build_arduino_tflm(src: Path, jobs: int | None = None) -> Path:
 
         with ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
             objects = list(pool.map(compile_one, range(len(sources))))
-        m4._run((AR, "rcs", str(work / archive.name), *map(str, objects)), "arm-none-eabi-ar")
+        m4._run((AR, "rcs", str(work / archive), *map(str, objects)), "arm-none-eabi-ar")
         for o in objects:
             o.unlink()
-        try:
-            work.rename(final)
-        except OSError:  # another process published it first
-            shutil.rmtree(work, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    return archive
+
+    return m4.published(cache_root(), _key(src, sources), make, done=archive) / archive
 
 
 def build_example(sketch_dir: Path, src: Path, archive: Path, out_dir: Path) -> Path:

@@ -41,10 +41,8 @@ import logging
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,25 +128,8 @@ def _files_digest(paths: Sequence[Path]) -> str:
 
 
 def _published(key: str, make: Callable[[Path], None]) -> Path:
-    """cache_root()/key, made by `make(work_dir)` once and published by renaming."""
-    final = cache_root() / key
-    if (final / "ok").is_file():
-        return final
-    cache_root().mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".build_", dir=cache_root()))
-    try:
-        make(work)
-        (work / "ok").write_text("")
-        if final.exists():
-            shutil.rmtree(final, ignore_errors=True)
-        try:
-            work.rename(final)
-        except OSError:  # another process published it first
-            shutil.rmtree(work, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    return final
+    """cache_root()/key, made by `make(work_dir)` once (`m4.published`)."""
+    return m4.published(cache_root(), key, make)
 
 
 # ----------------------------------------------------------------------------- build
