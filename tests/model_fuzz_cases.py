@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import os
 import random
 import struct
 from collections.abc import Callable
@@ -25,9 +26,10 @@ from typing import Any
 import native_fuzz
 import numpy as np
 
+from tflm_patch import native, tflm_build
 from tflm_patch import patch_format as pf
 from tflm_patch.model import load_model, model_from_object, model_to_bytes
-from tflm_patch.rewrite import CUSTOM_CODE, replace_stage
+from tflm_patch.rewrite import CUSTOM_CODE, replace_stage, replace_stages
 from tflm_patch.schedule import make_schedule
 from tflm_patch.schema import schema
 from tflm_patch.stage import build_stage
@@ -37,6 +39,21 @@ from tflm_patch.zoo import ensure_model
 BASE_STAGE = ("odd_stride2", 0, 4, (3, 2))
 CONSTANT_FIELDS = ("weights", "bias", "multipliers", "shifts")
 BIG = (1 << 31) - 1
+
+
+@functools.cache
+def sanitized_kernel() -> tuple[tflm_build.KernelLibrary | None, str]:
+    """The PATCH_EXEC kernel built with ASan + UBSan (once), or None and why not."""
+    missing = [v for v in (tflm_build.ENV_ROOT, tflm_build.ENV_EXTRA) if not os.environ.get(v)]
+    if missing:
+        return None, f"{' and '.join(missing)} not set: the kernel needs the TFLM headers"
+    try:
+        native.sanitizer_env()
+        return tflm_build.build_kernel(sanitize=True), ""
+    except native.NativeBuildError as e:
+        return None, f"no sanitizer runtimes: {e}"
+    except tflm_build.TflmBuildUnavailable as e:
+        return None, str(e)
 
 
 @dataclass(frozen=True)
@@ -57,13 +74,27 @@ class Crafted:
 def _base_bytes() -> bytes:
     model = load_model(ensure_model(BASE_STAGE[0]))
     graph = build_stage(model, BASE_STAGE[1], BASE_STAGE[2])
-    patched = model_from_object(replace_stage(model, graph, make_schedule(graph, BASE_STAGE[3])))
+    patched = model_from_object(replace_stage(model, graph, make_schedule(graph, BASE_STAGE[3]),
+                                              pack=False))
     op = next(o for o in patched.operators if o.name == CUSTOM_CODE)
     return segment_model(patched, [op.index], [op.inputs[0]], [op.outputs[0]])
 
 
 def base_bytes() -> bytes:
     return _base_bytes()
+
+
+@functools.cache
+def packed_base_bytes() -> bytes:
+    """The base stage as the converter writes it: packed constants (version 3), operator
+    input 1 the int8 weights of every layer, input 2 the int32 biases, multipliers and
+    shifts."""
+    model = load_model(ensure_model(BASE_STAGE[0]))
+    graph = build_stage(model, BASE_STAGE[1], BASE_STAGE[2])
+    patched = model_from_object(replace_stage(model, graph, make_schedule(graph, BASE_STAGE[3]),
+                                              pack=True))
+    op = next(o for o in patched.operators if o.name == CUSTOM_CODE)
+    return segment_model(patched, [op.index], [op.inputs[0]], [op.outputs[0]])
 
 
 def base_object() -> Any:
@@ -234,6 +265,162 @@ def _constant_cases() -> dict[str, tuple[Edit, str]]:
     return cases
 
 
+# ------------------------------------------------------------------ packed constants
+
+PACKED_NAMES = ("packed_weights_past_the_end", "packed_weights_past_the_end_at_file_end",
+                "packed_offset_over_2_31_bytes", "packed_negative_offset",
+                "packed_int32_buffer_short", "packed_weights_as_int32",
+                "packed_int32_misaligned")
+
+
+def _packed_layer_field(k: int, position: int, value: Callable[[Any, pf.PatchOptions], int]
+                        ) -> Edit:
+    """Set field `position` (struct offset in the layer record, a little-endian i32 at
+    32 + 4 * i for p[i], a u16 below 32) of layer k of the packed base's options."""
+    def edit(obj: Any) -> None:
+        op = patch_op(obj)
+        blob = bytearray(np.asarray(op.customOptions, dtype=np.uint8).tobytes())
+        o = pf.decode(bytes(blob))
+        n, m = o.grid
+        at = pf.HEADER_BYTES + len(o.tensors) * (pf.TENSOR_BYTES + pf.RANGE_BYTES * (n + m)) \
+            + pf.LAYER_BYTES * k + position
+        struct.pack_into("<i" if position >= 32 else "<H", blob, at, value(obj, o))
+        op.customOptions = np.frombuffer(bytes(blob), dtype=np.uint8)
+    return edit
+
+
+def _int8_length(obj: Any, o: pf.PatchOptions) -> int:
+    return len(_buffer_data(obj, obj.subgraphs[0].tensors[patch_op(obj).inputs[1]]))
+
+
+def _shorten_input(index: int) -> Edit:
+    def edit(obj: Any) -> None:
+        t = obj.subgraphs[0].tensors[patch_op(obj).inputs[index]]
+        _own_buffer(obj, t, _buffer_data(obj, t)[:-4])
+    return edit
+
+
+_PACKED_EDITS: dict[str, tuple[Edit, str]] = {
+    # layer 0 (CONV_2D) reads its weights from the end of input 1 on
+    "packed_weights_past_the_end": (
+        _packed_layer_field(0, 32 + 4 * 4, _int8_length),
+        r"input 1 has \d+ elements; the options need at least \d+"),
+    "packed_offset_over_2_31_bytes": (
+        _packed_layer_field(0, 32 + 4 * 6, lambda obj, o: BIG),
+        r"invalid options \(status 7\): layer 0 \(CONV_2D\): operator input 2 is used with "
+        r"another type or size, or is over 2\^31 - 1 bytes"),
+    "packed_negative_offset": (
+        _packed_layer_field(0, 32 + 4 * 4, lambda obj, o: -1),
+        r"invalid options \(status 7\): layer 0 \(CONV_2D\): constant offsets \[-1, \d+, "
+        r"\d+, \d+\] negative, or a bias offset without a bias"),
+    "packed_int32_buffer_short": (_shorten_input(2),
+                                  r"input 2 has a \d+-byte buffer; its shape needs \d+"),
+    # layer 1 reads its weights (int8) from input 2, the int32 tensor
+    "packed_weights_as_int32": (
+        _packed_layer_field(1, 24, lambda obj, o: 2),
+        r"invalid options \(status 7\): layer 1 \(DEPTHWISE_CONV_2D\): operator input 2 is "
+        r"used with another type or size"),
+}
+
+
+LUT_NAMES = ("lut_table_255_entries", "lut_table_int32", "lut_table_buffer_short",
+             "lut_table_variable", "lut_table_buffer_short_at_file_end")
+
+
+@functools.cache
+def lut_base_bytes() -> bytes:
+    """One PATCH_EXEC of one LUT layer (the table of a HARD_SWISH, operator input 1, its
+    own int8 tensor of 256 elements) on the base model's input shape, grid 2x2."""
+    fb = schema()
+    t = base_options().tensors[0]
+    shape = [1, t.height, t.width, t.channels]
+    tensors = []
+    for k, (scale, zp) in enumerate(((0.05, 10), (0.03, -60))):
+        q = fb.QuantizationParametersT()
+        q.scale, q.zeroPoint = [scale], [zp]
+        tt = fb.TensorT()
+        tt.shape, tt.type, tt.buffer, tt.name = list(shape), 9, k + 1, f"t{k}"  # INT8
+        tt.quantization = q
+        tensors.append(tt)
+    code = fb.OperatorCodeT()
+    code.builtinCode, code.deprecatedBuiltinCode, code.version = 117, 117, 1  # HARD_SWISH
+    op = fb.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = 0, [0], [1]
+    sg = fb.SubGraphT()
+    sg.tensors, sg.inputs, sg.outputs, sg.operators = tensors, [0], [1], [op]
+    obj = fb.ModelT()
+    obj.version, obj.operatorCodes, obj.subgraphs = 3, [code], [sg]
+    obj.buffers = [fb.BufferT() for _ in range(3)]
+    model = load_model(model_to_bytes(obj))
+    graph = build_stage(model, 0, 0)
+    return model_to_bytes(replace_stages(model, [(graph, make_schedule(graph, (2, 2)))],
+                                         pack=False))
+
+
+def _table(data: bytes, shape: list[int], dtype: int = 9) -> Edit:
+    def edit(obj: Any) -> None:
+        t = obj.subgraphs[0].tensors[patch_op(obj).inputs[1]]
+        _own_buffer(obj, t, data)
+        t.shape, t.type = shape, dtype
+    return edit
+
+
+def _table_variable(obj: Any) -> None:
+    obj.subgraphs[0].tensors[patch_op(obj).inputs[1]].isVariable = True
+
+
+_LUT_EDITS: dict[str, tuple[Edit, str]] = {
+    "lut_table_255_entries": (_table(bytes(255), [255]),
+                              r"input 1 has 255 elements; the options need 256"),
+    "lut_table_int32": (_table(bytes(256), [64], dtype=2), r"input 1 is int32"),
+    "lut_table_buffer_short": (_table(bytes(200), [256]),
+                               r"input 1 has a 200-byte buffer; its shape needs 256"),
+    "lut_table_variable": (_table_variable, r"input 1 is a variable tensor"),
+}
+
+
+def _lut_cases() -> dict[str, Crafted]:
+    """The LUT base with a bad table (LUT_NAMES): too short, int32, a short buffer (also
+    as the last bytes of the file), a variable tensor."""
+    cases = {}
+    for name, (edit, expect) in _LUT_EDITS.items():
+        obj = copy.deepcopy(load_model(lut_base_bytes()).obj)
+        edit(obj)
+        cases[name] = Crafted(name, model_to_bytes(obj), expect)
+    short = cases["lut_table_buffer_short"]
+    patched = load_model(short.data)
+    buffer = int(patched.tensors[patch_op(patched.obj).inputs[1]].buffer)
+    cases["lut_table_buffer_short_at_file_end"] = Crafted(
+        "lut_table_buffer_short_at_file_end", move_buffer_to_end(short.data, buffer),
+        short.expect)
+    return cases
+
+
+def _packed_cases() -> dict[str, Crafted]:
+    """The packed base broken one rule at a time (PACKED_NAMES): offsets past the end of
+    a shared constant (also with its buffer the last bytes of the file), a 64-bit
+    offset + count over 2^31 - 1 bytes, a negative offset, a short buffer, one input read
+    as two types, the int32 constants misaligned."""
+    cases = {}
+    for name, (edit, expect) in _PACKED_EDITS.items():
+        obj = copy.deepcopy(load_model(packed_base_bytes()).obj)
+        edit(obj)
+        cases[name] = Crafted(name, model_to_bytes(obj), expect)
+    past = cases["packed_weights_past_the_end"]
+    buffer = int(load_model(past.data).tensors[patch_op(load_model(past.data).obj).inputs[1]]
+                 .buffer)
+    cases["packed_weights_past_the_end_at_file_end"] = Crafted(
+        "packed_weights_past_the_end_at_file_end", move_buffer_to_end(past.data, buffer),
+        past.expect)
+    base = packed_base_bytes()
+    buffer = int(load_model(base).tensors[patch_op(load_model(base).obj).inputs[2]].buffer)
+    cases["packed_int32_misaligned"] = Crafted(
+        "packed_int32_misaligned", move_buffer_to_end(base, buffer, misalign=2),
+        r"invalid constant input \(status 11\): input 2: int32 data at an address that is "
+        "not a multiple of 4", verify=False)
+    return cases
+
+
 _MOVED = (("output_constant", "output 0"), ("weights_buffer_short", "weights"),
           ("bias_buffer_short", "bias"), ("multipliers_buffer_short", "multipliers"),
           ("shifts_buffer_one_byte", "shifts"))
@@ -247,7 +434,7 @@ CRAFTED_NAMES = (
     "weights_shape_overflows_64_bits", "weights_shape_overflows_32_bits",
     "weights_negative_dimension",
     *(f"{name}_at_file_end" for name, _ in _MOVED),
-    *(f"{f}_misaligned" for f in _MISALIGNED))
+    *(f"{f}_misaligned" for f in _MISALIGNED), *PACKED_NAMES, *LUT_NAMES)
 
 
 @functools.cache
@@ -282,6 +469,8 @@ def crafted_cases() -> dict[str, Crafted]:
     cases = {name: Crafted(name, _edited(edit), expect)
              for name, (edit, expect) in crafted_edits().items()}
     cases.update(_moved_cases(cases))
+    cases.update(_packed_cases())
+    cases.update(_lut_cases())
     return cases
 
 
@@ -305,7 +494,8 @@ def _moved_cases(cases: dict[str, Crafted]) -> dict[str, Crafted]:
 
 # ------------------------------------------------------------------ valid oddities
 
-VALID_NAMES = ("slots_at_odd_offsets", "scratch_bytes_at_the_bound", "constants_at_file_end")
+VALID_NAMES = ("slots_at_odd_offsets", "scratch_bytes_at_the_bound", "constants_at_file_end",
+               "packed_constants")
 
 
 def _odd_slots(obj: Any) -> None:
@@ -329,8 +519,106 @@ def valid_cases() -> dict[str, Crafted]:
         "slots_at_odd_offsets": _edited(_odd_slots),
         "scratch_bytes_at_the_bound": _edited(_set_scratch(lambda o: pf.scratch_bound(o)[0])),
         "constants_at_file_end": data,
+        "packed_constants": packed_base_bytes(),
     }
     return {name: Crafted(name, d) for name, d in cases.items()}
+
+
+# ------------------------------------------------------------------ SE side inputs
+
+SE_CRAFTED_NAMES = ("scale_wrong_size", "scale_wrong_type", "scale_constant",
+                    "scale_variable", "scale_is_output", "addend_wrong_size",
+                    "addend_constant")
+
+
+@functools.cache
+def se_base(data: bytes) -> tuple[bytes, list[np.ndarray]]:
+    """From a model with a squeeze-and-excitation block (its first SE MUL followed by the
+    projection CONV_2D and the residual ADD): that stage as one PATCH_EXEC (grid 2x1) alone
+    in a model whose inputs are the stage input x, the per-channel scale s and the residual
+    addend r, and seeded inputs for it."""
+    from tflm_patch.stage import side_operand
+
+    model = load_model(data)
+    mul = next(op for op in model.operators if side_operand(model, op) is not None)
+    graph = build_stage(model, mul.index, mul.index + 2, live_input=True)
+    patched = model_from_object(replace_stage(model, graph, make_schedule(graph, (2, 1)),
+                                              pack=False))
+    op = next(o for o in patched.operators if o.name == CUSTOM_CODE)
+    runtime = [t for t in patched.activation_inputs(op)[1:]]
+    base = segment_model(patched, [op.index], [op.inputs[0], *runtime], [op.outputs[0]])
+    shapes = [patched.tensors[t].shape for t in (op.inputs[0], *runtime)]
+    rng = np.random.default_rng(5)
+    return base, [rng.integers(-128, 128, s, dtype=np.int8) for s in shapes]
+
+
+def _se_input(which: int) -> Callable[[Any], Any]:
+    """The tensor of operator input `which` among the runtime ones (0: the scale s,
+    1: the addend r)."""
+    def get(obj: Any) -> Any:
+        op = patch_op(obj)
+        o = pf.decode(np.asarray(op.customOptions, dtype=np.uint8).tobytes())
+        index = [ly.weights for ly in o.layers if ly.kind in (pf.MUL, pf.ADD)
+                 and ly.weights != pf.NONE][which]
+        return obj.subgraphs[0].tensors[op.inputs[index]], index
+    return get
+
+
+def _se_edit(which: int, change: Callable[[Any, Any, Any], None]) -> Callable[[Any], int]:
+    def edit(obj: Any) -> int:
+        tensor, index = _se_input(which)(obj)
+        change(obj, tensor, patch_op(obj))
+        return int(index)
+    return edit
+
+
+def _smaller(obj: Any, t: Any, op: Any) -> None:
+    t.shape = [*list(t.shape)[:-1], int(t.shape[-1]) - 1]
+
+
+def _uint8(obj: Any, t: Any, op: Any) -> None:
+    t.type = schema().TensorType.UINT8
+
+
+def _constant(obj: Any, t: Any, op: Any) -> None:
+    _own_buffer(obj, t, bytes(int(np.prod(t.shape))))
+
+
+def _variable(obj: Any, t: Any, op: Any) -> None:
+    t.isVariable = True
+
+
+def _scale_is_output(obj: Any) -> int:
+    _, index = _se_input(0)(obj)
+    op = patch_op(obj)
+    inputs = list(op.inputs)
+    inputs[index] = op.outputs[0]
+    op.inputs = inputs
+    return int(index)
+
+
+_SE_EDITS: dict[str, tuple[Callable[[Any], int], str]] = {
+    "scale_wrong_size": (_se_edit(0, _smaller), r"input {} has \d+ elements; the options need \d+"),
+    "scale_wrong_type": (_se_edit(0, _uint8), r"input {} is uint8.*the options need int8"),
+    "scale_constant": (_se_edit(0, _constant), r"input {} " + _ARENA),
+    "scale_variable": (_se_edit(0, _variable), r"input {} " + _ARENA),
+    "scale_is_output": (_scale_is_output, r"input {} is the operator's output"),
+    "addend_wrong_size": (_se_edit(1, _smaller), r"input {} has \d+ elements; the options "
+                          r"need \d+"),
+    "addend_constant": (_se_edit(1, _constant), r"input {} " + _ARENA),
+}
+
+
+@functools.cache
+def se_crafted_cases(data: bytes) -> dict[str, Crafted]:
+    """se_base(data) broken one runtime-input rule at a time (SE_CRAFTED_NAMES), with the
+    one-line message Prepare must refuse it with."""
+    cases = {}
+    for name, (edit, expect) in _SE_EDITS.items():
+        obj = copy.deepcopy(load_model(se_base(data)[0]).obj)
+        index = edit(obj)
+        cases[name] = Crafted(name, model_to_bytes(obj), expect.format(index))
+    return cases
 
 
 # ------------------------------------------------------------------ mutations
@@ -478,7 +766,8 @@ def numpy_reference(data: bytes, inputs: list[np.ndarray]) -> tuple[np.ndarray |
         shape = model.tensors[op.inputs[0]].shape if op.inputs and op.inputs[0] >= 0 else ()
         if math.prod(shape) != inputs[0].size:  # validate's split path reshapes to it
             return None, f"the input does not fit the model's input 0 {list(shape)}"
-        return run_patch_exec(model, op, inputs[0].reshape(shape)), ""
+        side = dict(zip(model.inputs[1:], inputs[1:], strict=False))  # runtime inputs
+        return run_patch_exec(model, op, inputs[0].reshape(shape), side=side), ""
     except TflmPatchError as e:
         return None, str(e)
 

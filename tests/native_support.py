@@ -75,6 +75,40 @@ def random_input(model: Model, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(-128, 128, shape, dtype=np.int8)
 
 
+def assert_stage_equals_model(model: Model, last: int, grid: tuple[int, int],
+                              cache: bool) -> None:
+    """Operators 0..last as one stage with `grid`: the numpy reference and the C core
+    (release and portable builds) give the model's own stage output, byte for byte."""
+    from tflm_patch.native import run_patch_exec_native
+    from tflm_patch.patch_ref import run_patch_exec
+    from tflm_patch.ref_params import run_graph
+
+    core()
+    s = patched_stage(model, 0, last, grid, cache=cache)
+    values = run_graph(model, [random_input(model, sum(grid))])
+    stage_in, want = values[s.graph.input], values[s.graph.output]
+    np.testing.assert_array_equal(run_patch_exec(s.patched, s.op, stage_in), want)
+    for variant in ("release", "portable"):
+        np.testing.assert_array_equal(
+            run_patch_exec_native(s.patched, s.op, stage_in, variant=variant), want)
+
+
+def assert_converted_bit_identical(model: Model, ops: set[int], seed: int) -> None:
+    """The default plan puts operators `ops` inside its stages, and the patched model is
+    bit-identical with the original in x86 TFLM with the C++ kernel (skips without it)."""
+    from tflm_patch import api
+    from tflm_patch.tflm_build import kernel_or_reason
+
+    kernel, reason = kernel_or_reason()
+    if kernel is None:
+        pytest.skip(f"the PATCH_EXEC kernel cannot be built here: {reason}")
+    result = api.plan(model.raw)
+    inside = {i for st in result.stages for i in range(st.first_op, st.last_op + 1)}
+    assert ops <= inside, f"operators {sorted(ops - inside)} outside the stages"
+    cmp = api.validate(model.raw, result.patched, seed=seed)
+    assert cmp.identical and "C++ kernel" in cmp.executor, cmp.executor
+
+
 # ------------------------------------------------------------------ version 2
 
 
@@ -185,7 +219,8 @@ def _bad_cases() -> dict[str, tuple[Callable[[pf.PatchOptions, bytearray], bytes
 # C status of each malformed case of test_patch_format.BAD
 BAD_STATUS: dict[str, Status] = {
     "empty": Status.TRUNCATED, "truncated": Status.TRUNCATED, "trailing byte": Status.COUNTS,
-    "bad magic": Status.MAGIC, "version 3": Status.VERSION, "header size": Status.VERSION,
+    "bad magic": Status.MAGIC, "version 4": Status.VERSION,
+    "version 3 without PACKED": Status.COUNTS, "header size": Status.VERSION,
     "total bytes": Status.COUNTS, "tensor count": Status.COUNTS, "zero layers": Status.COUNTS,
     "huge grid": Status.COUNTS, "zero grid": Status.COUNTS, "no inputs": Status.COUNTS,
     "reserved": Status.COUNTS, "zero height": Status.TENSOR,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from conftest import shared_file, shared_model_path
 from tflm_patch import patch_format as pf
 from tflm_patch.cli import main
 from tflm_patch.evaluate import patched_op_index
-from tflm_patch.model import load_model
+from tflm_patch.model import Model, OperatorInfo, load_model
 from tflm_patch.rewrite import CUSTOM_CODE, plan_metadata
 from tflm_patch.zoo import ZOO_NAMES, ensure_model
 
@@ -64,10 +65,10 @@ def test_person_detect_file_structure(person_patched: tuple[Path, Path]) -> None
     for x, y in zip(before, after, strict=True):
         assert x.name == y.name and repr(vars(x.options)) == repr(vars(y.options))
         assert [a.tensors[t].name for t in x.inputs] == [b.tensors[t].name for t in y.inputs]
-    # weights referenced, not copied: their bytes appear once in the file
+    # weights packed, not duplicated: a layer's bytes appear once in each file
     o = pf.decode(pe.custom_options or b"")
-    w = b.buffer_bytes(pe.inputs[o.layers[0].weights])
-    assert w is not None and b.raw.count(w) == 1 and a.raw.count(w) == 1
+    w = _layer0_weights(b, pe)
+    assert o.packed and b.raw.count(w) == 1 and a.raw.count(w) == 1
     # no dead tensors or buffers
     used = {t for op in b.operators for t in (*op.inputs, *op.outputs)} | set(b.inputs)
     assert used == set(range(len(b.tensors)))
@@ -100,6 +101,15 @@ def test_mobilenet_v2_validate_three_seeds(tmp_path: Path,
     assert text.count("bit-identical max") == 3
 
 
+def _layer0_weights(model: Model, pe: OperatorInfo) -> bytes:
+    """The bytes of layer 0's weights in the PATCH_EXEC's (packed) int8 input."""
+    o = pf.decode(pe.custom_options or b"")
+    index, _, shape, offset = pf.constant_slices(o, 0)[0]
+    data = model.buffer_bytes(pe.inputs[index])
+    assert data is not None
+    return data[offset:offset + math.prod(shape)]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("which", [0, -1], ids=["patched_stage", "last_fused_stage"])
 def test_validate_catches_a_wrong_weight(which: int, tmp_path: Path,
@@ -111,9 +121,7 @@ def test_validate_catches_a_wrong_weight(which: int, tmp_path: Path,
     pes = [op for op in model.operators if op.name == CUSTOM_CODE]
     assert len(pes) > 1  # the convolutions after the stage are fused too
     pe = pes[which]
-    o = pf.decode(pe.custom_options or b"")
-    w = model.buffer_bytes(pe.inputs[o.layers[0].weights])
-    assert w is not None
+    w = _layer0_weights(model, pe)
     flipped = bytes([w[0] ^ 0x40]) + w[1:]
     bad = tmp_path / "bad.tflite"
     bad.write_bytes(model.raw.replace(w, flipped))

@@ -16,36 +16,21 @@ from __future__ import annotations
 
 import collections
 import functools
-import os
 import re
 
 import model_fuzz_cases as mf
 import pytest
 
-from tflm_patch import native, tflm_build
+from tflm_patch import tflm_build
 
 pytestmark = pytest.mark.tflm
 
 MUTATIONS = 150  # seeded mutated models per run (about 25 s of child time here)
 
 
-@functools.cache
-def _kernel_or_reason() -> tuple[tflm_build.KernelLibrary | None, str]:
-    missing = [v for v in (tflm_build.ENV_ROOT, tflm_build.ENV_EXTRA) if not os.environ.get(v)]
-    if missing:
-        return None, f"{' and '.join(missing)} not set: the kernel needs the TFLM headers"
-    try:
-        native.sanitizer_env()
-        return tflm_build.build_kernel(sanitize=True), ""
-    except native.NativeBuildError as e:
-        return None, f"no sanitizer runtimes: {e}"
-    except tflm_build.TflmBuildUnavailable as e:
-        return None, str(e)
-
-
 @pytest.fixture(scope="module")
 def kernel() -> tflm_build.KernelLibrary:
-    lib, reason = _kernel_or_reason()
+    lib, reason = mf.sanitized_kernel()
     if lib is None:
         pytest.skip(reason)
     return lib

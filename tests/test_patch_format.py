@@ -26,7 +26,7 @@ def real_options() -> pf.PatchOptions:
     the converter writes it."""
     model = load_model(ensure_model("odd_stride2"))
     graph = build_stage(model, 0, 3)
-    obj = replace_stage(model, graph, make_schedule(graph, (3, 2)))
+    obj = replace_stage(model, graph, make_schedule(graph, (3, 2)), pack=False)
     op = next(o for o in obj.subgraphs[0].operators if o.customOptions is not None)
     return pf.decode(bytes(op.customOptions))
 
@@ -143,7 +143,8 @@ BAD: dict[str, tuple[Mutation, str]] = {
     "truncated": (lambda o, b: bytes(b[:-1]), "blob length"),
     "trailing byte": (lambda o, b: bytes(b) + b"\0", "blob length"),
     "bad magic": (_poke("<4s", lambda o: 0, b"TPEY"), "bad magic"),
-    "version 3": (_poke("<H", lambda o: 4, 3), "version 3 is not supported"),
+    "version 4": (_poke("<H", lambda o: 4, 4), "version 4 is not supported"),
+    "version 3 without PACKED": (_poke("<H", lambda o: 4, 3), "version 3 without PACKED"),
     "header size": (_poke("<H", lambda o: 6, 36), "header_bytes"),
     "total bytes": (_poke("<I", lambda o: 8, 10), "total_bytes"),
     "tensor count": (_poke("<H", lambda o: 12, 3), "num_tensors"),
@@ -160,7 +161,7 @@ BAD: dict[str, tuple[Mutation, str]] = {
     "output gap": (_poke("<HH", lambda o: _range_offset(o, len(o.tensors) - 1, 1), 5, 6),
                    "tiling"),
     "halo too small": (_poke("<HH", lambda o: _range_offset(o, 1, 0), 0, 1), "halo too small"),
-    "unknown kind": (_poke("<B", lambda o: _layer_offset(o, 0), 9), "unknown kind"),
+    "unknown kind": (_poke("<B", lambda o: _layer_offset(o, 0), 200), "unknown kind"),
     "reads the future": (_poke("<H", lambda o: _layer_offset(o, 0) + 2, 3), "not produced"),
     "conv without weights": (_poke("<H", lambda o: _layer_offset(o, 0) + 24, pf.NONE),
                              "needs weights"),

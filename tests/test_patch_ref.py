@@ -208,5 +208,7 @@ def test_equals_whole_tensor_reference_on_random_stage(seed: int) -> None:
     consts = native_fuzz.random_constants(o, rng)
     model, op = array_model(o, consts)
     x = native_fuzz.random_stage_input(o, rng)
-    assert np.array_equal(run_patch_exec(model, op, x),  # type: ignore[arg-type]
+    side = {i: consts[i] for i, (dtype, _) in pf.constant_specs(o).items()
+            if dtype == pf.RUNTIME_INT8}  # MUL scales and ADD addends: runtime inputs
+    assert np.array_equal(run_patch_exec(model, op, x, side),  # type: ignore[arg-type]
                           native_fuzz.stage_reference(o, x, consts))

@@ -33,7 +33,9 @@ from test_patch_ref import ZOO_CASES
 from tflm_patch import patch_format as pf
 from tflm_patch import tflm_build
 from tflm_patch.arena import predict_arena
+from tflm_patch.dilate import fold_model
 from tflm_patch.errors import TflmRunError
+from tflm_patch.int8_io import prepare
 from tflm_patch.model import Model, load_model, model_from_object, model_to_bytes
 from tflm_patch.planner import PlanRequest, patched_model_object, plan
 from tflm_patch.rewrite import CUSTOM_CODE, plan_metadata, replace_stage, to_checked_bytes
@@ -80,7 +82,9 @@ def _run(kernel: tflm_build.KernelLibrary, data: bytes, inputs: list[np.ndarray]
 
 @cache
 def _zoo(name: str) -> Model:
-    return load_model(ensure_model(name))
+    """A zoo model as the tests run it: its float interface removed (what `--int8-io`
+    does; the int8 models are unchanged)."""
+    return prepare(load_model(ensure_model(name)), int8_io=True).model
 
 
 def _model(name: str) -> Model:
@@ -93,7 +97,7 @@ def _default_plan(name: str) -> tuple[bytes, int]:
     """The planner's default patched model and its predicted arena; where the default
     (latency) objective leaves the model unchanged, the memory objective's plan, so that
     every model runs PATCH_EXEC."""
-    model = _model(name)
+    model = fold_model(_model(name))  # as convert plans it: dilated convolutions folded
     result = plan(model)
     if result.chosen is None:
         result = plan(model, PlanRequest(objective="memory"))
@@ -427,7 +431,7 @@ MALFORMED: dict[str, tuple[Callable[[Any], None], str]] = {
     "truncated_after_header": (_edit_blob(lambda b: b[:-8]),
                                r"invalid options \(status 1\): .*total_bytes"),
     "wrong_magic": (_edit_blob(_put("<4s", 0, b"XPEX")), r"invalid options \(status 2\)"),
-    "wrong_version": (_edit_blob(_put("<H", 4, 3)), r"invalid options \(status 3\): .*version 3"),
+    "wrong_version": (_edit_blob(_put("<H", 4, 4)), r"invalid options \(status 3\): .*version 4"),
     "unknown_header_flag": (_edit_blob(_put("<H", 26, 4)),
                             r"invalid options \(status 4\): .*unknown header flags 0x0004"),
     "overflowing_layer_count": (_edit_blob(_put("<H", 14, 0xFFFF)),

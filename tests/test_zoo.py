@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from tflm_patch import zoo
 from tflm_patch.errors import ZooError
 from tflm_patch.model import Model, OperatorInfo, load_model, require_int8
-from tflm_patch.zoo import ZOO_NAMES, build_model, ensure_model, ensure_zoo
+from tflm_patch.zoo import ALL_NAMES, TRAIT_NAMES, ZOO_NAMES, build_model, ensure_model, ensure_zoo
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
@@ -41,29 +42,57 @@ EXPECTED: dict[str, tuple[tuple[int, ...], dict[str, int]]] = {
     # NCHW input, the TRANSPOSE to NHWC first; stem, dw, pw + 4 blocks x (expand, project)
     "nchw_input": ((1, 3, 80, 80), {"TRANSPOSE": 1, "CONV_2D": 10, "DEPTHWISE_CONV_2D": 5,
                                     "ADD": 2, "MEAN": 1, "FULLY_CONNECTED": 1}),
+    # the trait models: stem + 4 blocks (expand in 3, project in 4), QUANTIZE/DEQUANTIZE kept
+    "float_io": ((1, 64, 64, 3), {"QUANTIZE": 1, "CONV_2D": 9, "DEPTHWISE_CONV_2D": 4,
+                                  "ADD": 1, "MEAN": 1, "FULLY_CONNECTED": 1,
+                                  "DEQUANTIZE": 1}),
+    # stem + 4 blocks x 2; neck: 3 lateral 1x1 + 3 heads; 2 upsamplings and concatenations
+    "det_head3": ((1, 128, 160, 3), {"CONV_2D": 15, "DEPTHWISE_CONV_2D": 4,
+                                     "RESIZE_NEAREST_NEIGHBOR": 2, "CONCATENATION": 2}),
+    # 3 SE blocks: MEAN, 2 1x1 convs (the +3 and ReLU6 of the hard sigmoid in the second),
+    # MUL by 1/6, the broadcast MUL; and the final MEAN
+    "se_blocks": ((1, 96, 96, 3), {"CONV_2D": 17, "DEPTHWISE_CONV_2D": 5, "MEAN": 4, "MUL": 6,
+                                   "ADD": 2, "FULLY_CONNECTED": 1}),
+    # stem + 4 blocks, each hard-swish after the stem, the expansions and the depthwise convs
+    "hard_swish": ((1, 80, 80, 3), {"CONV_2D": 9, "HARD_SWISH": 9, "DEPTHWISE_CONV_2D": 4,
+                                    "ADD": 2, "MEAN": 1, "FULLY_CONNECTED": 1}),
+    "dilated_s2b": ((1, 63, 63, 3), {"CONV_2D": 4, "SPACE_TO_BATCH_ND": 3,
+                                     "BATCH_TO_SPACE_ND": 3, "DEPTHWISE_CONV_2D": 2,
+                                     "MEAN": 1, "FULLY_CONNECTED": 1}),
 }
+INT8_IO = [n for n in ALL_NAMES if not zoo.ZOO[n].float_io]
 
 # The x86 TFLM interpreter in its own process (TFLM aborts the process on some bad models):
-# three seeded random int8 inputs, the int8 outputs as JSON on the last line.
+# three seeded random inputs (int8, or float32 in [-1, 1] for a float interface), every
+# output (as int, or float) as JSON on the last line.
+SEEDED_INPUT = """
+def seeded_input(seed, shape, dtype):
+    rng = np.random.default_rng(seed)
+    if np.dtype(dtype) == np.int8:
+        return rng.integers(-128, 128, shape, dtype=np.int8)
+    return rng.uniform(-1, 1, shape).astype(np.float32)
+"""
 TFLM_SCRIPT = """
 import json, sys
 import numpy as np
 from tflite_micro.python.tflite_micro import runtime
+""" + SEEDED_INPUT + """
 data = open(sys.argv[1], "rb").read()
 it = runtime.Interpreter.from_bytes(data, custom_op_registerers=[], arena_size=16 << 20)
-shape = it.get_input_details(0)["shape"]
+d = it.get_input_details(0)
+n_out = int(sys.argv[2])
 outs = []
 for seed in (0, 1, 2):
-    it.set_input(np.random.default_rng(seed).integers(-128, 128, shape, dtype=np.int8), 0)
+    it.set_input(seeded_input(seed, d["shape"], d["dtype"]), 0)
     it.invoke()
-    outs.append(it.get_output(0).astype(int).ravel().tolist())
+    outs.append([it.get_output(k).ravel().tolist() for k in range(n_out)])
 print(json.dumps(outs))
 """
 
 
 @pytest.fixture(scope="session")
 def zoo_paths() -> dict[str, Path]:
-    return ensure_zoo()
+    return ensure_zoo(ALL_NAMES)
 
 
 def _model(zoo_paths: dict[str, Path], name: str) -> Model:
@@ -74,17 +103,18 @@ def _weights_of(m: Model, kind: str) -> list[tuple[OperatorInfo, tuple[int, ...]
     return [(o, m.tensors[o.inputs[1]].shape) for o in m.operators if o.name == kind]
 
 
-def test_zoo_lists_the_six_models() -> None:
-    assert set(ZOO_NAMES) == set(EXPECTED)
-    assert all(zoo.ZOO[n].description for n in ZOO_NAMES)
+def test_zoo_lists_the_six_models_and_the_traits() -> None:
+    assert len(ZOO_NAMES) == 6 and set(ALL_NAMES) == set(EXPECTED)
+    assert ALL_NAMES == ZOO_NAMES + TRAIT_NAMES
+    assert all(zoo.ZOO[n].description for n in ALL_NAMES)
 
 
-@pytest.mark.parametrize("name", ZOO_NAMES)
+@pytest.mark.parametrize("name", INT8_IO)
 def test_model_is_full_int8_per_channel(zoo_paths: dict[str, Path], name: str) -> None:
     m = _model(zoo_paths, name)
     require_int8(m)
     assert m.tensors[m.inputs[0]].dtype == "int8"
-    assert m.tensors[m.outputs[0]].dtype == "int8"
+    assert all(m.tensors[t].dtype == "int8" for t in m.outputs)
     for op in m.operators:
         if op.name not in ("CONV_2D", "DEPTHWISE_CONV_2D"):
             continue
@@ -97,7 +127,7 @@ def test_model_is_full_int8_per_channel(zoo_paths: dict[str, Path], name: str) -
         assert m.tensors[op.inputs[2]].dtype == "int32"
 
 
-@pytest.mark.parametrize("name", ZOO_NAMES)
+@pytest.mark.parametrize("name", ALL_NAMES)
 def test_model_has_expected_input_and_ops(zoo_paths: dict[str, Path], name: str) -> None:
     m = _model(zoo_paths, name)
     shape, ops = EXPECTED[name]
@@ -105,7 +135,7 @@ def test_model_has_expected_input_and_ops(zoo_paths: dict[str, Path], name: str)
     assert dict(Counter(o.name for o in m.operators)) == ops
 
 
-def _tflite_reference(data: bytes, shape: tuple[int, ...]) -> list[list[int]]:
+def _tflite_reference(data: bytes) -> list[list[list[float]]]:
     """Outputs of TensorFlow Lite's reference kernels for the inputs of TFLM_SCRIPT."""
     import tensorflow as tf
 
@@ -116,28 +146,35 @@ def _tflite_reference(data: bytes, shape: tuple[int, ...]) -> list[list[int]]:
         experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_REF,
     )
     it.allocate_tensors()
-    inp, out = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+    scope: dict[str, Any] = {"np": np}
+    exec(SEEDED_INPUT, scope)
+    inp = it.get_input_details()[0]
     outs = []
     for seed in (0, 1, 2):
-        it.set_tensor(inp, np.random.default_rng(seed).integers(-128, 128, shape, dtype=np.int8))
+        it.set_tensor(inp["index"], scope["seeded_input"](seed, inp["shape"], inp["dtype"]))
         it.invoke()
-        outs.append(it.get_tensor(out).astype(int).ravel().tolist())
+        outs.append([it.get_tensor(d["index"]).ravel().tolist()
+                     for d in it.get_output_details()])
     return outs
 
 
 @pytest.mark.slow
 @pytest.mark.tflm
-@pytest.mark.parametrize("name", ZOO_NAMES)
+@pytest.mark.parametrize("name", ALL_NAMES)
 def test_model_runs_in_tflm_like_tflite_reference(zoo_paths: dict[str, Path], name: str) -> None:
-    r = subprocess.run([sys.executable, "-c", TFLM_SCRIPT, str(zoo_paths[name])],
-                       capture_output=True, text=True, timeout=300)
+    m = _model(zoo_paths, name)
+    r = subprocess.run([sys.executable, "-c", TFLM_SCRIPT, str(zoo_paths[name]),
+                        str(len(m.outputs))], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"TFLM failed on {name} (exit {r.returncode}): {r.stderr[-2000:]}"
     tflm = json.loads(r.stdout.strip().splitlines()[-1])
-    m = _model(zoo_paths, name)
-    assert tflm == _tflite_reference(m.raw, m.tensors[m.inputs[0]].shape)
+    if name == "dilated_s2b":  # TFLM pads SPACE_TO_BATCH_ND with 0, TFLite with the zero point
+        assert tflm != _tflite_reference(m.raw)
+    else:
+        assert tflm == _tflite_reference(m.raw)
     # not degenerate: different inputs give different outputs, and they are not all clipped
-    assert tflm[0] != tflm[1] != tflm[2]
-    assert any(-128 < v < 127 for out in tflm for v in out)
+    for k in range(len(m.outputs)):
+        assert tflm[0][k] != tflm[1][k] != tflm[2][k]
+        assert any(-128 < v < 127 for v in tflm[0][k]), k
 
 
 def test_mbv2_residual_adds_join_equal_shapes(zoo_paths: dict[str, Path]) -> None:

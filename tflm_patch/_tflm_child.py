@@ -40,7 +40,7 @@ RESOURCE_VARIABLES_LINE = "Number of resource variables"
 
 @dataclass(frozen=True)
 class Request:
-    action: str  # "run" | "report" | "smallest" | "latency" | "isolated"
+    action: str  # "run" | "report" | "smallest" | "latency" | "isolated" | "reports"
     model: bytes
     arena_size: int
     num_inputs: int
@@ -53,7 +53,7 @@ class Request:
     invoke: bool = True
     preserve_all: bool = False
     # "latency": more models (same inputs) timed alternately with `model`, `repeats` rounds;
-    # "isolated": more models, each run once in its own process
+    # "isolated" ("reports"): more models, each run once (allocated once) in its own process
     extra_models: tuple[bytes, ...] = ()
     repeats: int = 0
     timeout: float = 0.0  # "isolated": seconds per model (0: none)
@@ -68,6 +68,7 @@ class IsolatedRun:
     error: str = ""
     exit_code: int = 0
     log: str = ""
+    report_text: str = ""  # "reports": the allocation report after AllocateTensors
 
 
 @dataclass(frozen=True)
@@ -291,7 +292,10 @@ def _run_one_isolated(req: Request, runtime: Any, log: int, result: int) -> None
     if req.timeout > 0:
         signal.alarm(max(1, int(req.timeout)))
     try:
-        run = IsolatedRun(outputs=_run(req, runtime).outputs)
+        if req.action == "reports":
+            run = IsolatedRun(report_text=_report_text(_make(req, req.arena_size, runtime)))
+        else:
+            run = IsolatedRun(outputs=_run(req, runtime).outputs)
     except RuntimeError as e:
         run = IsolatedRun(error=str(e))
     except Exception as e:
@@ -341,7 +345,7 @@ def serve(req: Request) -> Response:
         return _smallest(req, runtime)
     if req.action == "latency":
         return _latency(req, runtime)
-    if req.action == "isolated":
+    if req.action in ("isolated", "reports"):
         return _isolated(req, runtime)
     return _run(req, runtime)
 

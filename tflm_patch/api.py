@@ -24,13 +24,15 @@ import functools
 import io
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tflm_patch.dilate import fold_model
 from tflm_patch.errors import TflmPatchError, UsageError
 from tflm_patch.evaluate import Candidate
+from tflm_patch.fuse import unit_grid
 from tflm_patch.model import Model, load_model
 from tflm_patch.planner import PlanError, PlanRequest, patched_model_object
 from tflm_patch.planner import PlanResult as PlannerResult
@@ -120,10 +122,10 @@ def _load(model: ModelSource) -> Model:
     return load_model(model)
 
 
-def _stages(c: Candidate) -> tuple[Stage, ...]:
+def _stages(c: Candidate, model: Model) -> tuple[Stage, ...]:
     return (Stage(c.first, c.last, c.grid, "main"),
             *(Stage(a, b, g, "patched") for a, b, g in c.extra),
-            *(Stage(a, b, (1, 1), "fused") for a, b in c.fused))
+            *(Stage(a, b, unit_grid(model, a, b), "fused") for a, b in c.fused))
 
 
 def _ratio(result: PlannerResult, c: Candidate) -> float | None:
@@ -137,10 +139,20 @@ def plan(model: ModelSource, **options: Any) -> PlanResult:
     ``budget`` (bytes), ``objective`` ("latency" or "memory"), ``max_latency``,
     ``max_overhead``, ``min_saving`` (fractions), ``split_op``, ``grid`` ((rows, cols)),
     ``max_grid``, ``target`` ("x86_64" or "cortex_m"), ``multi_stage``.
+    ``int8_io=True`` first removes a float32 (or uint8) input QUANTIZE and output
+    DEQUANTIZE (`tflm_patch.interface`): the result takes and gives int8; the plan's
+    "interface" (and the model's metadata 'tflm_patch.interface') say what was removed;
+    ``split_op`` counts in the given model, the plan's operator indices in the stripped one.
     Raises `PlanError` (a `TflmPatchError`) when a forced stage or grid cannot be used.
     """
+    from tflm_patch.int8_io import map_split_op, prepare, record
+
+    int8_io = bool(options.pop("int8_io", False))
     request = _request(options)
-    m = _load(model)
+    prepared = prepare(fold_model(_load(model)), int8_io)  # dilated convs: bit-exact
+    request = replace(request, split_op=map_split_op(prepared, request.split_op))
+    m = prepared.model
+    removed = prepared.strip.removed if prepared.strip is not None else ()
     result = run_planner(m, request)
     c = result.chosen
     if c is None:
@@ -149,15 +161,18 @@ def plan(model: ModelSource, **options: Any) -> PlanResult:
         return PlanResult(result.arena_before, result.arena_before, result.macs_before,
                           result.macs_before, 1.0 if result.cost is not None else None, (),
                           result.message, m.raw, result.seconds, None)
-    data = to_checked_bytes(patched_model_object(m, result))
+    obj = patched_model_object(m, result)
+    record(obj, prepared)
+    plan_doc = result.to_json(c) | ({"interface": prepared.interface} if removed else {})
     return PlanResult(result.arena_before, c.arena, result.macs_before, c.macs,
-                      _ratio(result, c), _stages(c), result.message, data, result.seconds,
-                      result.to_json(c))
+                      _ratio(result, c), _stages(c, m), result.message, to_checked_bytes(obj),
+                      result.seconds, plan_doc)
 
 
 def convert(model: ModelSource, **options: Any) -> bytes:
     """The patched model's bytes: the memory-heavy stages as PATCH_EXEC operators. The
-    input bytes come back unchanged when no plan pays (`plan` says why). Options: `plan`."""
+    input bytes come back unchanged when no plan pays (`plan` says why; with
+    ``int8_io=True`` the model with its float interface removed). Options: `plan`."""
     return plan(model, **options).patched
 
 
@@ -179,13 +194,16 @@ def _input_list(model: Model, inputs: np.ndarray | Sequence[np.ndarray]) -> list
 def validate(original: ModelSource, patched: ModelSource,
              inputs: np.ndarray | Sequence[np.ndarray] | None = None, seed: int = 0) -> Comparison:
     """Run both models on the same inputs (one array per model input; None: seeded random
-    int8 inputs) and compare every output byte. Returns a `Comparison`:
+    inputs: int8, or float drawn in the input's quantized range) and compare every output
+    byte. When `patched` was converted with ``int8_io=True``, `original` is compared with
+    its interface stripped the same way. Returns a `Comparison`:
     ``identical``, ``max_abs_diff``, ``original``/``patched`` (all outputs) and
     ``executor`` (whether PATCH_EXEC ran in x86 TFLM as the C++ kernel, or the numpy
     reference between TFLM segments when the kernel cannot be built here, and why)."""
-    from tflm_patch.validate import compare, pair_checked, random_inputs
+    from tflm_patch.validate import compare, matched_original, pair_checked, random_inputs
 
-    a, b = _load(original), _load(patched)
+    b = _load(patched)
+    a = matched_original(_load(original), b)[0]  # stripped when `patched` is int8-io
     pair_checked(a, b)
     arrays = random_inputs(a, seed) if inputs is None else _input_list(a, inputs)
     label = f"random seed {seed}" if inputs is None else "given inputs"

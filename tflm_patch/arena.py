@@ -54,6 +54,9 @@ class ArenaPrediction:
     tail: TailPrediction
     planning_bytes: int
     target: str
+    # operators whose allocations could not be measured (arena_measure.unpredicted): the
+    # figures leave their persistent data and scratch out, `total` is not TFLM's arena
+    unpredicted: tuple[str, ...] = ()
 
     @property
     def after_allocation(self) -> int:
@@ -74,12 +77,15 @@ def predict_arena(model: Model, target: str = "x86_64",
                   tail: TailPrediction | None = None) -> ArenaPrediction:
     """`tail`: predict_tail(model, target) when the caller has it (it does not depend on
     the scratch sizes, so the patch planner computes it once per stage)."""
+    from tflm_patch.arena_measure import unpredicted
+
     head = plan_head(model, target)
     return ArenaPrediction(
         head,
         tail if tail is not None else predict_tail(model, target),
         planning_head_bytes(model, target, head),
         target,
+        unpredicted(model),
     )
 
 
@@ -88,8 +94,10 @@ def predict_arena(model: Model, target: str = "x86_64",
 @dataclass(frozen=True)
 class PatchedOp:
     """A PATCH_EXEC replacing operators first..last as rewrite.replace_stages makes it: it
-    reads `input` and the model's constant tensors `constants` (weights, biases) plus
-    `new_constants` int32 tensors it adds (multipliers, shifts), and writes `output`."""
+    reads `input` and the model tensors `constants`, plus `new_constants` tensors the
+    rewrite adds: the two packed constant tensors, which all PATCH_EXECs of a model
+    share (so a layout counts the most any of them needs, not the sum), and writes
+    `output`."""
 
     first: int
     last: int
@@ -156,7 +164,7 @@ class PatchedArena:
                 i += 1
                 continue
             p, scratch = starts[i]
-            new_constants += p.new_constants
+            new_constants = max(new_constants, p.new_constants)  # shared by all
             inputs = (p.input, *dict.fromkeys(p.constants))
             ops.append(_Op(inputs, (p.output,), (*inputs, p.output),
                            None if scratch is None else ((scratch,) if scratch else ()),

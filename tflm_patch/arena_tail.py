@@ -16,7 +16,8 @@ wheel's Python interpreter makes them:
 3. `MicroInterpreter::PrepareNodeAndRegistrationDataFromFlatbuffer`: each operator's builtin
    option struct (flatbuffer_conversions.cc parsers, MicroBuiltinDataAllocator);
 4. `MicroInterpreterGraph::InitSubgraphs`: every kernel's Init, then `PrepareSubgraphs`:
-   every kernel's Prepare (per-op registry `OP_TAIL` below);
+   every kernel's Prepare (per-op registry `OP_TAIL` below; an operator without an entry
+   is measured once in x86 TFLM, `arena_measure`, its option struct from `BUILTIN_DATA`);
 5. `MicroAllocator::FinishModelAllocation`: ScratchBufferHandle array (one per scratch
    request), then in `CommitStaticMemoryPlan` the buffers of variable tensors; the plan is
    made now, with the tail as it stands (`TailPrediction.before_io_tensors`);
@@ -41,10 +42,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from tflm_patch.arena_head import align_up
 from tflm_patch.errors import UnsupportedModelError
 from tflm_patch.model import Model, OperatorInfo
+
+if TYPE_CHECKING:
+    from tflm_patch.arena_measure import MeasuredOp
 
 KERNEL_ALIGNMENT = 16  # MicroArenaBufferAlignment() (micro_arena_constants.h)
 INT16_LUT_ENTRIES = 513  # LUTSize<int16_t>() (kernels/internal/common.h)
@@ -132,6 +137,28 @@ _X86_64_TYPES = {
     "TfLiteSqueezeParams": CType(36, 4),
     "TfLiteLeakyReluParams": CType(4, 4),
     "TfLiteResizeNearestNeighborParams": CType(2, 1),
+    "TfLiteArgMaxParams": CType(4, 4),
+    "TfLiteArgMinParams": CType(4, 4),
+    "TfLiteBatchMatMulParams": CType(3, 1),
+    "TfLiteCallOnceParams": CType(4, 4),
+    "TfLiteCastParams": CType(8, 4),
+    "TfLiteCumsumParams": CType(2, 1),
+    "TfLiteDepthToSpaceParams": CType(4, 4),
+    "TfLiteDivParams": CType(4, 4),
+    "TfLiteGatherParams": CType(8, 4),
+    "TfLiteIfParams": CType(8, 4),
+    "TfLiteL2NormParams": CType(4, 4),
+    "TfLiteMirrorPaddingParams": CType(4, 4),
+    "TfLiteResizeBilinearParams": CType(2, 1),
+    "TfLiteSpaceToDepthParams": CType(4, 4),
+    "TfLiteSplitParams": CType(4, 4),
+    "TfLiteSplitVParams": CType(4, 4),
+    "TfLiteSVDFParams": CType(12, 4),
+    "TfLiteTransposeConvParams": CType(20, 4),
+    "TfLiteUnpackParams": CType(8, 4),
+    "TfLiteUnidirectionalSequenceLSTMParams": CType(16, 4),
+    "TfLiteVarHandleParams": CType(16, 8),
+    "TfLiteWhileParams": CType(8, 4),
 }
 
 _CORTEX_M_TYPES = {
@@ -185,6 +212,28 @@ _CORTEX_M_TYPES = {
     "TfLiteSqueezeParams": CType(36, 4),
     "TfLiteLeakyReluParams": CType(4, 4),
     "TfLiteResizeNearestNeighborParams": CType(2, 1),
+    "TfLiteArgMaxParams": CType(1, 1),
+    "TfLiteArgMinParams": CType(1, 1),
+    "TfLiteBatchMatMulParams": CType(3, 1),
+    "TfLiteCallOnceParams": CType(4, 4),
+    "TfLiteCastParams": CType(2, 1),
+    "TfLiteCumsumParams": CType(2, 1),
+    "TfLiteDepthToSpaceParams": CType(4, 4),
+    "TfLiteDivParams": CType(1, 1),
+    "TfLiteGatherParams": CType(8, 4),
+    "TfLiteIfParams": CType(8, 4),
+    "TfLiteL2NormParams": CType(1, 1),
+    "TfLiteMirrorPaddingParams": CType(1, 1),
+    "TfLiteResizeBilinearParams": CType(2, 1),
+    "TfLiteSpaceToDepthParams": CType(4, 4),
+    "TfLiteSplitParams": CType(4, 4),
+    "TfLiteSplitVParams": CType(4, 4),
+    "TfLiteSVDFParams": CType(8, 4),
+    "TfLiteTransposeConvParams": CType(16, 4),
+    "TfLiteUnpackParams": CType(8, 4),
+    "TfLiteUnidirectionalSequenceLSTMParams": CType(16, 4),
+    "TfLiteVarHandleParams": CType(8, 4),
+    "TfLiteWhileParams": CType(8, 4),
 }
 
 X86_64 = Target("x86_64", 8, recording_allocator=True, verified=True, types=_X86_64_TYPES)
@@ -212,7 +261,7 @@ RECORDED_CATEGORIES = (EVAL_TENSORS, PERSISTENT_TENSORS, PERSISTENT_QUANT, PERSI
                        VARIABLE_BUFFERS, NODES)
 # ... and the allocations it does not record.
 ALLOCATORS = "allocator objects"
-BUILTIN_DATA = "builtin option structs"
+BUILTIN_DATA_CATEGORY = "builtin option structs"
 SUBGRAPHS = "subgraph allocations"
 SCRATCH_HANDLES = "scratch buffer handles"
 
@@ -345,6 +394,37 @@ OP_TAIL: dict[str, OpTail] = {
 }
 
 
+# The option struct each builtin operator's parser allocates (the parser the wheel's
+# PythonOpsResolver registers, flatbuffer_conversions.cc), for operators measured in x86
+# TFLM (arena_measure): their Init and Prepare allocations are measured, these are not.
+BUILTIN_DATA: dict[str, str] = {
+    "ADD": "TfLiteAddParams", "ARG_MAX": "TfLiteArgMaxParams",
+    "ARG_MIN": "TfLiteArgMinParams", "AVERAGE_POOL_2D": "TfLitePoolParams",
+    "BATCH_MATMUL": "TfLiteBatchMatMulParams", "CALL_ONCE": "TfLiteCallOnceParams",
+    "CAST": "TfLiteCastParams", "CONCATENATION": "TfLiteConcatenationParams",
+    "CONV_2D": "TfLiteConvParams", "CUMSUM": "TfLiteCumsumParams",
+    "DEPTH_TO_SPACE": "TfLiteDepthToSpaceParams",
+    "DEPTHWISE_CONV_2D": "TfLiteDepthwiseConvParams", "DIV": "TfLiteDivParams",
+    "FULLY_CONNECTED": "TfLiteFullyConnectedParams", "GATHER": "TfLiteGatherParams",
+    "IF": "TfLiteIfParams", "L2_NORMALIZATION": "TfLiteL2NormParams",
+    "L2_POOL_2D": "TfLitePoolParams", "LEAKY_RELU": "TfLiteLeakyReluParams",
+    "MAX_POOL_2D": "TfLitePoolParams", "MIRROR_PAD": "TfLiteMirrorPaddingParams",
+    "MEAN": "TfLiteReducerParams", "MUL": "TfLiteMulParams", "PACK": "TfLitePackParams",
+    "REDUCE_ALL": "TfLiteReducerParams", "REDUCE_MAX": "TfLiteReducerParams",
+    "REDUCE_MIN": "TfLiteReducerParams", "RESHAPE": "TfLiteReshapeParams",
+    "RESIZE_BILINEAR": "TfLiteResizeBilinearParams",
+    "RESIZE_NEAREST_NEIGHBOR": "TfLiteResizeNearestNeighborParams",
+    "SHAPE": "TfLiteShapeParams", "SOFTMAX": "TfLiteSoftmaxParams",
+    "SPACE_TO_DEPTH": "TfLiteSpaceToDepthParams", "SPLIT": "TfLiteSplitParams",
+    "SPLIT_V": "TfLiteSplitVParams", "SQUEEZE": "TfLiteSqueezeParams",
+    "STRIDED_SLICE": "TfLiteStridedSliceParams", "SUB": "TfLiteSubParams",
+    "SUM": "TfLiteReducerParams", "SVDF": "TfLiteSVDFParams",
+    "TRANSPOSE_CONV": "TfLiteTransposeConvParams", "UNPACK": "TfLiteUnpackParams",
+    "UNIDIRECTIONAL_SEQUENCE_LSTM": "TfLiteUnidirectionalSequenceLSTMParams",
+    "VAR_HANDLE": "TfLiteVarHandleParams", "WHILE": "TfLiteWhileParams",
+}
+
+
 def register_op(name: str, entry: OpTail) -> None:
     """Add (or replace) the tail entry of an operator, e.g. a custom op's kernel."""
     OP_TAIL[name] = entry
@@ -359,14 +439,34 @@ def op_tail(op: OperatorInfo) -> OpTail:
     return entry
 
 
+def measured_allocations(model: Model, op: OperatorInfo, t: Target,
+                         m: MeasuredOp | None = None) -> OpAllocations:
+    """OpAllocations of an operator without an OP_TAIL entry: its option struct from
+    BUILTIN_DATA, its kernel allocations measured in x86 TFLM (arena_measure; `m` when
+    the caller has the measurement)."""
+    from tflm_patch.arena_measure import measured_op
+
+    if m is None:
+        m = measured_op(model, op)
+    name = BUILTIN_DATA.get(op.name) if not op.is_custom else None
+    builtin = (_struct(t, BUILTIN_DATA_CATEGORY, name),) if name else ()
+    kernel: tuple[Allocation, ...] = ()  # none when unmeasured (arena_measure.unpredicted)
+    if m.phase:
+        kernel = (_kernel(m.first, f"{op.name} {op.index} {m.phase} (measured)"),)
+    if m.rest_count:
+        kernel += (Allocation(PERSISTENT_BUFFERS, m.rest, KERNEL_ALIGNMENT, m.rest_count,
+                              f"{op.name} {op.index} (measured)"),)
+    if m.phase == "prepare":
+        return OpAllocations(builtin, (), kernel)
+    return OpAllocations(builtin, kernel, ())
+
+
 def op_persistent_allocations(model: Model, op: OperatorInfo,
                               target: str = "x86_64") -> list[int]:
     """Bytes `op`'s kernel allocates with AllocatePersistentBuffer, Init then Prepare, in
     order; each is placed 16-byte aligned in the tail."""
-    entry = op_tail(op)
-    t = get_target(target)
-    init = [t.sizeof(entry.init_data)] if entry.init_data else []
-    return init + entry.prepare(model, op, t)
+    allocs = op_allocations(model, op, get_target(target))
+    return [a.size for a in (*allocs.init, *allocs.prepare)]
 
 
 # ------------------------------------------------------------------------ the sequence
@@ -380,8 +480,6 @@ def _check_model(model: Model) -> None:
             raise UnsupportedModelError(
                 "the model has compressed tensors; the arena prediction does not model "
                 "TFLM's compression data")
-    for op in model.operators:
-        op_tail(op)
 
 
 def _struct(t: Target, category: str, name: str, count: int = 1) -> Allocation:
@@ -441,8 +539,11 @@ class OpAllocations:
 
 
 def op_allocations(model: Model, op: OperatorInfo, t: Target) -> OpAllocations:
+    if op.name not in OP_TAIL:
+        return measured_allocations(model, op, t)
     entry = op_tail(op)
-    builtin = (_struct(t, BUILTIN_DATA, entry.builtin_data),) if entry.builtin_data else ()
+    builtin = ((_struct(t, BUILTIN_DATA_CATEGORY, entry.builtin_data),)
+               if entry.builtin_data else ())
     init = (_kernel(t.sizeof(entry.init_data), f"{op.name} {op.index} Init"),) \
         if entry.init_data else ()
     prepare = tuple(_kernel(size, f"{op.name} {op.index} Prepare")

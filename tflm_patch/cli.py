@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -51,6 +52,9 @@ def _arena_figures(model: Model, measure: bool) -> ArenaFigures:
     try:
         pred = predict_arena(model)
         ph, pt, ptot = pred.head.size, pred.tail.total, pred.total
+        if pred.unpredicted:
+            ph = pt = ptot = None
+            perr = "; ".join(pred.unpredicted)
     except TflmPatchError as e:
         perr = str(e)
     mt = mh = mtl = None
@@ -317,7 +321,14 @@ def _run(argv: Sequence[str] | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; argv None: this process's command line (the `tflm-patch`
+    program), which ends with the command."""
     _tolerant_streams()
+    if argv is None:
+        # the process ends with the command: reference counting frees what it drops, and
+        # the cyclic collector would only walk the planner's many long-lived objects, while
+        # it runs and at exit (frozen objects are left out of that last pass)
+        gc.disable()
     try:
         return _run(argv)
     except TflmPatchError as e:
@@ -338,6 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: internal error ({type(e).__name__}: {_one_line(str(e))}); run with -vv "
               "for details and report it", file=sys.stderr)
         return 3
+    finally:
+        if argv is None:
+            gc.freeze()
 
 
 if __name__ == "__main__":

@@ -58,6 +58,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     for f in result.files:
         write_atomic(out / f.name, f.text.encode())
     _summary(path, out, result, image)
+    dtype = model.tensors[model.inputs[0]].dtype
+    if arduino and dtype != "int8":
+        CONSOLE.say(f"note: input 0 is {dtype}; the example sketch feeds int8 "
+                    "(`tflm-patch convert --int8-io` gives an int8 input)")
     return 0
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tflm_patch.analysis import stage_stops
 from tflm_patch.cli_output import CONSOLE
 from tflm_patch.errors import TflmPatchError, UnsupportedModelError
 from tflm_patch.io_checks import check_output_file, check_plot_file, shown
@@ -86,6 +87,32 @@ def _request(args: argparse.Namespace) -> Any:
                        target=args.target, min_saving=args.min_saving,
                        multi_stage=not args.single_stage, objective=args.objective,
                        max_latency=args.max_latency)
+
+
+def _int8_io(args: argparse.Namespace, model: Model) -> tuple[Any, Any]:
+    """--int8-io: the model to plan (its interface stripped) and the request (a --split-op
+    index mapped onto the stripped model); int8_io.Prepared and planner.PlanRequest."""
+    from dataclasses import replace
+
+    from tflm_patch.dilate import fold_model
+    from tflm_patch.int8_io import map_split_op, prepare
+
+    prepared = prepare(fold_model(model), getattr(args, "int8_io", False))
+    request = _request(args)
+    return prepared, replace(request, split_op=map_split_op(prepared, request.split_op))
+
+
+def _io_lines(prepared: Any, result: Any, request: Any
+              ) -> tuple[list[str], dict[str, Any]]:
+    """What --int8-io did (one line), or without it the hint (one line, when the float
+    I/O tensors are a large share of the arena); and the same for --json."""
+    from tflm_patch.int8_io import hint, note
+
+    line = note(prepared)
+    if line is not None:
+        return [line], {"int8_io": True, "interface": prepared.interface}
+    h = hint(prepared.model, result, request)
+    return ([h.line] if h else []), {"int8_io": False, "hint": h.to_json() if h else None}
 
 
 def _progress(done: int, total: int) -> None:
@@ -238,13 +265,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
         check_plot_file(args.plot)
     path, model = _load(args.model)
     _require_patchable(model)
-    result = _plan(model, _request(args))
+    prepared, request = _int8_io(args, model)
+    model = prepared.model
+    result = _plan(model, request)
+    io_lines, io_json = _io_lines(prepared, result, request)
+    stops = stage_stops(model)
     if CONSOLE.json:
-        CONSOLE.emit_json(_plan_json(path, result))
+        CONSOLE.emit_json({**_plan_json(path, result), **io_json,
+                           "stage_stops": [s.to_json() for s in stops]})
     elif not CONSOLE.quiet:
         _print_plan(model, result, args.top)
+        for stop in stops:
+            print(stop.line())
         if _why_no_stage(model, result):
             print(f"why: {_why_no_stage(model, result)[2:]}")
+        for line in io_lines:
+            print(line)
     if args.plot:
         _plot(model, path, result, args.plot, args.budget)
     return 0
@@ -273,6 +309,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     import time
 
     from tflm_patch.cli_args import load_checked, resolve_model_arg
+    from tflm_patch.int8_io import record
     from tflm_patch.planner import PlanError, patched_model_object
     from tflm_patch.rewrite import to_checked_bytes
 
@@ -282,20 +319,34 @@ def cmd_convert(args: argparse.Namespace) -> int:
     out = _check_outputs(args, [path])  # never the input itself
     path, model = load_checked(path)
     _require_patchable(model)
-    request = _request(args)
+    given = model.raw
+    prepared, request = _int8_io(args, model)
+    model = prepared.model
     result = _plan(model, request)
+    io_lines, io_json = _io_lines(prepared, result, request)
+    stops = stage_stops(model)
+    for stop in stops:
+        CONSOLE.detail(stop.line())
+    io_json = {**io_json, "stage_stops": [s.to_json() for s in stops]}
     forced = request.split_op is not None or request.grid is not None
     if result.chosen is None:
         if forced:
             raise PlanError(f"the requested plan is not used: {result.message}")
         write_atomic(out, model.raw)
+        stripped = prepared.strip is not None and prepared.strip.changed
+        changed = model.raw != given  # the interface stripped or dilated convs folded
+        what = "the int8 I/O model" if stripped else "the model with dilated convs folded"
         if CONSOLE.json:
             CONSOLE.emit_json({**_plan_json(path, result), "output": shown(out),
-                               "changed": False, "file_bytes": len(model.raw)})
-        CONSOLE.say(f"{shown(path.name)}: left unchanged ({result.message}"
-                    f"{_why_no_stage(model, result)}); copied to {shown(out)}")
+                               "changed": changed, "file_bytes": len(model.raw), **io_json})
+        for line in io_lines:
+            CONSOLE.say(line)
+        CONSOLE.say(f"{shown(path.name)}: {'no PATCH_EXEC' if changed else 'left unchanged'} "
+                    f"({result.message}{_why_no_stage(model, result)}); "
+                    f"{'wrote ' + what if changed else 'copied'} to {shown(out)}")
         return 0
     patched_obj = patched_model_object(model, result)
+    record(patched_obj, prepared)
     data = to_checked_bytes(patched_obj)
     if args.plot:  # drawn first: a plot that fails leaves no model behind
         _plot(model, path, result, args.plot, args.budget, patched_obj)
@@ -303,14 +354,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
     c = result.chosen
     if CONSOLE.json:
         CONSOLE.emit_json({**_plan_json(path, result), "output": shown(out), "changed": True,
-                           "file_bytes": len(data), "seconds": time.perf_counter() - start})
+                           "file_bytes": len(data), "seconds": time.perf_counter() - start,
+                           **io_json})
         return 0
+    if prepared.strip is not None:
+        CONSOLE.say(io_lines[0])
     CONSOLE.say(f"{shown(path.name)} -> {shown(out)}: {c.label} -> PATCH_EXEC; predicted "
                 f"arena {_fmt(result.arena_before)} -> "
                 f"{_fmt(c.arena)} B ({result.arena_before / c.arena:.2f}x), MACs "
                 f"+{result.overhead(c):.1%}, estimated Cortex-M4 instructions "
                 f"{result.latency_ratio(c):.2f}x; {len(model.raw):,} -> {len(data):,} file "
                 f"bytes; {time.perf_counter() - start:.1f} s")
+    if prepared.strip is None:
+        for line in io_lines:
+            CONSOLE.say(line)
     return 0
 
 
@@ -341,15 +398,25 @@ def _validate_cases(args: argparse.Namespace, original: Model) -> list[tuple[str
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from tflm_patch.cli_args import load_checked
-    from tflm_patch.validate import compare, default_executor, pair_checked
+    from tflm_patch.validate import (
+        compare,
+        default_executor,
+        matched_original,
+        pair_checked,
+        stripped_inputs,
+    )
 
-    original = load_checked(args.original)[1]
+    given = load_checked(args.original)[1]
     patched = load_checked(args.patched)[1]
-    if any(op.name == "PATCH_EXEC" for op in original.operators):
+    if any(op.name == "PATCH_EXEC" for op in given.operators):
         raise TflmPatchError(f"{shown(args.original)} has PATCH_EXEC operators: give the "
                              "original (unpatched) model first, then the patched one")
+    original, stripped = matched_original(given, patched)
     pair_checked(original, patched)
-    cases = _validate_cases(args, original)
+    cases = _validate_cases(args, given)
+    if stripped:
+        CONSOLE.say(stripped)
+        cases = [(label, stripped_inputs(given, original, arrays)) for label, arrays in cases]
     executor = default_executor()
     CONSOLE.detail(f"original: x86 TFLM; patched: {executor.description}")
     results: list[Any] = []
@@ -365,6 +432,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     failures = sum(not c.identical for c in results)
     if CONSOLE.json:
         CONSOLE.emit_json({"patched_ran": executor.description, "pass": not failures,
+                           "original_interface_stripped": stripped is not None,
                            "cases": [{"label": c.label, "identical": c.identical,
                                       "max_abs_diff": c.max_abs_diff,
                                       "outputs": len(c.patched)} for c in results]})
@@ -410,6 +478,10 @@ def _plan_options(p: argparse.ArgumentParser) -> None:
                    "(their PADs folded, their requantization data in flash)")
     p.add_argument("--plot", metavar="FILE.png",
                    help="write memory per operator before/after (MCUNetV2 Figure 1 style)")
+    p.add_argument("--int8-io", action="store_true",
+                   help="first remove a float32 (or uint8) input QUANTIZE and output "
+                   "DEQUANTIZE: the model takes and gives int8 (scale and zero point in the "
+                   "plan metadata 'interface'; operator indices are the stripped model's)")
 
 
 def add_parsers(sub: Any, common: Sequence[argparse.ArgumentParser]) -> None:
@@ -452,9 +524,11 @@ def add_parsers(sub: Any, common: Sequence[argparse.ArgumentParser]) -> None:
     v.add_argument("original", help="the original .tflite, or zoo:NAME")
     v.add_argument("patched", help="the patched .tflite (from convert)")
     v.add_argument("--input", action="append", metavar="FILE",
-                   help="an input: .npy or an 8-bit image (repeatable)")
+                   help="an input: .npy of the model input's type, or an 8-bit image "
+                   "(repeatable)")
     v.add_argument("--random", type=parse_count, metavar="N",
-                   help="N seeded random int8 inputs (default 3 when no --input)")
+                   help="N seeded random inputs (default 3 when no --input): int8; float "
+                   "inputs get dequantized random int8 values")
     v.add_argument("--seed", type=parse_seed, default=0,
                    help="first random seed (0 .. 2^63-1, default 0)")
     v.set_defaults(func=cmd_validate)

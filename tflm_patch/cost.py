@@ -71,6 +71,7 @@ COEFFICIENTS: dict[str, float] = {
     "transpose_elem": 11.2726,  # TRANSPOSE (reference)
     "reduce_elem": 195.3037,  # MEAN/SUM/REDUCE_MAX (reference), per input element
     "other_elem": 25.9,  # any other operator, per output element
+    "mul_elem": 25.9,  # MUL (reference BroadcastMul), per output element: as other_elem
     # PATCH_EXEC
     "px_op": 3523.7796,  # per PATCH_EXEC: Eval, constant lookups, views
     "px_patch": 601.3298,  # per patch
@@ -93,6 +94,10 @@ COEFFICIENTS: dict[str, float] = {
     "px_pool_out": 0.0,
     "px_pad_elem": 9.45,
     "px_add_elem": 93.7765,
+    "px_lut_elem": 7.03,  # LUT per element (QEMU: 32x32x8 vs 64x64x8 HARD_SWISH stage)
+    "px_concat_elem": 3.0,  # CONCATENATION per output element (QEMU, rough: 3.8 at 8+8
+    # channels, 2.0 at 16+16; two memcpy calls per pixel dominate)
+    "px_mul_elem": 25.9,  # MUL by a per-channel side input (not fitted: as mul_elem)
     "px_cache_byte": 4.0635,  # CACHE_COLS: bytes restored and saved
     "px_cache_row": 121.584,  # per memcpy (one row) of a restore or a save
     "px_gather_byte": 0.0,  # INPUT_NCHW: per input byte gathered
@@ -226,7 +231,7 @@ _BUILTIN = {
     "FULLY_CONNECTED": _fully_connected, "SOFTMAX": _per_elem("softmax_elem"),
     "TRANSPOSE": _per_elem("transpose_elem"),
     "RESHAPE": _copy, "SQUEEZE": _copy, "EXPAND_DIMS": _copy,
-    "MEAN": _reduce, "SUM": _reduce, "REDUCE_MAX": _reduce,
+    "MUL": _per_elem("mul_elem"), "MEAN": _reduce, "SUM": _reduce, "REDUCE_MAX": _reduce,
 }
 
 
@@ -320,6 +325,12 @@ def _layer_features(f: Features, o: pf.PatchOptions, k: int, stream: bool) -> No
         f["px_pool_out"] += elems
     elif ly.kind == pf.PAD:
         f["px_pad_elem"] += elems
+    elif ly.kind == pf.MUL:
+        f["px_mul_elem"] += elems
+    elif ly.kind == pf.LUT:
+        f["px_lut_elem"] += elems
+    elif ly.kind == pf.CONCAT:
+        f["px_concat_elem"] += elems
     else:
         f["px_add_elem"] += elems
 
@@ -398,6 +409,8 @@ class PlanCost:
             self._prefix.append(_add(self._prefix[-1], self._vector(f)))
         self._deltas: dict[StageKey, _Vector] = {}
         self._others: dict[tuple[StageKey, ...], _Vector] = {(): self._base}
+        self._changes: dict[StageKey, float] = {}
+        self.unrounded = self._dot(self._base)  # `instructions` before rounding
 
     def graph(self, first: int, last: int, live_input: bool = False) -> StageGraph:
         key = (first, last, live_input)
@@ -440,6 +453,21 @@ class PlanCost:
         (negative: the PATCH_EXEC is slower)."""
         return (estimate(self.replaced_features(key[0], key[1]), self.coefficients)
                 - estimate(self.stage_features(key), self.coefficients))
+
+    def stage_change(self, key: StageKey) -> float:
+        """The estimate's change by one PATCH_EXEC in place of its operators, unrounded:
+        a plan's estimate is `unrounded` plus its stages' changes, rounded (the same up to
+        float rounding, the estimate being linear in the features)."""
+        if key not in self._changes:
+            self._changes[key] = self._dot(self._delta(key))
+        return self._changes[key]
+
+    def knows(self, key: StageKey) -> bool:
+        """Is `stage_change(key)` known or cheap (takes no new stage features)?"""
+        return key in self._changes or key in self._stages
+
+    def _dot(self, vec: _Vector) -> float:
+        return sum(map(operator.mul, self._coef, vec))
 
     def _vector(self, f: Mapping[str, int]) -> _Vector:
         return tuple(f.get(name, 0) for name in self._names)

@@ -16,7 +16,7 @@ from functools import lru_cache
 from typing import Any, TypeVar
 
 from tflm_patch.arena import PatchedArena, PatchedOp
-from tflm_patch.fuse import fusion_units
+from tflm_patch.fuse import fusion_units, unit_grid
 from tflm_patch.model import Model
 from tflm_patch.schedule import Schedule, make_schedule
 from tflm_patch.stage import StageGraph, build_stage, model_support
@@ -110,18 +110,19 @@ class UnitGraphs:
     def _unit(self, a: int, b: int) -> Stage:
         if (a, b) not in self.stages:
             graph = build_stage(self.model, a, b, live_input=True)
-            self.stages[(a, b)] = (graph, make_schedule(graph, (1, 1)))
+            self.stages[(a, b)] = (graph, make_schedule(graph, unit_grid(self.model, a, b)))
         return self.stages[(a, b)]
 
 
 @lru_cache(maxsize=4096)  # per graph object
 def patched_op(graph: StageGraph) -> PatchedOp:
     """The PATCH_EXEC a stage becomes, as the arena sees it (rewrite._splice: the stage
-    input, each conv layer's weights and bias and two new int32 tensors)."""
+    input and, with any conv layer, the model's two shared packed constant tensors)."""
     consts = [c for c in graph.constants if c is not None]
-    refs = [t for c in consts for t in (c.weights, c.bias) if t is not None]
+    refs: list[int] = []
+    refs += graph.side_inputs  # runtime tensors: the arena sees the PATCH_EXEC read them
     return PatchedOp(graph.first, graph.last, graph.input, graph.output, tuple(refs),
-                     2 * len(consts))
+                     2 if consts else 0)
 
 
 def patched_arena(model: Model, target: str) -> PatchedArena:

@@ -27,6 +27,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -103,6 +104,7 @@ CUSTOM_METHODS: dict[str, str] = {
 }
 PATCH_EXEC_CALL = f'AddCustom("{PATCH_EXEC}", tflite::Register_PATCH_EXEC())'
 
+_IO_NAME = re.compile(r"k(Input|Output)\d*(Type|Rank|Shape|Bytes|Scale|ZeroPoint)")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 MAX_C_SIZE = 0xFFFFFFFF  # the generated sizes are `unsigned int`: 32 bits on every target
 MAX_C_INT = 0x7FFFFFFF
@@ -123,6 +125,8 @@ GENERATED_NAMES = frozenset({
     "g_test_image", "g_test_image_origin", "kTestImageBytes", "kTensorArenaSize",
     "kTensorArenaPredicted", "kInputRank", "kInputShape", "kInputBytes", "kOutputRank",
     "kOutputShape", "kOutputBytes", "kNumResolverOps", "ModelOpResolver", "RegisterModelOps",
+    "kNumInputs", "kNumOutputs", "kInputType", "kInputScale", "kInputZeroPoint",
+    "kOutputType", "kOutputScale", "kOutputZeroPoint",
     "kCapacity", "resolver", "statuses", "status", "tflite", "TfLiteStatus", "kTfLiteOk",
     "kTfLiteError", "int8_t", "uint8_t", "tensor_arena", "std"})
 
@@ -157,10 +161,15 @@ class ArenaBudget:
 
 @dataclass(frozen=True)
 class BundledImage:
-    """One model input as int8 bytes, and where it comes from (said in the source)."""
+    """One model input (input 0) as bytes of its type, and where it comes from (said in
+    the source)."""
 
     data: bytes
     origin: str
+    dtype: str = "int8"  # "int8", "uint8" or "float32"
+
+
+C_TYPES = {"int8": "int8_t", "uint8": "uint8_t", "float32": "float"}
 
 
 @dataclass(frozen=True)
@@ -213,6 +222,9 @@ def arena_budget(model: Model, fraction: float = ARENA_MARGIN_FRACTION,
     if not (math.isfinite(fraction) and fraction >= 0) or minimum < 0:
         raise ExportError("the arena margin must be a finite, non-negative fraction")
     pred = predict_arena(model, ARENA_TARGET)
+    if pred.unpredicted:
+        log.warning("kTensorArenaSize leaves out what these operators allocate (check it on "
+                    "the board): %s", "; ".join(pred.unpredicted))
     margin = max(math.ceil(pred.total * fraction), minimum)
     total = -(-(pred.total + margin) // ARENA_ALIGN) * ARENA_ALIGN
     return ArenaBudget(pred.total, pred.head.size, pred.tail.total, total - pred.total)
@@ -270,7 +282,7 @@ def check_symbol(symbol: str) -> str:
         raise ExportError(f"--name {symbol!r} is reserved for the implementation (leading "
                           "underscore and capital, or a double underscore)")
     for name in (symbol, f"{symbol}_len"):
-        if name in GENERATED_NAMES:
+        if name in GENERATED_NAMES or _IO_NAME.fullmatch(name):
             raise ExportError(f"--name {symbol!r}: {name} is a name the generated files "
                               "already use")
     return symbol
@@ -309,12 +321,64 @@ def _shape_init(shape: tuple[int, ...]) -> str:
     return "{" + ", ".join(str(d) for d in shape) + "}" if shape else "{1}"
 
 
+def _c_float(value: float) -> str:
+    """A float32 value as a C++ float literal that reads back to the same float."""
+    return np.format_float_scientific(np.float32(value), unique=True) + "f"
+
+
+def _io_block(model: Model, io: str, k: int, interface: dict[tuple[str, int], Any]) -> str:
+    """The constants of input (output) k: kInput<k>... (k = 0: kInput..., the names a
+    single-input sketch uses)."""
+    from tflm_patch.validate import input_quantizer
+
+    t = model.tensors[(model.inputs if io == "input" else model.outputs)[k]]
+    prefix = f"k{io.capitalize()}{k if k else ''}"
+    q = t.quantization
+    scale, zp = (q.scale[0], q.zero_point[0] if q.zero_point else 0) \
+        if q is not None and len(q.scale) == 1 else (0.0, 0)
+    what = ("real = scale * (q - zero point)" if q is not None and len(q.scale) == 1
+            else "not quantized (scale 0)")
+    lines = [f"// {io.capitalize()} {k} '{comment_text(t.name)}': {t.dtype} {list(t.shape)}, "
+             f"{what}."]
+    removed = interface.get((io, k))
+    if removed is not None:
+        lines.append(f"// It was {removed.dtype} before `--int8-io` removed its conversion; "
+                     + ("quantize data with\n//   q = round(x / scale) + zero_point, clamped "
+                        "to -128..127." if io == "input" else "dequantize with\n//   "
+                        "x = scale * (q - zero_point)."))
+    elif t.dtype == "float32" and io == "input" and input_quantizer(model, t.index):
+        s, z = input_quantizer(model, t.index)  # type: ignore[misc]
+        lines.append(f"// The model quantizes it to int8 (scale {_c_float(s)}, zero point "
+                     f"{z});\n//   `tflm-patch convert --int8-io` removes that conversion.")
+    lines += [f'constexpr char {prefix}Type[] = "{t.dtype}";',
+              f"constexpr int {prefix}Rank = {max(len(t.shape), 1)};",
+              f"constexpr int {prefix}Shape[] = {_shape_init(t.shape)};",
+              f"constexpr unsigned int {prefix}Bytes = {t.nbytes};",
+              f"constexpr float {prefix}Scale = {_c_float(scale)};",
+              f"constexpr int {prefix}ZeroPoint = {zp};"]
+    return "\n".join(lines) + "\n"
+
+
+def _io_text(model: Model) -> str:
+    from tflm_patch.interface import interface_metadata
+
+    interface = {(r.io, r.index): r for r in interface_metadata(model)}
+    blocks = [_io_block(model, io, k, interface)
+              for io, ts in (("input", model.inputs), ("output", model.outputs))
+              for k in range(len(ts))]
+    return (f"// {len(model.inputs)} input(s), {len(model.outputs)} output(s): "
+            "interpreter->input(k) is described by\n// the kInput<k>* constants (k = 0: "
+            "kInput*), interpreter->output(k) by kOutput<k>*.\n"
+            f"constexpr int kNumInputs = {len(model.inputs)};\n"
+            f"constexpr int kNumOutputs = {len(model.outputs)};\n\n" + "\n".join(blocks))
+
+
 def model_settings_file(model: Model, ops: tuple[ResolverOp, ...], arena: ArenaBudget,
                         source: str) -> ExportFile:
-    """model_settings.h: arena size, input/output shapes, the operator list (comments)."""
+    """model_settings.h: arena size, every input's and output's type, shape and
+    quantization (and the float interface `--int8-io` removed), the operator list."""
     name = "model_settings.h"
     guard = _guard(name)
-    inp, out = model.tensors[model.inputs[0]], model.tensors[model.outputs[0]]
     width = max(len(o.op) for o in ops)
     op_lines = "\n".join(f"//   {o.op:<{width}} x{o.count:<3} {o.call}" for o in ops)
     pct = f"{ARENA_MARGIN_FRACTION:.0%}"
@@ -332,14 +396,7 @@ def model_settings_file(model: Model, ops: tuple[ResolverOp, ...], arena: ArenaB
         "//   struct sizes (Arduino_TensorFlowLite), which the prediction does not model.\n"
         f"constexpr unsigned int kTensorArenaSize = {arena.total};\n"
         f"constexpr unsigned int kTensorArenaPredicted = {arena.predicted};\n\n"
-        f"// Input 0: {inp.dtype} {list(inp.shape)}; output 0: {out.dtype} "
-        f"{list(out.shape)}.\n"
-        f"constexpr int kInputRank = {max(len(inp.shape), 1)};\n"
-        f"constexpr int kInputShape[] = {_shape_init(inp.shape)};\n"
-        f"constexpr unsigned int kInputBytes = {inp.nbytes};\n"
-        f"constexpr int kOutputRank = {max(len(out.shape), 1)};\n"
-        f"constexpr int kOutputShape[] = {_shape_init(out.shape)};\n"
-        f"constexpr unsigned int kOutputBytes = {out.nbytes};\n\n"
+        + _io_text(model) + "\n"
         f"// The {len(model.operators)} operators use {len(ops)} kinds; the op resolver "
         "registers each once\n// (model_ops.h: RegisterModelOps):\n"
         f"{op_lines}\n"
@@ -383,26 +440,34 @@ def model_ops_file(ops: tuple[ResolverOp, ...], source: str, glue_include: str) 
     return ExportFile(name, text)
 
 
+def _c_values(image: BundledImage) -> list[str]:
+    if image.dtype == "float32":
+        return [_c_float(v) for v in np.frombuffer(image.data, "<f4")]
+    return [str(int(v)) for v in np.frombuffer(image.data, image.dtype)]
+
+
 def image_files(image: BundledImage, shape: tuple[int, ...], source: str,
                      source_ext: str = ".cc") -> tuple[ExportFile, ExportFile]:
-    """test_image.h / test_image<source_ext>: `alignas(16) const int8_t g_test_image[]`."""
+    """test_image.h / test_image<source_ext>: `alignas(16) const int8_t g_test_image[]`
+    (uint8_t or float for such an input)."""
     header = "test_image.h"
     guard = _guard(header)
     dims = "x".join(str(d) for d in shape)
     origin = image.origin
-    h = (_banner(source, f"A bundled test input: int8 {dims}. Origin: {origin}.")
+    ctype = C_TYPES[image.dtype]
+    h = (_banner(source, f"A bundled test input: {image.dtype} {dims}. Origin: {origin}.")
          + f"#ifndef {guard}\n#define {guard}\n\n#include <stdint.h>\n\n"
-         "alignas(16) extern const int8_t g_test_image[];\n"
+         f"alignas(16) extern const {ctype} g_test_image[];\n"
          f"constexpr unsigned int kTestImageBytes = {len(image.data)};\n"
          "// Where the image comes from (printed by the example).\n"
          "extern const char g_test_image_origin[];\n\n"
          f"#endif  // {guard}\n")
-    values = np.frombuffer(image.data, np.int8)
-    body = "\n".join("    " + ", ".join(str(int(v)) for v in values[i:i + 16]) + ","
+    values = _c_values(image)
+    body = "\n".join("    " + ", ".join(values[i:i + 16]) + ","
                      for i in range(0, len(values), 16))
-    cc = (_banner(source, f"A bundled test input: int8 {dims}. Origin: {origin}.")
+    cc = (_banner(source, f"A bundled test input: {image.dtype} {dims}. Origin: {origin}.")
           + f'#include "{header}"\n\n'
-          f"alignas(16) const int8_t g_test_image[] = {{\n{body}\n}};\n"
+          f"alignas(16) const {ctype} g_test_image[] = {{\n{body}\n}};\n"
           f"const char g_test_image_origin[] = {c_string(origin)};\n")
     return ExportFile(header, h), ExportFile(f"test_image{source_ext}", cc)
 
@@ -413,17 +478,32 @@ def image_files(image: BundledImage, shape: tuple[int, ...], source: str,
 def seeded_image(model: Model, seed: int) -> BundledImage:
     """A deterministic synthetic input like the zoo's representative images
     (zoo.sample_image), seeded, quantized with the input tensor's scale and zero point."""
+    from tflm_patch.validate import dequantized, input_quantizer
     from tflm_patch.zoo import sample_image
 
     info = model.tensors[model.inputs[0]]
+    _check_image_type(model)
     shape = tuple(info.shape[1:]) if len(info.shape) > 1 else tuple(info.shape)
     x = sample_image(np.random.default_rng(seed), shape)
     q = info.quantization
     scale, zp = (q.scale[0], q.zero_point[0]) if q and q.scale else (1 / 128, 0)
-    values = np.clip(np.round(x / scale) + zp, -128, 127).astype(np.int8)
+    if info.dtype == "float32":  # what its QUANTIZE reads: dequantized int8 values
+        scale, zp = input_quantizer(model, info.index) or (1 / 128, 0)
+    lo, hi = (0, 255) if info.dtype == "uint8" else (-128, 127)
+    values = np.clip(np.round(x / scale) + zp, lo, hi)
     origin = (f"synthetic: numpy default_rng({seed}) smooth random field (as the tflm_patch "
               "zoo's representative images), quantized with the input scale/zero point")
-    return BundledImage(values.tobytes(), origin)
+    if info.dtype == "float32":
+        data = dequantized(model, info.index, values.astype(np.int8).reshape(info.shape))
+        return BundledImage(data.astype("<f4").tobytes(), origin + ", dequantized",
+                            "float32")
+    return BundledImage(values.astype(info.dtype).tobytes(), origin, info.dtype)
+
+
+def _check_image_type(model: Model) -> None:
+    info = model.tensors[model.inputs[0]]
+    if info.dtype not in C_TYPES:
+        raise ExportError(f"input 0 is {info.dtype}: a test image is int8, uint8 or float32")
 
 
 def file_image(model: Model, path: Path) -> BundledImage:
@@ -431,9 +511,14 @@ def file_image(model: Model, path: Path) -> BundledImage:
     as TFLM's generate_cc_arrays and `tflm-patch validate --input` do)."""
     from tflm_patch.validate import load_input
 
+    _check_image_type(model)
     arr = load_input(model, path)[0]
-    return BundledImage(arr.tobytes(), f"{path.name} (pixel bytes reinterpreted as int8, as "
-                     "TFLM's generate_cc_arrays.py does)")
+    how = ("pixel bytes reinterpreted as int8, as TFLM's generate_cc_arrays.py does"
+           if path.suffix.lower() != ".npy" else f"{arr.dtype.name} .npy")
+    if arr.dtype == np.float32 and path.suffix.lower() != ".npy":
+        how += ", dequantized"
+    return BundledImage(arr.astype(arr.dtype.newbyteorder("<")).tobytes(),
+                        f"{path.name} ({how})", arr.dtype.name)
 
 
 # ----------------------------------------------------------------------------- export
@@ -441,12 +526,12 @@ def file_image(model: Model, path: Path) -> BundledImage:
 
 def _check_sizes(model: Model, arena: ArenaBudget, model_bytes: int,
                  image: BundledImage | None) -> None:
-    inp, out = model.tensors[model.inputs[0]], model.tensors[model.outputs[0]]
+    io = [model.tensors[t] for t in (*model.inputs, *model.outputs)]
     check_c_sizes({"kTensorArenaSize": arena.total, "kTensorArenaPredicted": arena.predicted,
-                   "kInputBytes": inp.nbytes, "kOutputBytes": out.nbytes,
+                   **{f"the bytes of tensor {t.index}": t.nbytes for t in io},
                    "the model length": model_bytes,
                    "kTestImageBytes": len(image.data) if image is not None else 0})
-    for t in (inp, out):
+    for t in io:
         if any(d > MAX_C_INT for d in t.shape):
             raise ExportError(f"tensor {t.index} {list(t.shape)}: a dimension does not fit "
                               "the generated `int` shape arrays")
@@ -460,9 +545,9 @@ def export_model(data: bytes, *, source: str = "model.tflite", arduino: bool = F
     February 2023 TFLM has)."""
     model = load_model(data)
     require_int8(model)
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
+    if not model.inputs or not model.outputs:
         raise ExportError(f"the model has {len(model.inputs)} inputs and {len(model.outputs)} "
-                          "outputs; export handles models with one of each")
+                          "outputs; a TFLM application needs at least one of each")
     ops = resolver_ops(model)
     if arduino:
         missing = [o.op for o in ops if not o.in_arduino_2023]

@@ -19,6 +19,7 @@ PAD_OPS = frozenset({"PAD", "PADV2"})
 BINARY_OPS = frozenset({"ADD", "MUL", "SUB"})
 POINTWISE_OPS = frozenset({"RELU", "RELU6", "RELU_N1_TO_1", "LOGISTIC", "TANH", "HARD_SWISH",
                            "QUANTIZE", "DEQUANTIZE", "LEAKY_RELU"})
+CONCAT_OPS = frozenset({"CONCATENATION"})  # along channels, two activation inputs
 SAME, VALID = 0, 1  # schema Padding
 
 
@@ -32,7 +33,7 @@ def _hw(model: Model, tensor: int) -> tuple[int, int] | None:
 def spatial_support(model: Model, op: OperatorInfo) -> tuple[bool, str]:
     """(ok, reason): can this op be part of a receptive-field chain?"""
     where = f"operator {op.index} ({op.name})"
-    if op.name not in WINDOW_OPS | PAD_OPS | BINARY_OPS | POINTWISE_OPS:
+    if op.name not in WINDOW_OPS | PAD_OPS | BINARY_OPS | POINTWISE_OPS | CONCAT_OPS:
         return False, f"{where} is not a spatial op the patch planner understands"
     acts = model.activation_inputs(op)
     if not acts or len(op.outputs) != 1:
@@ -45,10 +46,27 @@ def spatial_support(model: Model, op: OperatorInfo) -> tuple[bool, str]:
         pads = model.constant(op.inputs[1]).reshape(-1, 2)
         if pads.shape[0] != 4 or pads[0].any():
             return False, f"{where} pads the batch dimension"
+    if op.name in CONCAT_OPS:
+        return _concat_support(model, op, acts)
     if op.name in BINARY_OPS and len(acts) == 2:
         out = _hw(model, op.outputs[0])
         if any(_hw(model, t) != out for t in acts):
             return False, f"{where} broadcasts over rows/columns"
+    return True, ""
+
+
+def _concat_support(model: Model, op: OperatorInfo, acts: list[int]) -> tuple[bool, str]:
+    """A CONCATENATION of two activations along channels, equal in rows and columns."""
+    where = f"operator {op.index} (CONCATENATION)"
+    if len(acts) != 2 or len(op.inputs) != 2:
+        return False, (f"{where} joins {len(op.inputs)} tensors; the patch planner takes a "
+                       "concatenation of two activations")
+    axis = int(getattr(op.options, "axis", 0)) if op.options is not None else 0
+    if axis not in (3, -1):
+        return False, f"{where} joins along axis {axis}, not channels"
+    out = _hw(model, op.outputs[0])
+    if any(_hw(model, t) != out for t in acts):
+        return False, f"{where} joins tensors of different rows/columns"
     return True, ""
 
 
@@ -87,7 +105,7 @@ def spatial_node(model: Model, op: OperatorInfo) -> SpatialNode:
         p = model.constant(op.inputs[1]).reshape(-1, 2)
         pads = (int(p[1][0]), int(p[1][1]), int(p[2][0]), int(p[2][1]))
         return SpatialNode(op.name, "pad", inputs[:1], str(out), in_hw[:1], out_hw, pads=pads)
-    if op.name in BINARY_OPS and len(acts) == 2:
+    if (op.name in BINARY_OPS and len(acts) == 2) or op.name in CONCAT_OPS:
         return SpatialNode(op.name, "add", inputs, str(out), in_hw, out_hw)
     return SpatialNode(op.name, "pointwise", inputs[:1], str(out), in_hw[:1], out_hw)
 

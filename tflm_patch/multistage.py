@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 
+from tflm_patch.cost import StageKey
 from tflm_patch.evaluate import Candidate, OpRange, Stage, StageEvaluator, UnitGraphs
 from tflm_patch.model import Model
 from tflm_patch.schedule import make_schedule
@@ -28,6 +29,12 @@ MAX_STAGE_OPS = 12
 MAX_TAIL_GRID = 4
 MAX_ROUNDS = 6
 MIN_GAIN = 0.01  # of the arena, per added stage
+NO_CACHE = frozenset[int]()
+
+# judge(stages) -> check(stage, known_only): is the plan of `stages` plus that one more
+# stage within a limit (the latency objective's estimated instructions)? With known_only,
+# None when answering needs work not done before (the stage's estimate)
+Judge = Callable[[Sequence[StageKey]], Callable[[StageKey, bool], bool | None]]
 
 
 def tail_stages(model: Model, after: int, taken: Sequence[OpRange],
@@ -64,7 +71,7 @@ def refine(model: Model, c: Candidate, *, target: str, macs_before: int,
            max_overhead: float, units: UnitGraphs,
            floor_grid: tuple[int, int] | None = None,
            free_only: bool = False,
-           judge: Callable[[Candidate], bool] | None = None) -> tuple[Candidate, list[Stage]]:
+           judge: Judge | None = None) -> tuple[Candidate, list[Stage]]:
     """`c` with patched stages added after its main stage while that lowers the arena,
     and those stages (in model order) with their schedules.
 
@@ -75,7 +82,8 @@ def refine(model: Model, c: Candidate, *, target: str, macs_before: int,
     the returned candidate's arena is then the one at the floor grid. free_only: add only
     1x1-grid stages (no extra MACs; they still shrink the arena by streaming and by
     keeping a block's inner tensors out of it). judge: a further limit on the plan with
-    a stage added (the latency objective's estimated instructions), beside the MACs."""
+    a stage added (the latency objective's estimated instructions), beside the MACs;
+    judged before the arena when that takes no new stage estimate."""
     main = build_stage(model, c.first, c.last)
     grid = floor_grid or c.grid
     main_sched = make_schedule(main, grid, c.cache)
@@ -93,9 +101,15 @@ def refine(model: Model, c: Candidate, *, target: str, macs_before: int,
             g = graphs[(s, e)]
             if len(g.layers) < 2:  # nothing to keep out of the arena
                 continue
-            ev = StageEvaluator(model, g, target, macs_before,
-                                units.outside([*taken, (s, e)]), fixed)
+            fused = units.outside([*taken, (s, e)])
+            check = None if judge is None else judge(_plan_keys(c, fixed, fused))
+            ev: StageEvaluator | None = None
             for grid in [(1, 1)] if free_only else _grids(g):
+                key = (s, e, grid, NO_CACHE, False)
+                if check is not None and check(key, True) is False:
+                    continue
+                if ev is None:
+                    ev = StageEvaluator(model, g, target, macs_before, fused, fixed)
                 limit = found[0].arena - 1 if found else best.arena * (1.0 - MIN_GAIN)
                 got = ev.evaluate_within(grid, limit)  # None: certainly above the limit
                 if got is None:
@@ -103,9 +117,7 @@ def refine(model: Model, c: Candidate, *, target: str, macs_before: int,
                 cand, sched = got
                 if (cand.macs + mac_fix) / macs_before - 1.0 > max_overhead + 1e-12:
                     continue
-                if cand.arena <= limit and (judge is None or
-                                            judge(_combined(c, cand, [*fixed, (g, sched)],
-                                                            mac_fix))):
+                if cand.arena <= limit and (check is None or check(key, False)):
                     found = (cand, (g, sched))
         if found is None:
             break
@@ -114,6 +126,15 @@ def refine(model: Model, c: Candidate, *, target: str, macs_before: int,
         best = _combined(c, cand, fixed, mac_fix)
         log.debug("multi-stage: %s -> predicted arena %s B", best.label, f"{best.arena:,}")
     return best, sorted(fixed[1:], key=lambda st: st[0].first)
+
+
+def _plan_keys(c: Candidate, fixed: Sequence[Stage], fused: Sequence[Stage]
+               ) -> list[StageKey]:
+    """The PATCH_EXECs of `c`'s main stage, of `fixed[1:]` and of `fused`, as
+    cost.PlanCost names them (planner.stage_keys)."""
+    return [(c.first, c.last, c.grid, c.cache, False),
+            *((g.first, g.last, sc.grid, NO_CACHE, False) for g, sc in fixed[1:]),
+            *((u.first, u.last, sc.grid, NO_CACHE, True) for u, sc in fused)]
 
 
 def _combined(c: Candidate, cand: Candidate, fixed: Sequence[Stage], mac_fix: int) -> Candidate:

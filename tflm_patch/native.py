@@ -29,7 +29,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -306,6 +306,8 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.PatchExecIoShape.restype = None
     lib.PatchExecInputNchw.argtypes = [ctypes.c_void_p]
     lib.PatchExecInputNchw.restype = ctypes.c_int
+    lib.PatchExecConstantsPacked.argtypes = [ctypes.c_void_p]
+    lib.PatchExecConstantsPacked.restype = ctypes.c_int
     lib.PatchExecConstantSpec.argtypes = [ctypes.c_void_p, ctypes.c_uint32, _P(ctypes.c_int),
                                           _P(ctypes.c_uint32)]
     lib.PatchExecConstantSpec.restype = ctypes.c_int
@@ -320,7 +322,13 @@ def _bind(lib: ctypes.CDLL) -> None:
     lib.PatchExecWindowAxisForTest.restype = ctypes.c_int
 
 
-_DTYPES = {1: "int8", 2: "int32"}
+RUNTIME_INT8 = "runtime int8"  # patch_format.RUNTIME_INT8: a MUL's per-channel operand
+_DTYPES = {1: "int8", 2: "int32", 3: RUNTIME_INT8}
+
+
+def _storage(dtype: str) -> np.dtype[Any]:
+    """The numpy dtype of a spec's data (a runtime operand is int8 too)."""
+    return np.dtype("int8" if dtype == RUNTIME_INT8 else dtype)
 _MESSAGE_BYTES = 512
 
 
@@ -361,13 +369,16 @@ class PreparedRun:
             raise NativeRunError(f"{len(constants)} operator inputs given, the options say "
                                  f"{len(specs)}")
         out: list[_Buffer | None] = [None]
+        packed = self._lib.constants_packed(blob)
         for index in range(1, len(specs)):
             spec = specs[index]
             arr = constants[index]
             if spec.dtype is None:
                 out.append(None)
                 continue
-            if arr is None or arr.dtype != np.dtype(spec.dtype) or arr.size != spec.elements:
+            if arr is None or arr.dtype != _storage(spec.dtype) or \
+                    not _count_ok(packed and spec.dtype != RUNTIME_INT8, arr.size,
+                                  spec.elements):
                 got = "nothing" if arr is None else f"{arr.dtype} x {arr.size}"
                 raise NativeRunError(f"operator input {index}: {got}, the options need "
                                      f"{spec.dtype} x {spec.elements}")
@@ -441,6 +452,14 @@ class CoreLibrary:
         """PatchExecInputNchw: does input 0 come as [1, C, H, W] (a folded TRANSPOSE)?"""
         buf = self._validated(blob)
         value = bool(self._lib.PatchExecInputNchw(buf.ptr))
+        buf.free()
+        return value
+
+    def constants_packed(self, blob: bytes) -> bool:
+        """PatchExecConstantsPacked: version 3, a constant input holds at least its spec's
+        elements (else exactly)?"""
+        buf = self._validated(blob)
+        value = bool(self._lib.PatchExecConstantsPacked(buf.ptr))
         buf.free()
         return value
 
@@ -521,22 +540,38 @@ def load(variant: str = "release") -> CoreLibrary:
     return CoreLibrary(build(variant), variant)
 
 
-def model_constants(model: Model, op: OperatorInfo, lib: CoreLibrary
-                    ) -> list[np.ndarray | None]:
+def _count_ok(packed: bool, elements: int, need: int) -> bool:
+    """A constant of `elements` elements for a spec of `need`: at least with packed
+    constants (version 3), else exactly."""
+    return elements >= need if packed else elements == need
+
+
+def model_constants(model: Model, op: OperatorInfo, lib: CoreLibrary,
+                    side: Mapping[int, np.ndarray] | None = None) -> list[np.ndarray | None]:
     """The operator's inputs as the core needs them (checked against the options):
-    entry i is operator input i; entry 0 and unused inputs are None."""
+    entry i is operator input i; entry 0 and unused inputs are None. A MUL's runtime
+    operand comes from `side` (values by model tensor index)."""
     specs = lib.constant_specs(op.custom_options or b"")
     if len(specs) != len(op.inputs):
         raise UnsupportedModelError(f"PATCH_EXEC operator {op.index}: {len(op.inputs)} inputs, "
                                     f"the options say {len(specs)}")
     consts: list[np.ndarray | None] = [None]
+    packed = lib.constants_packed(op.custom_options or b"")
     for index in range(1, len(op.inputs)):
         spec = specs[index]
         if spec.dtype is None:
             consts.append(None)
             continue
+        if spec.dtype == RUNTIME_INT8:
+            value = (side or {}).get(op.inputs[index])
+            if value is None:
+                raise UnsupportedModelError(f"PATCH_EXEC operator {op.index}: no value for its "
+                                            f"runtime input {index} (tensor {op.inputs[index]})")
+            consts.append(np.asarray(value, dtype=np.int8).reshape(-1))
+            continue
         t = model.tensors[op.inputs[index]]
-        if not t.is_constant or t.dtype != spec.dtype or t.numel != spec.elements:
+        if not t.is_constant or t.dtype != spec.dtype or \
+                not _count_ok(packed, t.numel, spec.elements):
             raise UnsupportedModelError(f"PATCH_EXEC operator {op.index}: input {index} is "
                                         f"{t.dtype} {t.shape} (constant: {t.is_constant}), "
                                         f"the options need constant {spec.dtype} x "
@@ -546,10 +581,11 @@ def model_constants(model: Model, op: OperatorInfo, lib: CoreLibrary
 
 
 def run_patch_exec_native(model: Model, op: OperatorInfo, stage_input: np.ndarray,
-                          variant: str = "release") -> np.ndarray:
+                          variant: str = "release",
+                          side: Mapping[int, np.ndarray] | None = None) -> np.ndarray:
     """Run one PATCH_EXEC operator of `model` with the C++ core (as
     patch_ref.run_patch_exec does with numpy). `stage_input` is [1, H, W, C], or
-    [1, C, H, W] when the options set INPUT_NCHW."""
+    [1, C, H, W] when the options set INPUT_NCHW; `side` as in patch_ref."""
     lib = load(variant)
     blob = op.custom_options or b""
     validation = lib.validate(blob)
@@ -559,4 +595,4 @@ def run_patch_exec_native(model: Model, op: OperatorInfo, stage_input: np.ndarra
     if len(op.inputs) != lib.num_inputs(blob) or len(op.outputs) != 1:
         raise UnsupportedModelError(f"PATCH_EXEC operator {op.index}: {len(op.inputs)} inputs, "
                                     f"the options say {lib.num_inputs(blob)}")
-    return lib.run(blob, np.asarray(stage_input), model_constants(model, op, lib))
+    return lib.run(blob, np.asarray(stage_input), model_constants(model, op, lib, side))

@@ -1,7 +1,9 @@
-"""The PATCH_EXEC options blob, versions 1 and 2 (docs/patch_exec.md): encode, decode,
+"""The PATCH_EXEC options blob, versions 1 to 3 (docs/patch_exec.md): encode, decode,
 validate. Version 2 adds the header flag INPUT_NCHW (a folded TRANSPOSE), the layer flag
 STREAM (a CONV_2D and the depthwise after it run channel by channel) and the tensor flag
 CACHE_COLS with the cache table (halo reuse between horizontally adjacent patches).
+Version 3 adds the header flag PACKED: a conv layer's constants are (operator input,
+element offset in p[4..7]), so many layers share a few constant tensors.
 
 `encode(options)` writes the little-endian blob; `decode(blob)` parses it and checks every
 rule of the document, raising `OptionsError` that names the field. The numpy reference
@@ -23,10 +25,11 @@ from tflm_patch.errors import TflmPatchError
 from tflm_patch.receptive_field import _window_axis
 
 MAGIC = b"TPEX"
-VERSION = 2  # the newest version this module reads and writes
-VERSIONS = (1, 2)
+VERSION = 3  # the newest version this module reads and writes
+VERSIONS = (1, 2, 3)
 FLAG_INPUT_NCHW = 1  # header flags (version 2)
 FLAG_CACHES = 2  # a cache table follows the layer records
+FLAG_PACKED = 4  # version 3: a layer constant is (operator input, element offset p[4..7])
 LAYER_STREAM = 1  # layer flags (version 2)
 TENSOR_CACHE_COLS = 1  # tensor flags (version 2)
 CACHE_BYTES = 8  # one cache table record
@@ -45,8 +48,14 @@ MAX_SCRATCH_BYTES = (1 << 31) - 16  # TFLM aligns requests to 16 in 32-bit arith
 REGION_SLACK = 8  # alignment allowed per slot and cache when bounding scratch_bytes
 
 CONV, DEPTHWISE, AVERAGE_POOL, MAX_POOL, PAD, ADD = 1, 2, 3, 4, 5, 6
+LUT = 7  # a unary int8 op as a 256-entry int8 table (a constant input)
+MUL = 8  # by a runtime per-channel tensor (squeeze-and-excitation)
+CONCAT = 9  # CONCATENATION of input0 and input1 along channels (a copy)
+LUT_ENTRIES = 256
 KIND_NAMES = {CONV: "CONV_2D", DEPTHWISE: "DEPTHWISE_CONV_2D", AVERAGE_POOL: "AVERAGE_POOL_2D",
-              MAX_POOL: "MAX_POOL_2D", PAD: "PAD", ADD: "ADD"}
+              MAX_POOL: "MAX_POOL_2D", PAD: "PAD", ADD: "ADD", LUT: "LUT",
+              MUL: "MUL", CONCAT: "CONCATENATION"}
+RUNTIME_INT8 = "runtime int8"  # constant_uses' dtype of a MUL's per-channel side input
 CONV_KINDS = (CONV, DEPTHWISE)
 POOL_KINDS = (AVERAGE_POOL, MAX_POOL)
 WINDOW_KINDS = CONV_KINDS + POOL_KINDS
@@ -156,8 +165,16 @@ class PatchOptions:
         return bool(self.flags & FLAG_INPUT_NCHW)
 
     @property
+    def packed(self) -> bool:
+        """Version 3: constants are (input, element offset); an input holds at least what
+        each use reads, and several layers may read parts of one input."""
+        return bool(self.flags & FLAG_PACKED)
+
+    @property
     def version(self) -> int:
         """The lowest version that expresses these options (the one `encode` writes)."""
+        if self.packed:
+            return 3
         return 2 if self.flags or any(ly.flags for ly in self.layers) or \
             any(t.flags for t in self.tensors) else 1
 
@@ -271,12 +288,14 @@ def _decode(blob: bytes) -> PatchOptions:
         raise OptionsError(f"bad magic {magic!r} (expected {MAGIC!r}): not PATCH_EXEC options")
     if version not in VERSIONS:
         raise OptionsError(f"options format version {version} is not supported "
-                           f"(this build reads versions 1 and 2)")
+                           f"(this build reads versions 1, 2 and 3)")
     if header_bytes != HEADER_BYTES or r1 or (version == 1 and flags):
         raise OptionsError(f"header_bytes {header_bytes} != {HEADER_BYTES} or reserved "
                            "fields not 0")
-    if flags & ~(FLAG_INPUT_NCHW | FLAG_CACHES):
-        raise OptionsError(f"unknown header flags 0x{flags:04x}")
+    if flags & ~(FLAG_INPUT_NCHW | FLAG_CACHES | FLAG_PACKED) or \
+            bool(flags & FLAG_PACKED) != (version == 3):
+        raise OptionsError(f"unknown header flags 0x{flags:04x}, or PACKED without version 3 "
+                           "or version 3 without PACKED")
     if not 1 <= num_l <= MAX_LAYERS:
         raise OptionsError(f"num_layers {num_l} outside [1, {MAX_LAYERS}]")
     if num_t != num_l + 1:
@@ -376,33 +395,60 @@ def _check_scratch_bytes(o: PatchOptions) -> None:
 def constant_uses(o: PatchOptions, k: int) -> list[tuple[int, str, tuple[int, ...]]]:
     """(operator input, dtype, shape) of each constant layer k reads: weights
     [Cout, KH, KW, Cin] (CONV_2D) or [1, KH, KW, Cout] (DEPTHWISE_CONV_2D) first, then
-    bias, multipliers and shifts [Cout]; nothing for other kinds."""
+    bias, multipliers and shifts [Cout]; for MUL its side input, a runtime (non-constant)
+    int8 tensor of C elements (dtype RUNTIME_INT8); nothing for other kinds."""
+    return [(index, dtype, shape) for index, dtype, shape, _ in constant_slices(o, k)]
+
+
+def constant_slices(o: PatchOptions, k: int) -> list[tuple[int, str, tuple[int, ...], int]]:
+    """constant_uses with each use's element offset in its input (version 3: p[4..7] for
+    weights, bias, multipliers, shifts; 0 in versions 1 and 2)."""
     ly = o.layers[k]
+    if ly.kind == MUL:
+        return [(ly.weights, RUNTIME_INT8, (o.tensors[k + 1].channels,), 0)]
+    if ly.kind == ADD and ly.weights != NONE:  # a runtime addend, the output's shape
+        t = o.tensors[k + 1]
+        return [(ly.weights, RUNTIME_INT8, (t.height, t.width, t.channels), 0)]
+    if ly.kind == LUT:  # the table; its element offset in p[4] (version 3)
+        return [(ly.weights, "int8", (LUT_ENTRIES,), ly.p[4] if o.packed else 0)]
     if ly.kind not in CONV_KINDS:
         return []
     cout = o.tensors[k + 1].channels
     kh, kw = ly.kernel
     w = (cout, kh, kw, o.tensors[ly.input0].channels) if ly.kind == CONV else (1, kh, kw, cout)
-    uses: list[tuple[int, str, tuple[int, ...]]] = [(ly.weights, "int8", w)]
-    uses += [(i, "int32", (cout,)) for i in (ly.bias, ly.multipliers, ly.shifts) if i != NONE]
+    at = ly.p[4:8] if o.packed else (0, 0, 0, 0)
+    uses: list[tuple[int, str, tuple[int, ...], int]] = [(ly.weights, "int8", w, at[0])]
+    uses += [(i, "int32", (cout,), off) for i, off in zip(
+        (ly.bias, ly.multipliers, ly.shifts), at[1:], strict=True) if i != NONE]
     return uses
 
 
 def constant_specs(o: PatchOptions) -> dict[int, tuple[str, tuple[int, ...]]]:
-    """Operator input -> (dtype, shape of its first use) for every constant the layers
-    read. OptionsError when an input is used with another type or element count, or is
-    2^31 bytes or more (validation rule 5)."""
+    """Operator input -> (dtype, shape) for every constant the layers read: the shape of
+    its first use (versions 1 and 2: every use reads the whole input), or with PACKED
+    (version 3) `(n,)`, n the most elements a use reads up to (offset + count), the least
+    the input must hold. OptionsError when an input is used with another type (or, before
+    version 3, element count), or a use ends past 2^31 - 1 bytes (validation rule 5)."""
     seen: dict[int, tuple[str, tuple[int, ...]]] = {}
     for k, ly in enumerate(o.layers):
-        for index, dtype, shape in constant_uses(o, k):
-            first = seen.setdefault(index, (dtype, shape))
-            count = math.prod(shape)
-            size = 1 if dtype == "int8" else 4
-            if (first[0], math.prod(first[1])) != (dtype, count) or \
-                    count * size > MAX_TENSOR_BYTES:
+        for index, dtype, shape, offset in constant_slices(o, k):
+            end = offset + math.prod(shape)
+            use = (dtype, (end,) if o.packed else shape)
+            first = seen.setdefault(index, use)
+            size = 4 if dtype == "int32" else 1
+            if first[0] != dtype or end * size > MAX_TENSOR_BYTES or \
+                    (not o.packed and math.prod(first[1]) != end):
                 raise OptionsError(f"layer {k} ({ly.name}): operator input {index} is used "
                                    "with another type or size, or is over 2^31 - 1 bytes")
+            if o.packed and end > first[1][0]:
+                seen[index] = use
     return seen
+
+
+def constant_count_ok(o: PatchOptions, elements: int, need: int) -> bool:
+    """Does a constant input of `elements` elements satisfy the options' `need`
+    (constant_specs)? Exactly before version 3; at least with PACKED."""
+    return elements >= need if o.packed else elements == need
 
 
 def _check_tensor(o: PatchOptions, k: int, t: StageTensor) -> None:
@@ -475,6 +521,11 @@ def _check_layer(o: PatchOptions, k: int, ly: Layer) -> None:
     if not ly.input0 < k + 1:
         raise OptionsError(f"{where}: input0 {ly.input0} is not produced before it")
     if ly.kind == ADD:
+        if (ly.input1 == NONE) == (ly.weights == NONE) or \
+                (ly.input1 != NONE and not ly.input1 < k + 1):
+            raise OptionsError(f"{where}: input1 {ly.input1} is not produced before it, or "
+                               "input1 and a runtime addend (weights) are not exactly one")
+    elif ly.kind == CONCAT:
         if not ly.input1 < k + 1:
             raise OptionsError(f"{where}: input1 {ly.input1} is not produced before it")
     elif ly.input1 != NONE:
@@ -485,7 +536,13 @@ def _check_layer(o: PatchOptions, k: int, ly: Layer) -> None:
             raise OptionsError(f"{where}: {name} input {idx} outside [1, {o.num_inputs})")
     if ly.kind in CONV_KINDS and NONE in (ly.weights, ly.multipliers, ly.shifts):
         raise OptionsError(f"{where}: needs weights, multipliers and shifts")
-    if ly.kind not in CONV_KINDS and consts != (NONE,) * 4:
+    if ly.kind == MUL and (ly.weights == NONE or consts[1:] != (NONE,) * 3):
+        raise OptionsError(f"{where}: needs its side input in weights and nothing else")
+    if ly.kind == LUT and (ly.weights == NONE or consts[1:] != (NONE,) * 3):
+        raise OptionsError(f"{where}: needs its table in weights and nothing else")
+    if ly.kind == ADD and consts[1:] != (NONE,) * 3:
+        raise OptionsError(f"{where}: has constant inputs but is not a convolution")
+    if ly.kind not in (*CONV_KINDS, MUL, LUT, ADD) and consts != (NONE,) * 4:
         raise OptionsError(f"{where}: has constant inputs but is not a convolution")
     if min(*ly.kernel, *ly.stride, *ly.dilation, ly.depth_multiplier) < 1:
         raise OptionsError(f"{where}: kernel, stride, dilation and depth multiplier must "
@@ -494,11 +551,11 @@ def _check_layer(o: PatchOptions, k: int, ly: Layer) -> None:
         raise OptionsError(f"{where}: depth multiplier must be 1")
     if ly.kind not in CONV_KINDS and ly.dilation != (1, 1):
         raise OptionsError(f"{where}: dilation must be 1")
-    if ly.kind in (PAD, ADD) and (ly.kernel, ly.stride) != ((1, 1), (1, 1)):
+    if ly.kind in (PAD, ADD, LUT, MUL, CONCAT) and (ly.kernel, ly.stride) != ((1, 1), (1, 1)):
         raise OptionsError(f"{where}: kernel and stride must be 1")
     if ly.stream:
         _check_stream(o, k, ly, where)
-    _check_params(where, ly)
+    _check_params(where, ly, o.packed)
     _check_shapes(o, k, ly, where)
     _check_halo(o, k, ly, where)
 
@@ -528,14 +585,18 @@ def _check_stream(o: PatchOptions, k: int, ly: Layer, where: str) -> None:
                            f"{readers[0]}")
 
 
-def _check_params(where: str, ly: Layer) -> None:
+def _check_params(where: str, ly: Layer, packed: bool) -> None:
     p = ly.p
     if ly.kind != PAD and not -128 <= p[2] <= p[3] <= 127:
         raise OptionsError(f"{where}: activation range [{p[2]}, {p[3]}] is not within int8")
     if ly.kind == PAD and not -128 <= p[0] <= 127:
         raise OptionsError(f"{where}: pad value {p[0]} is not int8")
-    if ly.kind in (*CONV_KINDS, ADD) and not (-255 <= p[0] <= 255 and -255 <= p[1] <= 255):
+    if ly.kind in (*CONV_KINDS, ADD, MUL) and not (-255 <= p[0] <= 255 and
+                                                   -255 <= p[1] <= 255):
         raise OptionsError(f"{where}: offsets {p[0]}, {p[1]} outside [-255, 255]")
+    if ly.kind == MUL and not (-255 <= p[4] <= 255 and p[5] >= 0 and -31 <= p[6] <= 30):
+        raise OptionsError(f"{where}: input2 offset {p[4]}, multiplier {p[5]} or shift "
+                           f"{p[6]} out of range")
     if ly.kind == ADD:
         if not -255 <= p[4] <= 255 or not 0 <= p[5] <= 30:
             raise OptionsError(f"{where}: input2 offset {p[4]} or left shift {p[5]} out of "
@@ -543,7 +604,19 @@ def _check_params(where: str, ly: Layer) -> None:
         for mult, shift in ((p[6], p[7]), (p[8], p[9]), (p[10], p[11])):
             if mult < 0 or not -31 <= shift <= 31:
                 raise OptionsError(f"{where}: multiplier {mult} / shift {shift} out of range")
-    used = {CONV: 4, DEPTHWISE: 4, AVERAGE_POOL: 4, MAX_POOL: 4, PAD: 1, ADD: 12}[ly.kind]
+    used = {CONV: 4, DEPTHWISE: 4, AVERAGE_POOL: 4, MAX_POOL: 4, PAD: 1, ADD: 12,
+            LUT: 0, MUL: 7, CONCAT: 0}[ly.kind]
+    if ly.kind == LUT and packed:
+        used = 5
+        if p[4] < 0:
+            raise OptionsError(f"{where}: table offset {p[4]} is negative")
+    if ly.kind == LUT and any(p[:4]):
+        raise OptionsError(f"{where}: unused parameters are not 0")
+    if ly.kind in CONV_KINDS and packed:
+        used = 8
+        if min(p[4:8]) < 0 or (ly.bias == NONE and p[5]):
+            raise OptionsError(f"{where}: constant offsets {list(p[4:8])} negative, or a bias "
+                               "offset without a bias")
     if ly.kind in POOL_KINDS and (p[0] or p[1]):
         raise OptionsError(f"{where}: unused parameters are not 0")
     if any(p[used:]):
@@ -568,8 +641,19 @@ def _check_shapes(o: PatchOptions, k: int, ly: Layer, where: str) -> None:
                 or dst.channels != src.channels):
             raise OptionsError(f"{where}: output {dst.height}x{dst.width}x{dst.channels} is "
                                f"not the padded {src.height}x{src.width}x{src.channels}")
-    else:
+    elif ly.kind in (MUL, LUT):
+        if (src.height, src.width, src.channels) != (dst.height, dst.width, dst.channels):
+            raise OptionsError(f"{where}: input and output shapes differ")
+    elif ly.kind == CONCAT:
         other = o.tensors[ly.input1]
+        if (src.height, src.width) != (dst.height, dst.width) or \
+                (other.height, other.width) != (dst.height, dst.width) or \
+                src.channels + other.channels != dst.channels:
+            raise OptionsError(f"{where}: output {dst.height}x{dst.width}x{dst.channels} is "
+                               f"not the channels of {src.height}x{src.width}x{src.channels} "
+                               f"and {other.height}x{other.width}x{other.channels} joined")
+    else:
+        other = o.tensors[ly.input1] if ly.input1 != NONE else dst  # runtime addend: dst's
         shapes = {(t.height, t.width, t.channels) for t in (src, other, dst)}
         if len(shapes) != 1:
             raise OptionsError(f"{where}: input and output shapes differ: {sorted(shapes)}")
@@ -592,7 +676,8 @@ def needed_range(ly: Layer, axis: int, out: Range, n_in: int) -> Range | None:
 
 def _check_halo(o: PatchOptions, k: int, ly: Layer, where: str) -> None:
     dst = o.tensors[k + 1]
-    inputs = [ly.input0] + ([ly.input1] if ly.kind == ADD else [])
+    two = ly.kind == CONCAT or (ly.kind == ADD and ly.input1 != NONE)
+    inputs = [ly.input0] + ([ly.input1] if two else [])
     for t in inputs:
         src = o.tensors[t]
         for axis, (out_ranges, in_ranges, n_in) in enumerate(

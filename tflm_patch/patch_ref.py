@@ -11,6 +11,7 @@ reference kernels) applied to the kept range with the padding shifted accordingl
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,7 +62,29 @@ def check_operator_tensors(model: Model, op: OperatorInfo, o: pf.PatchOptions) -
         if t.is_variable:
             raise UnsupportedModelError(f"PATCH_EXEC: {what} is a variable tensor")
     for index, (dtype, shape) in sorted(pf.constant_specs(o).items()):
-        _check_constant(model, op, index, dtype, math.prod(shape))
+        if dtype == pf.RUNTIME_INT8:
+            _check_side_input(model, op, index, math.prod(shape))
+        else:
+            _check_constant(model, op, index, dtype, math.prod(shape), o.packed)
+
+
+def _check_side_input(model: Model, op: OperatorInfo, index: int, elements: int) -> None:
+    """A MUL's per-channel operand or an ADD's addend: a runtime int8 tensor of that many
+    elements in the arena, not the stage output."""
+    where = f"PATCH_EXEC: input {index}"
+    if op.inputs[index] < 0:
+        raise UnsupportedModelError(f"{where} is omitted but a layer reads it")
+    if op.inputs[index] == op.outputs[0]:
+        raise UnsupportedModelError(f"{where} is the operator's output")
+    t = model.tensors[op.inputs[index]]
+    if t.dtype != "int8":
+        raise UnsupportedModelError(f"{where} is {t.dtype}; the options need int8")
+    if t.numel != elements:
+        raise UnsupportedModelError(f"{where} has {t.numel} elements; the options need "
+                                    f"{elements}")
+    if _inline_data(model, op.inputs[index]) is not None or t.is_variable:
+        raise UnsupportedModelError(f"{where} is not planned in the arena: a MUL's "
+                                    "per-channel input or an ADD's addend is a runtime tensor")
 
 
 def _check_activation(o: pf.PatchOptions, what: str, dtype: str,
@@ -87,7 +110,8 @@ def _inline_data(model: Model, tensor: int) -> bytes | None:
 
 
 def _check_constant(model: Model, op: OperatorInfo, index: int, dtype: str,
-                    elements: int) -> None:
+                    elements: int, packed: bool = False) -> None:
+    """As the glue: exactly `elements` elements, at least that many when packed."""
     if op.inputs[index] < 0:
         raise UnsupportedModelError(f"PATCH_EXEC: input {index} is omitted but a layer reads "
                                     "it")
@@ -98,7 +122,10 @@ def _check_constant(model: Model, op: OperatorInfo, index: int, dtype: str,
     if min(t.shape, default=1) < 0 or t.numel > pf.MAX_TENSOR_BYTES:
         raise UnsupportedModelError(f"{where} has a negative dimension or more than 2^31 - 1 "
                                     "elements")
-    if t.numel != elements:
+    if packed and t.numel < elements:
+        raise UnsupportedModelError(f"{where} has {t.numel} elements; the options need at "
+                                    f"least {elements}")
+    if not packed and t.numel != elements:
         raise UnsupportedModelError(f"{where} has {t.numel} elements; the options need "
                                     f"{elements}")
     data = _inline_data(model, op.inputs[index])
@@ -108,7 +135,7 @@ def _check_constant(model: Model, op: OperatorInfo, index: int, dtype: str,
     if t.is_variable:
         raise UnsupportedModelError(f"{where} is a variable tensor (TFLM runs it from a copy "
                                     "in the arena)")
-    nbytes = elements * (1 if dtype == "int8" else 4)
+    nbytes = t.numel * (1 if dtype == "int8" else 4)
     if len(data) != nbytes:
         raise UnsupportedModelError(f"{where} has a {len(data)}-byte buffer; its shape needs "
                                     f"{nbytes}")
@@ -116,24 +143,28 @@ def _check_constant(model: Model, op: OperatorInfo, index: int, dtype: str,
 
 def _constants(model: Model, op: OperatorInfo, o: pf.PatchOptions, ly: pf.Layer,
                k: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
-    def get(idx: int, dtype: str, what: str) -> np.ndarray:
+    at = ly.p[4:8] if o.packed else (0, 0, 0, 0)  # element offsets (version 3)
+
+    def get(idx: int, dtype: str, what: str, which: int, count: int) -> np.ndarray:
         t = model.tensors[op.inputs[idx]]
         if not t.is_constant or t.dtype != dtype:
             raise UnsupportedModelError(f"PATCH_EXEC layer {k}: {what} (input {idx}) is not a "
                                         f"constant {dtype} tensor")
-        return model.constant(op.inputs[idx])
+        flat = model.constant(op.inputs[idx]).reshape(-1)
+        return flat[at[which]:at[which] + count] if o.packed else flat
 
     dst = o.tensors[k + 1]
-    w = get(ly.weights, "int8", "weights")
     expect = pf.constant_uses(o, k)[0][2]
+    w = get(ly.weights, "int8", "weights", 0, math.prod(expect))
     if w.size != math.prod(expect):
         raise UnsupportedModelError(f"PATCH_EXEC layer {k}: weights shape {w.shape}, "
                                     f"expected {expect}")
     # like the kernel: the data in the table's layout, whatever dims the tensor declares
     w = w.reshape(expect)
-    b = get(ly.bias, "int32", "bias").reshape(-1) if ly.bias != pf.NONE else None
-    mult = get(ly.multipliers, "int32", "multipliers").reshape(-1)
-    shift = get(ly.shifts, "int32", "shifts").reshape(-1)
+    c = dst.channels
+    b = get(ly.bias, "int32", "bias", 1, c) if ly.bias != pf.NONE else None
+    mult = get(ly.multipliers, "int32", "multipliers", 2, c)
+    shift = get(ly.shifts, "int32", "shifts", 3, c)
     checks: tuple[tuple[np.ndarray | None, str], ...] = (
         (b, "bias"), (mult, "multipliers"), (shift, "shifts"))
     for arr, what in checks:
@@ -196,12 +227,29 @@ def run_layer(ly: pf.Layer, k: int, o: pf.PatchOptions, views: dict[int, _View],
     what = f"layer {k} ({ly.name})"
     src = o.tensors[ly.input0]
     oh, ow = out_r[1] - out_r[0], out_c[1] - out_c[0]
+    if ly.kind == pf.LUT:
+        assert consts is not None
+        return ref_ops.lut(_crop(views[ly.input0], out_r, out_c, what), consts[0])
+    if ly.kind == pf.CONCAT:
+        return np.concatenate([_crop(views[t], out_r, out_c, what)
+                               for t in (ly.input0, ly.input1)], axis=-1)
+    if ly.kind == pf.MUL:
+        assert consts is not None
+        p = ly.p
+        mp = ref_ops.MulParams(p[0], p[4], p[5], p[6], p[1], p[2], p[3])
+        return ref_ops.mul(_crop(views[ly.input0], out_r, out_c, what), consts[0], mp)
     if ly.kind == pf.ADD:
         p = ly.p
         params = ref_ops.AddParams(p[0], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11],
                                    p[1], p[2], p[3])
         x1 = _crop(views[ly.input0], out_r, out_c, what)
-        x2 = _crop(views[ly.input1], out_r, out_c, what)
+        if ly.input1 == pf.NONE:  # the runtime addend, read in place
+            assert consts is not None
+            full = _View(consts[0].reshape(o.tensors[k + 1].height, o.tensors[k + 1].width,
+                                           -1), 0, 0)
+            x2 = _crop(full, out_r, out_c, what)
+        else:
+            x2 = _crop(views[ly.input1], out_r, out_c, what)
         return ref_ops.add(x1, x2, params)
     if ly.kind == pf.PAD:
         out = np.full((oh, ow, src.channels), ly.p[0], dtype=np.int8)
@@ -340,9 +388,46 @@ def _run_one(patch: _Patch, k: int, consts: list[Consts | None]) -> None:
     patch.save(k + 1, out)
 
 
-def run_patch_exec(model: Model, op: OperatorInfo, stage_input: np.ndarray) -> np.ndarray:
+def _side_input(model: Model, op: OperatorInfo, o: pf.PatchOptions, k: int,
+                side: Mapping[int, np.ndarray]) -> Consts:
+    """A MUL layer's per-channel operand (C int8 values) or an ADD's runtime addend
+    (H x W x C) from `side`, keyed by model tensor (the split path's values), as the
+    weights of its Consts."""
+    ly = o.layers[k]
+    tensor = op.inputs[ly.weights]
+    if tensor not in side:
+        raise UnsupportedModelError(f"PATCH_EXEC layer {k} ({ly.name}): no value for its "
+                                    f"runtime input (tensor {tensor})")
+    s = np.asarray(side[tensor]).reshape(-1)
+    need = math.prod(pf.constant_uses(o, k)[0][2])
+    if s.dtype != np.int8 or s.size != need:
+        raise UnsupportedModelError(f"PATCH_EXEC layer {k} ({ly.name}): runtime input is "
+                                    f"{s.dtype} x {s.size}, the options need int8 x {need}")
+    empty = np.zeros(0, dtype=np.int32)
+    return s, None, empty, empty
+
+
+def _table(model: Model, op: OperatorInfo, o: pf.PatchOptions, k: int) -> Consts:
+    """A LUT layer's 256-entry int8 table (its slice of the input with PACKED), as the
+    weights of its Consts."""
+    index, _, _, at = pf.constant_slices(o, k)[0]
+    t = model.tensors[op.inputs[index]]
+    if not t.is_constant or t.dtype != "int8":
+        raise UnsupportedModelError(f"PATCH_EXEC layer {k} (LUT): the table (input {index}) "
+                                    "is not a constant int8 tensor")
+    table = model.constant(op.inputs[index]).reshape(-1)[at:at + pf.LUT_ENTRIES]
+    if table.size != pf.LUT_ENTRIES:
+        raise UnsupportedModelError(f"PATCH_EXEC layer {k} (LUT): the table has {table.size} "
+                                    f"entries, not {pf.LUT_ENTRIES}")
+    empty = np.zeros(0, dtype=np.int32)
+    return table, None, empty, empty
+
+
+def run_patch_exec(model: Model, op: OperatorInfo, stage_input: np.ndarray,
+                   side: Mapping[int, np.ndarray] | None = None) -> np.ndarray:
     """Run one PATCH_EXEC operator of `model` on its input activation ([1, H, W, C], or
-    [1, C, H, W] with INPUT_NCHW)."""
+    [1, C, H, W] with INPUT_NCHW). `side`: the values of the runtime tensors its MUL
+    layers read (squeeze-and-excitation scales), by model tensor index."""
     o = pf.decode(op.custom_options or b"")
     if model.obj is not None:  # a model read from a file (not a test's array model)
         check_operator_tensors(model, op, o)
@@ -356,7 +441,10 @@ def run_patch_exec(model: Model, op: OperatorInfo, stage_input: np.ndarray) -> n
     if x.dtype != np.int8 or x.shape != expect:
         raise UnsupportedModelError(f"PATCH_EXEC operator {op.index}: input {x.dtype} "
                                     f"{x.shape}, the options say int8 {expect}")
-    consts = [(_constants(model, op, o, ly, k) if ly.kind in pf.CONV_KINDS else None)
+    consts = [(_constants(model, op, o, ly, k) if ly.kind in pf.CONV_KINDS else
+               _side_input(model, op, o, k, side or {})
+               if ly.kind in (pf.MUL, pf.ADD) and ly.weights != pf.NONE else
+               _table(model, op, o, k) if ly.kind == pf.LUT else None)
               for k, ly in enumerate(o.layers)]
     scratch = np.zeros(o.scratch_bytes, dtype=np.int8)
     output = np.zeros((1, out_t.height, out_t.width, out_t.channels), dtype=np.int8)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,7 @@ from tflm_patch.arena import predict_arena
 from tflm_patch.cost import PlanCost, StageKey
 from tflm_patch.errors import TflmPatchError, UnsupportedModelError
 from tflm_patch.evaluate import Candidate, StageEvaluator, UnitGraphs, without_gc
+from tflm_patch.fuse import unit_grid
 from tflm_patch.model import Model, require_int8
 from tflm_patch.multistage import refine
 from tflm_patch.rewrite import CUSTOM_CODE, replace_stages
@@ -108,7 +109,7 @@ class PlanResult:
         """Estimated Cortex-M4 instructions of one Invoke of the model patched by `c`."""
         if c not in self._instructions:
             assert self.cost is not None
-            self._instructions[c] = self.cost.plan_instructions(stage_keys(c))
+            self._instructions[c] = self.cost.plan_instructions(stage_keys(c, self.cost.model))
         return self._instructions[c]
 
     def latency_ratio(self, c: Candidate) -> float:
@@ -120,6 +121,29 @@ class PlanResult:
         if self.overhead(c) > req.mac_limit + 1e-12:
             return False
         return not req.latency or self.latency_ratio(c) <= 1.0 + req.max_latency + 1e-12
+
+    def latency_check(self, stages: Sequence[StageKey]
+                      ) -> Callable[[StageKey, bool], bool | None]:
+        """The latency limit of `fits` for the plans of `stages` plus one more stage, fast:
+        the unrounded estimate is a sum of one float per stage (PlanCost.stage_change),
+        and only a plan within a few instructions of the limit is estimated exactly.
+        known_only: None when the stage's estimate is not known yet."""
+        assert self.cost is not None
+        cost, before = self.cost, self.instructions_before
+        ratio = 1.0 + self.request.max_latency + 1e-12
+        limit = ratio * before
+        margin = 2.0 + 1e-9 * limit  # float rounding, and the estimate's own rounding
+        start = cost.unrounded + sum(map(cost.stage_change, stages))
+
+        def check(key: StageKey, known_only: bool) -> bool | None:
+            if known_only and not cost.knows(key):
+                return None
+            x = start + cost.stage_change(key)
+            if abs(x - limit) > margin:
+                return x < limit
+            return cost.plan_instructions((*stages, key)) / before <= ratio
+
+        return check
 
     def pareto(self) -> list[Candidate]:
         """Candidates no other beats on both arena and MACs, by arena."""
@@ -150,12 +174,14 @@ class PlanResult:
         }
 
 
-def stage_keys(c: Candidate) -> list[StageKey]:
-    """Every PATCH_EXEC of a candidate as plan_stages builds it, for cost.PlanCost."""
+def stage_keys(c: Candidate, model: Model | None = None) -> list[StageKey]:
+    """Every PATCH_EXEC of a candidate as plan_stages builds it, for cost.PlanCost
+    (fused stages with fuse.unit_grid when `model` is given, else 1x1)."""
     none = frozenset[int]()
     return [(c.first, c.last, c.grid, c.cache, False),
             *((a, b, g, none, False) for a, b, g in c.extra),
-            *((a, b, (1, 1), none, True) for a, b in c.fused)]
+            *((a, b, unit_grid(model, a, b) if model is not None else (1, 1), none, True)
+              for a, b in c.fused)]
 
 
 def _grids(graph: StageGraph, request: PlanRequest) -> Iterable[tuple[int, int]]:
@@ -249,6 +275,12 @@ def plan(model: Model, request: PlanRequest | None = None,
         _tune_fused(model, result, units)
     work.finish()
     result.seconds = time.perf_counter() - start
+    from tflm_patch.arena_measure import unpredicted
+
+    missing = unpredicted(model)
+    if missing:  # docs/arena.md: compared, but not TFLM's whole arena
+        result.message += (f" (arenas leave out what {len(missing)} operator(s) allocate: "
+                           f"{'; '.join(missing)})")
     return result
 
 
@@ -310,8 +342,8 @@ def _tune_fused(model: Model, result: PlanResult, units: UnitGraphs) -> None:
     assert c is not None and result.cost is not None
     cost = result.cost
     stages = units.outside([(c.first, c.last), *((a, b) for a, b, _ in c.extra)])
-    gains = {(g.first, g.last): cost.stage_gain((g.first, g.last, (1, 1), frozenset(), True))
-             for g, _ in stages}
+    gains = {(g.first, g.last): cost.stage_gain((g.first, g.last, sc.grid, frozenset(), True))
+             for g, sc in stages}
     drops = sorted((u for u in c.fused if gains.get(u, 0) < 0), key=lambda u: gains[u])
     adds = sorted((u for u in gains if u not in c.fused and gains[u] > 0),
                   key=lambda u: -gains[u])
@@ -420,7 +452,7 @@ def plan_stages(model: Model, c: Candidate) -> list[tuple[StageGraph, Schedule]]
     fused = [build_stage(model, a, b, live_input=True) for a, b in c.fused]
     return [build_plan(model, c), *((g, make_schedule(g, grid))
                                     for g, (_, _, grid) in zip(extra, c.extra, strict=True)),
-            *((u, make_schedule(u, (1, 1))) for u in fused)]
+            *((u, make_schedule(u, unit_grid(model, u.first, u.last))) for u in fused)]
 
 
 def _other_seeds(result: PlanResult, chosen: Candidate) -> list[Candidate]:
@@ -451,7 +483,7 @@ def _add_patched_stages(model: Model, result: PlanResult, units: UnitGraphs, c: 
     every main stage and grid evaluated again with them in place (new candidates).
     free_only: only the cheap search (1x1-grid stages judged at the floor grid)."""
     req = result.request
-    judge = result.fits if req.latency else None
+    judge = result.latency_check if req.latency else None
     fixed: list[tuple[StageGraph, Schedule]] = []
     if not free_only:
         refined, fixed = refine(model, c, target=req.target, macs_before=result.macs_before,

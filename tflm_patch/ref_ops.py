@@ -204,6 +204,19 @@ class AddParams:
 
 
 @dataclass(frozen=True)
+class MulParams:
+    """MUL (int8): TFLM's ArithmeticParams as OpDataMul fills them."""
+
+    input1_offset: int
+    input2_offset: int
+    output_multiplier: int
+    output_shift: int
+    output_offset: int
+    act_min: int
+    act_max: int
+
+
+@dataclass(frozen=True)
 class PoolParams:
     """AVERAGE_POOL_2D / MAX_POOL_2D (int8)."""
 
@@ -402,6 +415,15 @@ def add(x1: np.ndarray, x2: np.ndarray, p: AddParams) -> np.ndarray:
     return np.clip(out, p.act_min, p.act_max).astype(np.int8)
 
 
+def mul(x1: np.ndarray, x2: np.ndarray, p: MulParams) -> np.ndarray:
+    """reference_integer_ops::Mul / BroadcastMul (int8; numpy broadcasting): (in1 + off1)
+    * (in2 + off2) -> MultiplyByQuantizedMultiplier -> + output offset -> clamp."""
+    prod = wrap_int32((x1.astype(np.int64) + p.input1_offset)
+                      * (x2.astype(np.int64) + p.input2_offset))
+    return _requantize(prod, p.output_multiplier, p.output_shift, p.output_offset,
+                       p.act_min, p.act_max)
+
+
 def _pool_need(p: PoolParams) -> tuple[int, int]:
     return ((p.out_height - 1) * p.stride_height + p.filter_height,
             (p.out_width - 1) * p.stride_width + p.filter_width)
@@ -566,31 +588,41 @@ def _exp_on_quarter_interval(a: IntArray) -> IntArray:
                       + _fx_mul(_EXP_MINUS_ONE_EIGHTH, wrap_int32(x + poly)))
 
 
-def exp_on_negative_values(a: IntArray) -> IntArray:
-    """gemmlowp exp_on_negative_values: Q5.26 input (<= 0) -> Q0.31 result."""
-    frac_bits = 31 - _SOFTMAX_DIFF_INTEGER_BITS
+def exp_on_negative_values(a: IntArray, integer_bits: int = _SOFTMAX_DIFF_INTEGER_BITS
+                           ) -> IntArray:
+    """gemmlowp exp_on_negative_values: Q<integer_bits> input (<= 0) -> Q0.31 result
+    (integer_bits <= 5: gemmlowp's clamp at -32 applies only above 5)."""
+    frac_bits = 31 - integer_bits
     one_quarter = 1 << (frac_bits - 2)
     a = np.asarray(a, dtype=np.int64)
     a_mod = wrap_int32((a & (one_quarter - 1)) - one_quarter)
-    result = _exp_on_quarter_interval(_saturating_shift_left(a_mod, _SOFTMAX_DIFF_INTEGER_BITS))
+    result = _exp_on_quarter_interval(_saturating_shift_left(a_mod, integer_bits))
     remainder = wrap_int32(a_mod - a)
     for exponent, multiplier in _EXP_BARREL:
-        if exponent < _SOFTMAX_DIFF_INTEGER_BITS:
+        if exponent < integer_bits:
             bit = np.int64(1) << (frac_bits + exponent)
             result = np.where((remainder & bit) != 0, _fx_mul(result, multiplier), result)
     return np.where(a == 0, INT32_MAX, result)
 
 
-def _one_over_one_plus_x(a: IntArray) -> IntArray:
-    """gemmlowp one_over_one_plus_x_for_x_in_0_1: Q0.31 in and out (Newton-Raphson)."""
+def _rounding_half_sum_one(a: IntArray) -> IntArray:
+    """gemmlowp RoundingHalfSum(a, F0::One()) for int32 a."""
     total = a + INT32_MAX
-    half_denominator = wrap_int32(_trunc_div(total + np.where(total >= 0, 1, -1), 2))
-    one_q2 = 1 << 29
+    return wrap_int32(_trunc_div(total + np.where(total >= 0, 1, -1), 2))
+
+
+def _newton_reciprocal(half_denominator: IntArray) -> IntArray:
+    """Three Newton-Raphson steps of gemmlowp's 1 / (1 + x): Q2.29 result."""
     x = wrap_int32(_48_OVER_17 + _fx_mul(half_denominator, _MINUS_32_OVER_17))
     for _ in range(3):
-        one_minus = wrap_int32(one_q2 - _fx_mul(half_denominator, x))
+        one_minus = wrap_int32(_F2_ONE - _fx_mul(half_denominator, x))
         x = wrap_int32(x + _saturating_shift_left(_fx_mul(x, one_minus), 2))
-    return _saturating_shift_left(x, 1)
+    return x
+
+
+def _one_over_one_plus_x(a: IntArray) -> IntArray:
+    """gemmlowp one_over_one_plus_x_for_x_in_0_1: Q0.31 in and out (Newton-Raphson)."""
+    return _saturating_shift_left(_newton_reciprocal(_rounding_half_sum_one(a)), 1)
 
 
 def _reciprocal(x: IntArray, integer_digits: int) -> tuple[IntArray, IntArray]:
@@ -622,3 +654,203 @@ def softmax(x: np.ndarray, p: SoftmaxParams) -> np.ndarray:
     out = np.clip(unsat + INT8_MIN, INT8_MIN, INT8_MAX)
     out = np.where(use, out, INT8_MIN)
     return out.astype(np.int8).reshape(x.shape)
+
+
+# --------------------------------------------------------------------------------------
+# unary int8 -> int8 elementwise ops, as 256-entry tables
+# --------------------------------------------------------------------------------------
+
+INT8_VALUES = np.arange(INT8_MIN, INT8_MAX + 1, dtype=np.int64)  # table index i <-> i - 128
+_INT16_MIN, _INT16_MAX = -(1 << 15), (1 << 15) - 1
+_F2_ONE = 1 << 29  # 1.0 in gemmlowp's Q2.29
+
+
+@dataclass(frozen=True)
+class ReluParams:
+    """RELU (int8): TFLM's CalculateReluOpData (requantize, then clamp to [zp, 127])."""
+
+    input_offset: int
+    output_offset: int
+    multiplier: int
+    shift: int
+    act_min: int
+    act_max: int
+
+
+@dataclass(frozen=True)
+class ClampParams:
+    """RELU6 (int8): TFLM's Relu6Quantized clamps to [zero, six] of the INPUT scale and
+    does not requantize."""
+
+    lower: int
+    upper: int
+
+
+@dataclass(frozen=True)
+class LeakyReluParams:
+    """LEAKY_RELU (int8): reference_ops::QuantizeLeakyRelu."""
+
+    input_offset: int
+    output_offset: int
+    multiplier_identity: int
+    shift_identity: int
+    multiplier_alpha: int
+    shift_alpha: int
+
+
+@dataclass(frozen=True)
+class HardSwishParams:
+    """HARD_SWISH (int8): reference_ops::HardSwish, int16 fixed-point multipliers."""
+
+    input_zero_point: int
+    output_zero_point: int
+    output_multiplier: int  # int16
+    output_exponent: int
+    reluish_multiplier: int  # int16
+    reluish_exponent: int
+
+
+@dataclass(frozen=True)
+class SigmoidParams:
+    """LOGISTIC or TANH (int8): reference_integer_ops::Logistic / Tanh (Q4.27 input)."""
+
+    tanh: bool
+    input_zero_point: int
+    input_range_radius: int
+    input_multiplier: int
+    input_left_shift: int
+
+
+UnaryParams = ReluParams | ClampParams | LeakyReluParams | HardSwishParams | SigmoidParams | \
+    RequantizeParams
+
+
+def lut(x: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Apply a 256-entry int8 table: out = table[x + 128] (the PATCH_EXEC LUT layer)."""
+    return np.asarray(table, dtype=np.int8)[x.astype(np.int64) + 128]
+
+
+def unary_table(p: UnaryParams) -> np.ndarray:
+    """The op's output for every int8 input, in input order -128..127 (int8[256])."""
+    x = INT8_VALUES
+    if isinstance(p, ReluParams):
+        v = multiply_by_quantized_multiplier(x - p.input_offset, p.multiplier, p.shift)
+        out = np.clip(v + p.output_offset, p.act_min, p.act_max)
+    elif isinstance(p, ClampParams):  # val > upper ? upper : val < lower ? lower : val
+        out = np.where(x > p.upper, p.upper, np.where(x < p.lower, p.lower, x))
+    elif isinstance(p, LeakyReluParams):
+        out = _leaky_relu_values(x, p)
+    elif isinstance(p, HardSwishParams):
+        out = np.array([_hard_swish_value(int(v), p) for v in x], dtype=np.int64)
+    elif isinstance(p, SigmoidParams):
+        out = _sigmoid_values(x, p)
+    else:
+        return requantize(x, p)
+    return np.asarray(out, dtype=np.int64).astype(np.int8)
+
+
+def _leaky_relu_values(x: IntArray, p: LeakyReluParams) -> IntArray:
+    """QuantizeLeakyRelu; a negative alpha multiplier is applied as -MBQM(x, |m|) (TFLM
+    since 2025; the February 2023 TFLM computed MBQM(x, m), which can differ by one)."""
+    v = x - p.input_offset
+    pos = multiply_by_quantized_multiplier(v, p.multiplier_identity, p.shift_identity)
+    neg = multiply_by_quantized_multiplier(v, abs(p.multiplier_alpha), p.shift_alpha)
+    neg = -neg if p.multiplier_alpha < 0 else neg
+    return np.clip(p.output_offset + np.where(v >= 0, pos, neg), INT8_MIN, INT8_MAX)
+
+
+def _srdhm16(a: int, b: int) -> int:
+    """gemmlowp SaturatingRoundingDoublingHighMul for int16."""
+    if a == b == _INT16_MIN:
+        return _INT16_MAX
+    ab = a * b
+    nudge = (1 << 14) if ab >= 0 else 1 - (1 << 14)
+    return _c_div(ab + nudge, 1 << 15)
+
+
+def _c_div(a: int, b: int) -> int:
+    """C integer division (truncation toward zero), b > 0."""
+    q = abs(a) // b
+    return -q if a < 0 else q
+
+
+def _sat16(v: int) -> int:
+    return max(_INT16_MIN, min(_INT16_MAX, v))
+
+
+def _rdbpot(x: int, exponent: int) -> int:
+    return int(rounding_divide_by_pot(np.asarray(x, dtype=np.int64), exponent))
+
+
+def _hard_swish_value(x: int, p: HardSwishParams) -> int:
+    """reference_ops::HardSwish for one int8 value (int16 fixed point, as TFLM)."""
+    v = _wrap16(x - p.input_zero_point)
+    hires = _wrap16(v * (1 << 7))
+    preshift_out = _srdhm16(hires, p.output_multiplier)
+    reluish = hires
+    if p.reluish_exponent > 0:
+        reluish = _sat16(reluish * (1 << (p.reluish_exponent - 1)))
+    reluish = _srdhm16(reluish, p.reluish_multiplier)
+    if p.reluish_exponent > 0:
+        reluish = _sat16(reluish * 2)
+    if p.reluish_exponent < 0:
+        reluish = _rdbpot(reluish, -p.reluish_exponent)
+    reluish = _wrap16((reluish + (1 << 15)) >> 1)
+    if reluish == preshift_out == _INT16_MIN:  # SaturatingDoublingHighMul
+        pre = _INT16_MAX
+    else:
+        pre = _wrap16(_c_div(reluish * preshift_out, 1 << 15))
+    out = _wrap16(_rdbpot(pre, -p.output_exponent) + p.output_zero_point)
+    return max(INT8_MIN, min(INT8_MAX, out))
+
+
+def _wrap16(v: int) -> int:
+    return ((v + (1 << 15)) & 0xFFFF) - (1 << 15)
+
+
+def _sigmoid_values(x: IntArray, p: SigmoidParams) -> IntArray:
+    """reference_integer_ops::Logistic (output zero point -128, Q0.8) or Tanh (Q0.7)."""
+    v = x - p.input_zero_point
+    q4 = wrap_int32(multiply_by_quantized_multiplier(v, p.input_multiplier,
+                                                     p.input_left_shift))
+    if p.tanh:
+        raw = _fx_tanh(q4)
+        mid = np.clip(rounding_divide_by_pot(raw, 31 - 7), INT8_MIN, INT8_MAX)
+    else:
+        raw = _fx_logistic(q4)
+        mid = np.clip(rounding_divide_by_pot(raw, 31 - 8) - 128, INT8_MIN, INT8_MAX)
+    return np.where(v <= -p.input_range_radius, INT8_MIN,
+                    np.where(v >= p.input_range_radius, INT8_MAX, mid))
+
+
+def _fx_logistic(a: IntArray) -> IntArray:
+    """gemmlowp::logistic of a Q4.27 value, Q0.31 result."""
+    positive = a > 0
+    abs_a = np.where(positive, a, wrap_int32(-a))
+    if_positive = _one_over_one_plus_x(exp_on_negative_values(wrap_int32(-abs_a), 4))
+    if_negative = wrap_int32(INT32_MAX - if_positive)
+    return np.where(a == 0, 1 << 30, np.where(positive, if_positive, if_negative))
+
+
+def _fx_tanh(a: IntArray) -> IntArray:
+    """gemmlowp::tanh of a Q4.27 value, Q0.31 result."""
+    negative = a < 0
+    n = np.where(negative, a, wrap_int32(-a))
+    e = exp_on_negative_values(n, 5)  # ExactMulByPot<1>: the same raw value as Q5.26
+    half_denominator = _rounding_half_sum_one(e)
+    x = _newton_reciprocal(half_denominator)
+    t = _saturating_shift_left(wrap_int32(x - _F2_ONE), 2)
+    return np.where(a == 0, 0, np.where(negative, wrap_int32(-t), t))
+
+
+@dataclass(frozen=True)
+class ConcatParams:
+    """CONCATENATION (int8): TFLM requires every input's scale and zero point to equal the
+    output's and no fused activation, so the op is a copy along `axis` (>= 0)."""
+
+    axis: int
+
+
+def concatenation(xs: list[np.ndarray], p: ConcatParams) -> np.ndarray:
+    """reference_ops::Concatenation for int8 with equal quantization: a copy."""
+    return np.concatenate([np.asarray(x, dtype=np.int8) for x in xs], axis=p.axis)

@@ -13,6 +13,7 @@ it raises `UnsupportedModelError` with the reason.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -201,14 +202,20 @@ def depthwise_params(model: Model, op: OperatorInfo) -> ref_ops.DepthwiseConvPar
     return ref_ops.DepthwiseConvParams(**common, depth_multiplier=dm)
 
 
-def add_params(model: Model, op: OperatorInfo) -> ref_ops.AddParams:
-    """AddPrepare -> CalculateOpDataAdd (int8)."""
+def _binary_int8_quant(model: Model, op: OperatorInfo
+                       ) -> tuple[TensorQuant, TensorQuant, TensorQuant]:
+    """The quantization of a two-input int8 operator's inputs and output (checked)."""
     if len(op.inputs) != 2 or len(op.outputs) != 1:
         raise _fail(op, f"{len(op.inputs)} inputs and {len(op.outputs)} outputs")
     for t in (*op.inputs, op.outputs[0]):
         _require_dtype(model, op, t, "int8")
-    q1, q2 = _quant(model, op, op.inputs[0]), _quant(model, op, op.inputs[1])
-    out = _quant(model, op, op.outputs[0])
+    return (_quant(model, op, op.inputs[0]), _quant(model, op, op.inputs[1]),
+            _quant(model, op, op.outputs[0]))
+
+
+def add_params(model: Model, op: OperatorInfo) -> ref_ops.AddParams:
+    """AddPrepare -> CalculateOpDataAdd (int8)."""
+    q1, q2, out = _binary_int8_quant(model, op)
     left_shift = 20
     twice_max = 2 * max(q1.scale, q2.scale)  # std::max on float32, then double
     real1 = q1.scale / twice_max
@@ -227,6 +234,19 @@ def add_params(model: Model, op: OperatorInfo) -> ref_ops.AddParams:
         input1_multiplier=m1, input1_shift=s1, input2_multiplier=m2, input2_shift=s2,
         output_multiplier=mo, output_shift=so, output_offset=out.zero_point,
         act_min=act_min, act_max=act_max)
+
+
+def mul_params(model: Model, op: OperatorInfo) -> ref_ops.MulParams:
+    """MulPrepare -> CalculateOpDataMul (int8): real multiplier = s1 * s2 / s_out in
+    double from the float32 scales."""
+    q1, q2, out = _binary_int8_quant(model, op)
+    mult, shift = _quantize_multiplier(op, q1.scale * q2.scale / out.scale,
+                                       "output multiplier")
+    activation = int(op.options.fusedActivationFunction) if op.options is not None else 0
+    act_min, act_max = activation_range(op, activation, out)
+    return ref_ops.MulParams(input1_offset=-q1.zero_point, input2_offset=-q2.zero_point,
+                             output_multiplier=mult, output_shift=shift,
+                             output_offset=out.zero_point, act_min=act_min, act_max=act_max)
 
 
 def pool_params(model: Model, op: OperatorInfo) -> ref_ops.PoolParams:
@@ -388,6 +408,125 @@ def softmax_params(model: Model, op: OperatorInfo) -> ref_ops.SoftmaxParams:
         raise _fail(op, f"TFLM would abort: {e}") from None
 
 
+def _int8_unary(model: Model, op: OperatorInfo) -> tuple[TensorQuant, TensorQuant]:
+    """The input and output quantization of an int8 -> int8 unary op."""
+    _require_dtype(model, op, op.inputs[0], "int8")
+    _require_dtype(model, op, op.outputs[0], "int8")
+    return _quant(model, op, op.inputs[0]), _quant(model, op, op.outputs[0])
+
+
+def _f32(x: float) -> np.float32:
+    return np.float32(x)
+
+
+def relu_params(model: Model, op: OperatorInfo) -> ref_ops.ReluParams:
+    """RELU (activations_common.cc CalculateReluOpData<int8_t>)."""
+    inp, out = _int8_unary(model, op)
+    m, s = _quantize_multiplier(op, float(_f32(inp.scale) / _f32(out.scale)), "relu multiplier")
+    act_min = max(ref_ops.INT8_MIN, out.zero_point)  # zp + roundf(0.0f / scale)
+    return ref_ops.ReluParams(inp.zero_point, out.zero_point, m, s, act_min, ref_ops.INT8_MAX)
+
+
+def relu6_params(model: Model, op: OperatorInfo) -> ref_ops.ClampParams:
+    """RELU6 (Relu6Prepare): clamp to [zero point, FloatToQuantizedType(6.0f)] of the
+    input; TFLM ignores the output quantization."""
+    inp, _ = _int8_unary(model, op)
+    quotient = _f32(6.0) / _f32(inp.scale)
+    if not np.isfinite(quotient):
+        raise _fail(op, f"6.0 / scale {inp.scale} is not finite")
+    six = ref_ops._round_half_away(float(quotient)) + inp.zero_point
+    six = min(max(six, ref_ops.INT8_MIN), ref_ops.INT8_MAX)
+    return ref_ops.ClampParams(inp.zero_point, six)
+
+
+def leaky_relu_params(model: Model, op: OperatorInfo) -> ref_ops.LeakyReluParams:
+    """LEAKY_RELU (leaky_relu_common.cc CalculateOpDataLeakyRelu): float32 products."""
+    inp, out = _int8_unary(model, op)
+    alpha = _f32(_options(op).alpha)
+    ma, sa = _quantize_multiplier(op, float(_f32(inp.scale) * alpha / _f32(out.scale)),
+                                  "alpha multiplier")
+    mi, si = _quantize_multiplier(op, float(_f32(inp.scale) / _f32(out.scale)),
+                                  "identity multiplier")
+    return ref_ops.LeakyReluParams(inp.zero_point, out.zero_point, mi, si, ma, sa)
+
+
+def _int16_multiplier(op: OperatorInfo, real: float, what: str) -> tuple[int, int]:
+    """QuantizeMultiplier, then DownScaleInt32ToInt16Multiplier."""
+    m, s = _quantize_multiplier(op, real, what)
+    if m < 0:
+        raise _fail(op, f"{what} {real} is negative")
+    m16 = (1 << 15) - 1 if m >= ref_ops.INT32_MAX - (1 << 15) else (m + (1 << 15)) >> 16
+    return m16, s
+
+
+def hard_swish_params(model: Model, op: OperatorInfo) -> ref_ops.HardSwishParams:
+    """HARD_SWISH (hard_swish_common.cc HardSwishPrepare)."""
+    inp, out = _int8_unary(model, op)
+    hires = _f32(1.0 / 128.0) * _f32(inp.scale)
+    om, oe = _int16_multiplier(op, float(hires / _f32(out.scale)), "output multiplier")
+    if oe > 0:
+        raise _fail(op, f"output multiplier exponent {oe} > 0 (TFLM's Prepare fails)")
+    rm, re_ = _int16_multiplier(op, float(hires / _f32(3.0 / 32768.0)), "reluish multiplier")
+    return ref_ops.HardSwishParams(inp.zero_point, out.zero_point, om, oe, rm, re_)
+
+
+def _sigmoid_params(model: Model, op: OperatorInfo, tanh: bool) -> ref_ops.SigmoidParams:
+    """LOGISTIC / TANH int8 Prepare: multiplier of scale * 2^27 by frexp, input radius."""
+    inp, out = _int8_unary(model, op)
+    if not tanh and out.zero_point != ref_ops.INT8_MIN:
+        raise _fail(op, f"output zero point {out.zero_point} is not -128 (TFLM's Prepare "
+                        "fails)")
+    q, left_shift = math.frexp(inp.scale * float(1 << 27))
+    multiplier = ref_ops._round_half_away(q * float(1 << 31))
+    if multiplier > ref_ops.INT32_MAX or not 0 <= left_shift <= 31:
+        raise _fail(op, f"input scale {inp.scale} is outside what TFLM's int8 kernel handles")
+    radius = math.floor(15.0 * float(1 << 27) / float(1 << left_shift))
+    return ref_ops.SigmoidParams(tanh, inp.zero_point, radius, multiplier, left_shift)
+
+
+def logistic_params(model: Model, op: OperatorInfo) -> ref_ops.SigmoidParams:
+    return _sigmoid_params(model, op, tanh=False)
+
+
+def tanh_params(model: Model, op: OperatorInfo) -> ref_ops.SigmoidParams:
+    return _sigmoid_params(model, op, tanh=True)
+
+
+_MAX_CONCAT_INPUTS = 10  # concatenation.cc kMaxInputNum
+
+
+def concat_params(model: Model, op: OperatorInfo) -> ref_ops.ConcatParams:
+    """CONCATENATION (ConcatenationPrepare, int8): no fused activation, at most 10
+    inputs, each with the output's scale and zero point (no requantization)."""
+    o = _options(op)
+    if int(o.fusedActivationFunction) != ACT_NONE:
+        raise _fail(op, "a fused activation (TFLM's Prepare requires none)")
+    if not 1 <= len(op.inputs) <= _MAX_CONCAT_INPUTS:
+        raise _fail(op, f"{len(op.inputs)} inputs (TFLM takes 1..{_MAX_CONCAT_INPUTS})")
+    out = _quant(model, op, op.outputs[0])
+    _require_dtype(model, op, op.outputs[0], "int8")
+    for t in op.inputs:
+        _require_dtype(model, op, t, "int8")
+        if _quant(model, op, t) != out:
+            raise _fail(op, f"input tensor {t} is quantized unlike the output (TFLM's int8 "
+                            "concatenation does not requantize)")
+    rank = len(model.tensors[op.outputs[0]].shape)
+    axis = int(o.axis)
+    return ref_ops.ConcatParams(axis + rank if axis < 0 else axis)
+
+
+LUT_OPS = frozenset({"RELU", "RELU6", "LEAKY_RELU", "HARD_SWISH", "LOGISTIC", "TANH",
+                     "QUANTIZE"})
+
+
+def unary_table(model: Model, op: OperatorInfo) -> np.ndarray:
+    """The int8[256] table of a unary int8 -> int8 op (LUT_OPS): entry i is the op's
+    output for the input i - 128, computed by emulating TFLM's kernel."""
+    if op.name not in LUT_OPS:
+        raise _fail(op, f"{op.name} is not a unary op with a table ({', '.join(sorted(LUT_OPS))})")
+    return ref_ops.unary_table(params_for(model, op))
+
+
 _PARAMS: dict[str, Callable[[Model, OperatorInfo], Params]] = {
     "CONV_2D": conv_params,
     "DEPTHWISE_CONV_2D": depthwise_params,
@@ -398,8 +537,16 @@ _PARAMS: dict[str, Callable[[Model, OperatorInfo], Params]] = {
     "PADV2": pad_params,
     "FULLY_CONNECTED": fully_connected_params,
     "MEAN": mean_params,
+    "MUL": mul_params,
     "QUANTIZE": quantize_params,
     "SOFTMAX": softmax_params,
+    "RELU": relu_params,
+    "RELU6": relu6_params,
+    "LEAKY_RELU": leaky_relu_params,
+    "HARD_SWISH": hard_swish_params,
+    "LOGISTIC": logistic_params,
+    "TANH": tanh_params,
+    "CONCATENATION": concat_params,
 }
 
 # ops that only move bytes: no integer parameters
@@ -480,6 +627,8 @@ def _dispatch(op: OperatorInfo, args: list[np.ndarray | None], p: Params,
                                         p)
     if name == "ADD":
         return ref_ops.add(x, _arg(args, 1), p)
+    if name == "MUL":
+        return ref_ops.mul(x, _arg(args, 1), p)
     if name == "AVERAGE_POOL_2D":
         return ref_ops.average_pool(x, p)
     if name == "MAX_POOL_2D":
@@ -493,6 +642,10 @@ def _dispatch(op: OperatorInfo, args: list[np.ndarray | None], p: Params,
         return ref_ops.mean(x, p)
     if name == "QUANTIZE":
         return ref_ops.requantize(x, p)
+    if name in LUT_OPS:
+        return ref_ops.lut(x, ref_ops.unary_table(p))
+    if name == "CONCATENATION":
+        return ref_ops.concatenation([a for a in args if a is not None], p)
     if name == "SOFTMAX":
         return ref_ops.softmax(x, p)
     if name == "TRANSPOSE":

@@ -232,13 +232,16 @@ def _extents(ranges: Ranges, cached: frozenset[int] = frozenset()
 
 
 def stage_options(graph: StageGraph, sched: Schedule, layers: tuple[pf.Layer, ...],
-                  num_inputs: int) -> pf.PatchOptions:
-    """The options of the stage under this schedule (layers with their input indices)."""
+                  num_inputs: int, packed: bool = False) -> pf.PatchOptions:
+    """The options of the stage under this schedule (layers with their input indices;
+    `packed`: their constants are (input, offset), version 3, when any layer has one)."""
     tensors = tuple(
         pf.StageTensor(h, w, c, sched.rows[k], sched.cols[k], *sched.slots[k],
                        *((pf.TENSOR_CACHE_COLS, *sched.caches[k]) if k in sched.cached
                          else ()))
         for k, (h, w, c) in enumerate(graph.shapes))
     flags = (pf.FLAG_INPUT_NCHW if graph.input_nchw else 0) | \
-        (pf.FLAG_CACHES if sched.cached else 0)
+        (pf.FLAG_CACHES if sched.cached else 0) | \
+        (pf.FLAG_PACKED if packed and (any(c is not None for c in graph.constants) or
+                                       any(t is not None for t in graph.tables)) else 0)
     return pf.PatchOptions(tensors, layers, sched.grid, sched.scratch_bytes, num_inputs, flags)

@@ -24,18 +24,24 @@ from tflm_patch.errors import UnsupportedModelError
 from tflm_patch.geometry import spatial_support
 from tflm_patch.model import Model, OperatorInfo
 from tflm_patch.ref_params import (
+    LUT_OPS,
     add_params,
+    concat_params,
     conv_params,
     depthwise_params,
+    mul_params,
     pad_params,
     pool_params,
+    unary_table,
 )
 
 log = logging.getLogger(__name__)
 
 STAGE_OPS = {"CONV_2D": pf.CONV, "DEPTHWISE_CONV_2D": pf.DEPTHWISE,
              "AVERAGE_POOL_2D": pf.AVERAGE_POOL, "MAX_POOL_2D": pf.MAX_POOL,
-             "PAD": pf.PAD, "PADV2": pf.PAD, "ADD": pf.ADD}
+             "PAD": pf.PAD, "PADV2": pf.PAD, "ADD": pf.ADD, "MUL": pf.MUL,
+             "CONCATENATION": pf.CONCAT,
+             **dict.fromkeys(sorted(LUT_OPS), pf.LUT)}  # unary ops as 256-entry tables
 FUSED_OK = {0: "NONE", 1: "RELU", 2: "RELU_N1_TO_1", 3: "RELU6"}
 
 
@@ -103,6 +109,64 @@ def activation_type_reason(model: Model) -> str:
             "activations only, so no operator of this model can be patched")
 
 
+def side_operand(model: Model, op: OperatorInfo) -> int | None:
+    """The per-channel operand of a squeeze-and-excitation MUL: of its two activation
+    inputs, the one of shape [1, 1, 1, C] (C the output's channels; or [1, C], [C]: TFLM
+    broadcasts from the right) when the output has more than one pixel and the other
+    input has the output's shape; else None."""
+    acts = model.activation_inputs(op)
+    if op.name != "MUL" or len(acts) != 2 or len(op.outputs) != 1:
+        return None
+    out = tuple(model.tensors[op.outputs[0]].shape)
+    if len(out) != 4 or out[0] != 1 or out[1] * out[2] <= 1:
+        return None
+    for side, full in ((acts[1], acts[0]), (acts[0], acts[1])):
+        shape = tuple(model.tensors[side].shape)
+        if 1 <= len(shape) <= 4 and shape[-1] == out[3] and math.prod(shape) == out[3] and \
+                tuple(model.tensors[full].shape) == out:
+            return side
+    return None
+
+
+def spatial_inputs(model: Model, op: OperatorInfo) -> list[int]:
+    """The activation inputs PATCH_EXEC reads patch by patch (all but a MUL's side
+    operand)."""
+    side = side_operand(model, op)
+    return [t for t in model.activation_inputs(op) if t != side]
+
+
+def runtime_addends(model: Model, first: int, last: int) -> dict[int, int]:
+    """operator -> model tensor: the residual ADDs of operators first..last after a
+    squeeze-and-excitation MUL whose one operand comes from before the stage and is not
+    its input (the block input of a block whose SE MUL starts the stage): PATCH_EXEC reads
+    that operand whole as a runtime input, so the scaled block ends inside the stage."""
+    ops = model.operators
+    firsts = spatial_inputs(model, ops[first])
+    stage_in = firsts[0] if firsts else None
+    produced: set[int] = set()
+    se = False
+    found: dict[int, int] = {}
+    for i in range(first, last + 1):
+        op = ops[i]
+        acts = model.activation_inputs(op)
+        if op.name == "ADD" and se and len(acts) == 2:
+            outside = [t for t in acts if t not in produced]
+            if len(outside) == 1 and outside[0] != stage_in and \
+                    model.tensors[outside[0]].shape == model.tensors[op.outputs[0]].shape:
+                found[i] = outside[0]
+        se = se or side_operand(model, op) is not None
+        produced.update(op.outputs)
+    return found
+
+
+def _mul_support(model: Model, op: OperatorInfo) -> tuple[bool, str]:
+    if side_operand(model, op) is None:
+        return False, (f"operator {op.index} (MUL): PATCH_EXEC executes a MUL only by a "
+                       "runtime per-channel tensor [1, 1, 1, C] broadcast over rows and "
+                       "columns (squeeze-and-excitation)")
+    return True, ""
+
+
 def op_support(model: Model, op: OperatorInfo) -> tuple[bool, str]:
     """(ok, reason): can PATCH_EXEC execute this operator? (worked out once per operator)"""
     if _own(model, op):
@@ -131,7 +195,7 @@ def _op_support(model: Model, op: OperatorInfo) -> tuple[bool, str]:
     for t in (*model.activation_inputs(op), *op.outputs):
         if model.tensors[t].dtype != "int8":
             return False, f"{where}: tensor {t} is {model.tensors[t].dtype}, not int8"
-    ok, reason = spatial_support(model, op)
+    ok, reason = _mul_support(model, op) if op.name == "MUL" else spatial_support(model, op)
     if not ok:
         return False, reason
     too_big = _field_overflow(model, op)
@@ -145,13 +209,17 @@ def _op_support(model: Model, op: OperatorInfo) -> tuple[bool, str]:
     acts = model.activation_inputs(op)
     if op.name == "ADD" and len(acts) != 2:
         return False, f"{where}: ADD of a constant is not a residual ADD"
-    if op.name != "ADD" and len(acts) != 1:
+    if op.name not in ("ADD", "MUL", "CONCATENATION") and len(acts) != 1:
         return False, f"{where}: {len(acts)} activation inputs"
     if op.name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
         if len(op.inputs) > 2 and op.inputs[2] >= 0 and not model.tensors[op.inputs[2]].is_constant:
             return False, f"{where}: the bias is not constant"
         if not model.tensors[op.inputs[1]].is_constant:
             return False, f"{where}: the filter is not constant"
+    if op.name == "LEAKY_RELU" and op.options is not None and float(op.options.alpha) < 0:
+        return False, (f"{where}: a negative alpha is computed differently by TFLM before "
+                       "and since 2025 (February 2023 TFLM: MBQM(x, alpha); since: "
+                       "-MBQM(x, -alpha)), so no single table is exact")
     try:
         params = layer_params(model, op)
     except UnsupportedModelError as e:
@@ -173,7 +241,8 @@ def layer_params(model: Model, op: OperatorInfo) -> object:
 def _layer_params(model: Model, op: OperatorInfo) -> object:
     fn = {"CONV_2D": conv_params, "DEPTHWISE_CONV_2D": depthwise_params,
           "AVERAGE_POOL_2D": pool_params, "MAX_POOL_2D": pool_params, "PAD": pad_params,
-          "PADV2": pad_params, "ADD": add_params}[op.name]
+          "PADV2": pad_params, "ADD": add_params, "MUL": mul_params,
+          "CONCATENATION": concat_params, **dict.fromkeys(LUT_OPS, unary_table)}[op.name]
     return fn(model, op)
 
 
@@ -205,6 +274,13 @@ class StageGraph:
     constants: tuple[LayerConstants | None, ...]
     macs_per_pixel: tuple[int, ...]  # per layer, per output pixel (all channels)
     input_nchw: bool = False  # a folded TRANSPOSE: tensors[0] is the NCHW model tensor
+    # per layer: the runtime model tensor it reads besides stage tensors -- a MUL's
+    # per-channel operand, an ADD's addend (runtime_addends) -- which the converter makes
+    # an operator input; None for other layers; () when none
+    sides: tuple[int | None, ...] = ()
+    # per layer: the int8[256] table of a LUT layer (the converter makes it a constant
+    # input), None for other layers; () when none
+    tables: tuple[np.ndarray | None, ...] = ()
     # schedule.make_schedule's results for this graph, by (grid, cache)
     schedules: dict[Any, Any] = field(default_factory=dict, init=False, repr=False)
 
@@ -219,6 +295,12 @@ class StageGraph:
     @property
     def output(self) -> int:
         return self.tensors[-1]
+
+    @property
+    def side_inputs(self) -> tuple[int, ...]:
+        """The runtime tensors the stage reads besides its input (MUL scales, ADD addends),
+        once each."""
+        return tuple(dict.fromkeys(t for t in self.sides if t is not None))
 
     @cached_property
     def macs(self) -> int:
@@ -256,6 +338,7 @@ def _stage_check(model: Model, first: int, last: int, support: list[tuple[bool, 
         return False, f"operators {first}..{last} are not within the model's 0..{n_ops - 1}"
     produced: set[int] = set()
     outside_inputs: set[int] = set()
+    addends = runtime_addends(model, first, last) if 0 <= first <= last < n_ops else {}
     for i in range(first, last + 1):
         op = model.operators[i]
         ok, reason = support[i] if support is not None else op_support(model, op)
@@ -264,8 +347,12 @@ def _stage_check(model: Model, first: int, last: int, support: list[tuple[bool, 
         if op.name == "TRANSPOSE" and i != first:
             return False, (f"operator {i} (TRANSPOSE): PATCH_EXEC folds a TRANSPOSE only as "
                            "the first operator of a stage (reading the NCHW input)")
+        side = side_operand(model, op) if op.name == "MUL" else None
+        if side is not None and side in produced:
+            return False, (f"operator {i} (MUL): its per-channel operand (tensor {side}) is "
+                           "made inside the stage; PATCH_EXEC reads it as a runtime input")
         for t in model.activation_inputs(op):
-            if t not in produced:
+            if t not in produced and t != side and t != addends.get(i):
                 outside_inputs.add(t)
         produced.update(op.outputs)
     if model.operators[first].name == "TRANSPOSE" and first == last:
@@ -349,7 +436,7 @@ def _build_stage(model: Model, first: int, last: int, fold_pads: bool, live_inpu
     if not ok:
         raise UnsupportedModelError(reason)
     ops = [model.operators[i] for i in range(first, last + 1)]
-    stage_in = model.activation_inputs(ops[0])[0]
+    stage_in = spatial_inputs(model, ops[0])[0]
     stage_out = ops[-1].outputs[0]
     consumers = model.consumers()
     index = {stage_in: 0}
@@ -362,17 +449,23 @@ def _build_stage(model: Model, first: int, last: int, fold_pads: bool, live_inpu
     extra_pad: dict[int, tuple[int, int, int]] = {}  # PAD output -> (PAD input, top, left)
     layers: list[pf.Layer] = []
     constants: list[LayerConstants | None] = []
+    sides: list[int | None] = []
+    tables: list[np.ndarray | None] = []
     macs: list[int] = []
     tensors = [stage_in]
+    addends = runtime_addends(model, first, last)
     for op in ops:
         if fold_pads and foldable_pad(model, op, consumers, stage_out):
             pads = model.constant(op.inputs[1]).reshape(-1, 2)
             extra_pad[op.outputs[0]] = (op.inputs[0], int(pads[1][0]), int(pads[2][0]))
             continue
-        layer, consts = _layer(model, op, index, extra_pad)
+        addend = addends.get(op.index)
+        layer, consts = _layer(model, op, index, extra_pad, addend)
         index[op.outputs[0]] = len(layers) + 1
         layers.append(layer)
         constants.append(consts)
+        sides.append(side_operand(model, op) if op.name == "MUL" else addend)
+        tables.append(np.asarray(layer_params(model, op)) if layer.kind == pf.LUT else None)
         tensors.append(op.outputs[0])
         out = model.tensors[op.outputs[0]].shape
         macs.append(op_macs(model, op) // (out[1] * out[2]))
@@ -381,7 +474,9 @@ def _build_stage(model: Model, first: int, last: int, fold_pads: bool, live_inpu
         for k in stream_pairs(layers, shapes):
             layers[k] = replace(layers[k], flags=pf.LAYER_STREAM)
     return StageGraph(first, last, tuple(tensors), tuple(shapes), tuple(layers),
-                      tuple(constants), tuple(macs), nchw)
+                      tuple(constants), tuple(macs), nchw,
+                      tuple(sides) if any(t is not None for t in sides) else (),
+                      tuple(tables) if any(t is not None for t in tables) else ())
 
 
 def _shape3(model: Model, tensor: int) -> tuple[int, int, int]:
@@ -390,10 +485,11 @@ def _shape3(model: Model, tensor: int) -> tuple[int, int, int]:
 
 
 def _layer(model: Model, op: OperatorInfo, index: dict[int, int],
-           folded: dict[int, tuple[int, int, int]]
+           folded: dict[int, tuple[int, int, int]], addend: int | None = None
            ) -> tuple[pf.Layer, LayerConstants | None]:
+    """Layer of `op`; `addend`: an ADD's operand read as a runtime input (input1 NONE)."""
     kind = STAGE_OPS[op.name]
-    acts = model.activation_inputs(op)
+    acts = [t for t in spatial_inputs(model, op) if t != addend]
     p = layer_params(model, op)
     src, more_top, more_left = folded.get(acts[0], (acts[0], 0, 0))
     in0 = index[src]
@@ -421,11 +517,27 @@ def _layer(model: Model, op: OperatorInfo, index: dict[int, int],
         zeros[0] = p.pad_value
         return pf.Layer(kind, in0, pad_top=p.paddings[1][0], pad_left=p.paddings[2][0],
                         p=tuple(zeros)), None
+    if isinstance(p, np.ndarray):  # a unary op's table
+        return pf.Layer(pf.LUT, in0), None
+    if isinstance(p, ref_ops.ConcatParams):  # along channels (geometry checked the axis)
+        return pf.Layer(pf.CONCAT, in0, input1=index[acts[1]]), None
+    if isinstance(p, ref_ops.MulParams):
+        # the stage tensor is input1: swap the offsets when the model has MUL(s, x)
+        off_x, off_s = p.input1_offset, p.input2_offset
+        if model.activation_inputs(op)[0] != acts[0]:
+            off_x, off_s = off_s, off_x
+        zeros[:7] = [off_x, p.output_offset, p.act_min, p.act_max, off_s,
+                     p.output_multiplier, p.output_shift]
+        return pf.Layer(kind, in0, p=tuple(zeros)), None
     assert isinstance(p, ref_ops.AddParams)
-    zeros[:] = [p.input1_offset, p.output_offset, p.act_min, p.act_max, p.input2_offset,
-                p.left_shift, p.input1_multiplier, p.input1_shift, p.input2_multiplier,
-                p.input2_shift, p.output_multiplier, p.output_shift]
-    return pf.Layer(kind, in0, input1=index[acts[1]], p=tuple(zeros)), None
+    one = (p.input1_offset, p.input1_multiplier, p.input1_shift)
+    two = (p.input2_offset, p.input2_multiplier, p.input2_shift)
+    if addend is not None and model.activation_inputs(op)[0] == addend:
+        one, two = two, one  # the stage tensor is the model's input2: swap (exact)
+    zeros[:] = [one[0], p.output_offset, p.act_min, p.act_max, two[0], p.left_shift, one[1],
+                one[2], two[1], two[2], p.output_multiplier, p.output_shift]
+    input1 = pf.NONE if addend is not None else index[acts[1]]
+    return pf.Layer(kind, in0, input1=input1, p=tuple(zeros)), None
 
 
 def candidate_stages(model: Model) -> Iterator[tuple[int, int]]:

@@ -359,6 +359,31 @@ def allocation_report(model: bytes, *, arena_size: int | None = None,
     return parse_report(_call(req, timeout).report_text)
 
 
+def allocation_reports(models: Sequence[bytes], *, timeout: float = 60.0
+                       ) -> list[AllocationReport | str]:
+    """RecordingMicroAllocator's report after AllocateTensors (generous arena) of each
+    model, each in its own forked process of ONE TFLM child; a model TFLM cannot allocate
+    gives one line saying why instead (its error, crash or timeout)."""
+    if not models:
+        return []
+    data = [bytes(m) for m in models]
+    for m in data:
+        _model_shape(m)
+    arena = max(4 * MIN_DEFAULT_ARENA, default_arena_size(max(data, key=len)))
+    req = dataclasses.replace(_request("reports", data[0], arena_size=arena, verify=False),
+                              extra_models=tuple(data[1:]), timeout=timeout)
+    response = _call(req, timeout * len(data) + 120)
+    out: list[AllocationReport | str] = []
+    for run in response.isolated:
+        outcome = _isolated_outcome(dataclasses.replace(run, outputs=(np.zeros(0),)))
+        if outcome.ran and run.report_text:
+            out.append(parse_report(run.report_text))
+        else:
+            why = outcome.error or outcome.signal or ("timed out" if outcome.timed_out else "")
+            out.append(f"{why}{f' ({outcome.log})' if outcome.log else ''}")
+    return out
+
+
 def smallest_arena(model: bytes, *, granularity: int = 16, registerers: Sequence[str] = (),
                    preload: Sequence[str] = (), invoke: bool = True,
                    timeout: float = DEFAULT_TIMEOUT) -> ArenaMeasurement:

@@ -1,4 +1,5 @@
-"""The project's own test models: seeded Keras networks converted to full-int8 TFLite.
+"""The project's own test models: seeded Keras networks converted to int8 TFLite (full int8,
+int8 input and output; `float_io` keeps TFLiteConverter's default float interface).
 
 They let the project test everything without ../shared. A model is built by
 TensorFlow in a child process with a fixed environment (oneDNN off, one thread,
@@ -62,6 +63,7 @@ class ZooSpec:
     description: str  # one line, for --help and the README
     input_shape: tuple[int, int, int]  # H, W, C (batch 1)
     build: Callable[[Any], Any]  # (tensorflow module) -> keras.Model, float, untrained
+    float_io: bool = False  # TFLiteConverter's default interface: float32 in and out
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,156 @@ def _nchw_input(tf: Any) -> Any:
     return tf.keras.Model(inp, out)
 
 
+def _float_io(tf: Any) -> Any:
+    """A small MobileNetV2-like net (converted with the float32 interface kept)."""
+    layers = tf.keras.layers
+    inp = tf.keras.Input((64, 64, 3))
+    x = layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False)(inp)  # 32
+    x = _bn_relu(tf, x)
+    x = _inverted_residual(tf, x, 1, 8, 3, 1)
+    x = _inverted_residual(tf, x, 4, 16, 3, 2)  # 16
+    x = _inverted_residual(tf, x, 4, 16, 3, 1)
+    x = _inverted_residual(tf, x, 4, 24, 3, 2)  # 8
+    x = layers.GlobalAveragePooling2D()(x)
+    out = layers.Dense(4)(x)
+    return tf.keras.Model(inp, out)
+
+
+def _upsample2(tf: Any, x: Any) -> Any:
+    """x2 nearest upsampling that converts to one RESIZE_NEAREST_NEIGHBOR (Keras 3's
+    UpSampling2D becomes a TILE/RESHAPE chain)."""
+    h, w = x.shape[1:3]
+    return tf.keras.layers.Resizing(2 * h, 2 * w, interpolation="nearest")(x)
+
+
+def _det_head3(tf: Any) -> Any:
+    """Backbone to strides 8/16/32, an FPN-like neck (x2 nearest upsampling + concatenation
+    along channels), one 1x1 YOLO-like head per scale: three outputs."""
+    layers = tf.keras.layers
+    inp = tf.keras.Input((128, 160, 3))
+    x = layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False)(inp)  # 64x80
+    x = _bn_relu(tf, x)
+    x = _inverted_residual(tf, x, 3, 8, 3, 2)  # 32x40
+    c3 = _inverted_residual(tf, x, 3, 16, 3, 2)  # 16x20, stride 8
+    c4 = _inverted_residual(tf, c3, 3, 24, 3, 2)  # 8x10, stride 16
+    c5 = _inverted_residual(tf, c4, 3, 32, 3, 2)  # 4x5, stride 32
+    p5 = _bn_relu(tf, layers.Conv2D(16, 1, use_bias=False)(c5))
+    up5 = _upsample2(tf, p5)
+    p4 = _bn_relu(tf, layers.Conv2D(16, 1, use_bias=False)(layers.Concatenate()([up5, c4])))
+    up4 = _upsample2(tf, p4)
+    p3 = _bn_relu(tf, layers.Conv2D(16, 1, use_bias=False)(layers.Concatenate()([up4, c3])))
+    heads = [layers.Conv2D(3 * 6, 1, name=f"head_s{s}")(p) for s, p in
+             ((8, p3), (16, p4), (32, p5))]  # 3 anchors x (box 4, objectness, 1 class)
+    return tf.keras.Model(inp, heads)
+
+
+def _se(tf: Any, x: Any, squeeze: int) -> Any:
+    """Squeeze-and-excitation: GAP -> 1x1 -> ReLU -> 1x1 -> ReLU6(x + 3) / 6 -> multiply."""
+    layers = tf.keras.layers
+    s = layers.GlobalAveragePooling2D(keepdims=True)(x)
+    s = layers.Conv2D(squeeze, 1, activation="relu")(s)
+    s = layers.Conv2D(x.shape[-1], 1)(s)
+    s = layers.Activation("hard_sigmoid")(s)
+    return layers.Multiply()([x, s])
+
+
+def _se_block(tf: Any, x: Any, expand: int, out_c: int, k: int, stride: int) -> Any:
+    layers = tf.keras.layers
+    in_c = x.shape[-1]
+    y = _bn_relu(tf, layers.Conv2D(in_c * expand, 1, use_bias=False)(x))
+    y = layers.DepthwiseConv2D(k, strides=stride, padding="same", use_bias=False)(y)
+    y = _se(tf, _bn_relu(tf, y), max(4, in_c * expand // 4))
+    y = layers.BatchNormalization()(layers.Conv2D(out_c, 1, use_bias=False)(y))
+    return layers.Add()([x, y]) if stride == 1 and in_c == out_c else y
+
+
+def _se_blocks(tf: Any) -> Any:
+    layers = tf.keras.layers
+    inp = tf.keras.Input((96, 96, 3))
+    x = _bn_relu(tf, layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False)(inp))
+    x = _inverted_residual(tf, x, 1, 8, 3, 1)  # 48
+    x = _inverted_residual(tf, x, 4, 16, 3, 2)  # 24
+    x = _se_block(tf, x, 3, 16, 5, 1)
+    x = _se_block(tf, x, 4, 24, 5, 2)  # 12
+    x = _se_block(tf, x, 4, 24, 3, 1)
+    x = layers.GlobalAveragePooling2D()(x)
+    return tf.keras.Model(inp, layers.Dense(5)(x))
+
+
+def _hswish_block(tf: Any, x: Any, expand: int, out_c: int, k: int, stride: int) -> Any:
+    layers = tf.keras.layers
+    in_c = x.shape[-1]
+    y = layers.BatchNormalization()(layers.Conv2D(in_c * expand, 1, use_bias=False)(x))
+    y = layers.Activation("hard_swish")(y)
+    y = layers.DepthwiseConv2D(k, strides=stride, padding="same", use_bias=False)(y)
+    y = layers.Activation("hard_swish")(layers.BatchNormalization()(y))
+    y = layers.BatchNormalization()(layers.Conv2D(out_c, 1, use_bias=False)(y))
+    return layers.Add()([x, y]) if stride == 1 and in_c == out_c else y
+
+
+def _hard_swish(tf: Any) -> Any:
+    """MobileNetV3-like: hard-swish x * ReLU6(x + 3) / 6 after the stem and in the blocks."""
+    layers = tf.keras.layers
+    inp = tf.keras.Input((80, 80, 3))
+    x = layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False)(inp)  # 40
+    x = layers.Activation("hard_swish")(layers.BatchNormalization()(x))
+    x = _hswish_block(tf, x, 3, 16, 3, 1)
+    x = _hswish_block(tf, x, 4, 24, 5, 2)  # 20
+    x = _hswish_block(tf, x, 3, 24, 5, 1)
+    x = _hswish_block(tf, x, 4, 32, 3, 2)  # 10
+    x = layers.GlobalAveragePooling2D()(x)
+    return tf.keras.Model(inp, layers.Dense(4)(x))
+
+
+def _s2b_conv_layer(tf: Any) -> Any:
+    """A Keras layer: a dilated convolution written with tf.nn.with_space_to_batch, its ReLU
+    inside (so TensorFlow's converter keeps SPACE_TO_BATCH_ND / BATCH_TO_SPACE_ND)."""
+
+    class SpaceToBatchConv(tf.keras.layers.Layer):
+        def __init__(self, filters: int, kernel: int, rate: int, padding: str,
+                     depthwise: bool = False) -> None:
+            super().__init__()
+            self.filters, self.kernel, self.rate = filters, kernel, rate
+            self.padding, self.depthwise = padding, depthwise
+
+        def build(self, shape: Any) -> None:
+            c = shape[-1]
+            k = (self.kernel, self.kernel, c, 1 if self.depthwise else self.filters)
+            self.w = self.add_weight(shape=k, initializer="glorot_uniform")
+            self.b = self.add_weight(shape=(c if self.depthwise else self.filters,),
+                                     initializer="random_normal")
+
+        def _conv(self, y: Any, _: Any, padding: str) -> Any:
+            if self.depthwise:
+                z = tf.nn.depthwise_conv2d(y, self.w, [1, 1, 1, 1], padding)
+            else:
+                z = tf.nn.conv2d(y, self.w, 1, padding)
+            return tf.nn.relu(z + self.b)
+
+        def call(self, x: Any) -> Any:
+            return tf.nn.with_space_to_batch(x, [self.rate, self.rate], self.padding,
+                                             self._conv, filter_shape=[self.kernel] * 2)
+
+    return SpaceToBatchConv
+
+
+def _dilated_s2b(tf: Any) -> Any:
+    """Dilated convolutions as TensorFlow writes some: SPACE_TO_BATCH_ND -> conv ->
+    BATCH_TO_SPACE_ND. Two VALID ones (foldable into a dilated conv) and a SAME depthwise
+    one after a ReLU (zero point -128: TFLM pads it with 0, so it is not foldable)."""
+    layers = tf.keras.layers
+    s2b_conv = _s2b_conv_layer(tf)
+    inp = tf.keras.Input((63, 63, 3), batch_size=1)  # else the d*d sub-images are batch 1
+    x = _bn_relu(tf, layers.Conv2D(16, 3, use_bias=False)(inp))  # 61
+    x = s2b_conv(16, 3, 2, "VALID")(x)  # 61 -> 57
+    x = layers.Conv2D(24, 3, strides=2, activation="relu")(x)  # 28
+    x = s2b_conv(24, 3, 3, "VALID", depthwise=True)(x)  # 28 -> 22
+    x = s2b_conv(24, 3, 2, "SAME", depthwise=True)(x)  # 22
+    x = layers.Conv2D(32, 1, strides=2, activation="relu")(x)  # 11
+    x = layers.GlobalAveragePooling2D()(x)
+    return tf.keras.Model(inp, layers.Dense(3)(x))
+
+
 # No model ends in a softmax: after random weights TFLM aborts on its requantization
 # (QuantizeMultiplierGreaterThanOne), and the zoo models must run in TFLM.
 ZOO: dict[str, ZooSpec] = {
@@ -205,9 +357,26 @@ ZOO: dict[str, ZooSpec] = {
                 "TFLite's asymmetric padding", (97, 97, 3), _odd_stride2),
         ZooSpec("nchw_input", "NCHW input 3x80x80 (a leading TRANSPOSE, as PyTorch exports "
                 "have) into inverted residuals with ADD", (3, 80, 80), _nchw_input),
+        ZooSpec("float_io", "MobileNetV2-like, 64x64x3, TFLiteConverter's default float32 "
+                "interface (input QUANTIZE, output DEQUANTIZE; int8 inside)", (64, 64, 3),
+                _float_io, float_io=True),
+        ZooSpec("det_head3", "detection net 128x160x3: backbone to strides 8/16/32, FPN-like "
+                "neck (x2 nearest upsampling, concatenation), three outputs", (128, 160, 3),
+                _det_head3),
+        ZooSpec("se_blocks", "MCUNet-style, 96x96x3, squeeze-and-excitation blocks (MEAN, 1x1 "
+                "convs, hard sigmoid, broadcast MUL)", (96, 96, 3), _se_blocks),
+        ZooSpec("hard_swish", "MobileNetV3-like blocks with hard-swish activations, 80x80x3",
+                (80, 80, 3), _hard_swish),
+        ZooSpec("dilated_s2b", "dilated convs written as SPACE_TO_BATCH_ND / conv / "
+                "BATCH_TO_SPACE_ND (VALID and SAME), 63x63x3", (63, 63, 3), _dilated_s2b),
     )
 }
-ZOO_NAMES: tuple[str, ...] = tuple(ZOO)
+# The models every test runs over; TRAIT_NAMES, one per trait of the models users bring,
+# are added to a test's list where the tool under test supports the trait.
+TRAIT_NAMES: tuple[str, ...] = ("float_io", "det_head3", "se_blocks", "hard_swish",
+                                "dilated_s2b")
+ZOO_NAMES: tuple[str, ...] = tuple(n for n in ZOO if n not in TRAIT_NAMES)
+ALL_NAMES: tuple[str, ...] = tuple(ZOO)
 
 
 # ------------------------------------------------------------- building (child process)
@@ -266,6 +435,18 @@ def full_int8(converter: Any, representative: Callable[[], Iterable[list[np.ndar
     return bytes(converter.convert())
 
 
+def float_interface(converter: Any,
+                    representative: Callable[[], Iterable[list[np.ndarray]]]) -> bytes:
+    """Int8 kernels inside, TFLiteConverter's default float32 input and output (a QUANTIZE
+    after each input, a DEQUANTIZE before each output)."""
+    import tensorflow as tf
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    return bytes(converter.convert())
+
+
 def _convert(tf: Any, spec: ZooSpec) -> bytes:
     """The seeded Keras model of `spec`, full-int8 TFLite (BNs folded into the convs)."""
     tf.keras.backend.clear_session()  # layer-name counters go into tensor names: reset them
@@ -278,7 +459,10 @@ def _convert(tf: Any, spec: ZooSpec) -> bytes:
         for s in samples:
             yield [s[None]]
 
-    return full_int8(tf.lite.TFLiteConverter.from_keras_model(model), representative)
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if spec.float_io:
+        return float_interface(converter, representative)
+    return full_int8(converter, representative)
 
 
 def _child_main(argv: list[str]) -> int:
@@ -480,8 +664,9 @@ def _without_tensorflow(directory: Path, names: list[str]) -> list[str]:
 def ensure_zoo(
     names: Iterable[str] | None = None, *, force: bool = False, directory: Path | None = None
 ) -> dict[str, Path]:
-    """Paths of zoo models (default: all), building those missing or stale (or all, with
-    `force`) in one TensorFlow child process. `directory` defaults to `zoo_dir()`."""
+    """Paths of zoo models (default: ZOO_NAMES; ALL_NAMES adds the trait models), building
+    those missing or stale (or all, with `force`) in one TensorFlow child process.
+    `directory` defaults to `zoo_dir()`."""
     wanted = list(names or ZOO_NAMES)
     for name in wanted:
         _spec(name)

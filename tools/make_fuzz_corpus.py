@@ -47,7 +47,7 @@ def real_blob(name: str, first: int, last: int, grid: tuple[int, int],
               cache: bool = False) -> bytes:
     model = load_model(ensure_model(name))
     graph = build_stage(model, first, last)
-    obj = replace_stage(model, graph, make_schedule(graph, grid, cache=cache))
+    obj = replace_stage(model, graph, make_schedule(graph, grid, cache=cache), pack=False)
     op = next(o for o in obj.subgraphs[0].operators if o.customOptions is not None)
     return bytes(op.customOptions)
 

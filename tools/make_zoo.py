@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tflm_patch.errors import TflmPatchError
 from tflm_patch.model import load_model
-from tflm_patch.zoo import ZOO, ensure_zoo, read_stamp
+from tflm_patch.zoo import ALL_NAMES, ZOO, ensure_zoo, read_stamp
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown model {unknown[0]!r}; choose from: {', '.join(ZOO)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        paths = ensure_zoo(args.names or None, force=args.force, directory=args.out)
+        paths = ensure_zoo(args.names or ALL_NAMES, force=args.force, directory=args.out)
     except TflmPatchError as e:
         print(f"make_zoo: error: {e}", file=sys.stderr)
         return 1

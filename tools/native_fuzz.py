@@ -266,10 +266,15 @@ def _random_layer(rng: random.Random, k: int, shapes: list[tuple[int, int, int]]
     CONV_2D it is often a depthwise conv with multiplier 1 (a pair STREAM can take)."""
     h, w, c = shapes[k]
     kind = rng.choice((pf.CONV, pf.CONV, pf.DEPTHWISE, pf.DEPTHWISE, pf.AVERAGE_POOL,
-                       pf.MAX_POOL, pf.PAD, pf.ADD))
+                       pf.MAX_POOL, pf.PAD, pf.ADD, pf.MUL))
     pair = after_conv and rng.random() < 0.5
     kind = pf.DEPTHWISE if pair else kind
     act = sorted(rng.sample(range(-128, 128), 2)) if rng.random() < 0.4 else [-128, 127]
+    if kind == pf.MUL:  # by a runtime per-channel operand (operator input next_input)
+        p = (rng.randrange(-127, 129), rng.randrange(-128, 128), act[0], act[1],
+             rng.randrange(-127, 129), rng.randrange(1 << 30, 1 << 31), -rng.randrange(0, 12),
+             0, 0, 0, 0, 0)
+        return pf.Layer(pf.MUL, k, weights=next_input, p=p), (h, w, c), 1
     if kind == pf.ADD:
         same = [t for t, s in enumerate(shapes) if s == (h, w, c)]
         p: tuple[int, ...] = (
@@ -277,6 +282,8 @@ def _random_layer(rng: random.Random, k: int, shapes: list[tuple[int, int, int]]
             rng.randrange(-127, 129), 20, rng.randrange(1 << 30, 1 << 31), -rng.randrange(1, 4),
             rng.randrange(1 << 30, 1 << 31), -rng.randrange(1, 4),
             rng.randrange(1 << 30, 1 << 31), -rng.randrange(15, 22))
+        if rng.random() < 0.3:  # a runtime addend (operator input next_input)
+            return pf.Layer(pf.ADD, k, weights=next_input, p=p), (h, w, c), 1
         return pf.Layer(pf.ADD, k, input1=rng.choice(same), p=p), (h, w, c), 0
     if kind == pf.PAD:
         top, left = rng.randrange(3), rng.randrange(3)
@@ -355,13 +362,24 @@ def with_version2(o: pf.PatchOptions, *, nchw: bool, stream: bool | Sequence[int
                   ) -> pf.PatchOptions:
     """`o` with INPUT_NCHW set or not and STREAM on every candidate layer (stream=True;
     never one whose output has CACHE_COLS), on the given layers, or on none, its slots
-    (and caches) sized and packed anew."""
+    (and caches) sized and packed anew; CACHES and PACKED stay as they are."""
     chosen = set(pf.stream_candidates(o.layers)) if stream is True else set(stream or ())
     chosen -= {k for k in chosen if o.tensors[k + 1].cached}
     layers = tuple(replace(ly, flags=pf.LAYER_STREAM if k in chosen else 0)
                    for k, ly in enumerate(o.layers))
-    flags = (pf.FLAG_INPUT_NCHW if nchw else 0) | (o.flags & pf.FLAG_CACHES)
+    flags = (pf.FLAG_INPUT_NCHW if nchw else 0) | (o.flags & (pf.FLAG_CACHES | pf.FLAG_PACKED))
     return assign_slots(replace(o, layers=layers, flags=flags))
+
+
+def _last_lut_or_concat(rng: random.Random, k: int, shapes: list[tuple[int, int, int]],
+                        next_input: int) -> tuple[pf.Layer, tuple[int, int, int], int]:
+    """Layer k: a LUT of tensor k (its table operator input `next_input`) or a
+    CONCATENATION of tensor k and tensor 0 or k (the same rows and columns)."""
+    h, w, c = shapes[k]
+    if rng.random() < 0.5:
+        return pf.Layer(pf.LUT, k, weights=next_input), (h, w, c), 1
+    other = rng.choice([t for t in (0, k) if shapes[t][:2] == (h, w)])
+    return pf.Layer(pf.CONCAT, k, input1=other), (h, w, c + shapes[other][2]), 0
 
 
 def random_stage(rng: random.Random, max_layers: int = 5, version2: bool | None = None
@@ -376,6 +394,12 @@ def random_stage(rng: random.Random, max_layers: int = 5, version2: bool | None 
     for k in range(rng.randrange(1, max_layers + 1)):
         after_conv = bool(layers) and layers[-1].kind == pf.CONV
         layer, shape, used = _random_layer(rng, k, shapes, num_inputs, after_conv)
+        layers.append(layer)
+        shapes.append(shape)
+        num_inputs += used
+    aux = random.Random(repr(shapes))  # a last LUT or CONCATENATION, drawn outside `rng`
+    if aux.random() < 0.4:
+        layer, shape, used = _last_lut_or_concat(aux, len(layers), shapes, num_inputs)
         layers.append(layer)
         shapes.append(shape)
         num_inputs += used
@@ -478,7 +502,7 @@ def random_constants(o: pf.PatchOptions, rng: np.random.Generator, extreme: bool
     for idx, (dtype, shape) in specs.items():
         uses = roles.get(idx, set())
         arr: np.ndarray
-        if dtype == "int8":
+        if dtype in ("int8", pf.RUNTIME_INT8):  # a runtime operand: any int8 values
             arr = rng.integers(-128, 128, shape, dtype=np.int8)
         elif {"m", "s"} <= uses:  # both a multiplier and a shift: valid as either
             arr = rng.integers(0, 31, shape).astype(np.int32)
@@ -523,7 +547,18 @@ def _reference_layer(k: int, src: np.ndarray, dst: pf.StageTensor,
     if ly.kind == pf.ADD:
         params = ref_ops.AddParams(p[0], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11],
                                    p[1], p[2], p[3])
-        return ref_ops.add(src, values[ly.input1], params)
+        other = values[ly.input1] if ly.input1 != pf.NONE else \
+            np.asarray(consts[ly.weights]).reshape(1, dst.height, dst.width, dst.channels)
+        return ref_ops.add(src, other, params)
+    if ly.kind == pf.LUT:
+        table = np.asarray(consts[ly.weights]).reshape(-1)
+        at = p[4] if o.packed else 0
+        return ref_ops.lut(src, table[at:at + pf.LUT_ENTRIES])
+    if ly.kind == pf.CONCAT:
+        return np.concatenate([src, values[ly.input1]], axis=-1)
+    if ly.kind == pf.MUL:
+        s = np.asarray(consts[ly.weights]).reshape(1, 1, 1, dst.channels)
+        return ref_ops.mul(src, s, ref_ops.MulParams(p[0], p[4], p[5], p[6], p[1], p[2], p[3]))
     if ly.kind == pf.PAD:
         pads = ((0, 0), (ly.pad_top, dst.height - src.shape[1] - ly.pad_top),
                 (ly.pad_left, dst.width - src.shape[2] - ly.pad_left), (0, 0))

@@ -969,6 +969,69 @@ inline void Add(const AddParams& p, const InView& in1, const InView& in2, const 
   }
 }
 
+struct MulParams {
+  int32_t input1_offset;
+  int32_t input2_offset;
+  Requant q;
+  OutputStage os;
+};
+
+inline MulParams MakeMulParams(const int32_t* p) {
+  MulParams a;
+  a.input1_offset = p[0];
+  a.input2_offset = p[4];
+  a.q = MakeRequant(p[5], p[6]);
+  a.os = MakeOutputStage(p[1], p[2], p[3]);
+  return a;
+}
+
+// reference_integer_ops::BroadcastMul of the patch by a per-channel tensor `s` (C int8
+// values, broadcast over rows and columns): (x + off1) * (s + off2) (|.| < 2^18, no
+// overflow) -> MultiplyByQuantizedMultiplier -> + output offset -> clamp.
+inline void MulChannels(const MulParams& p, const InView& in, const int8_t* s, const OutView& out) {
+  const int32_t channels = out.channels;
+  for (int32_t y = out.rows.lo; y < out.rows.hi; ++y) {
+    const int8_t* a = in.At(y, out.cols.lo);
+    int8_t* dst = out.Pixel(y, out.cols.lo);
+    for (int32_t x = 0; x < out.cols.size(); ++x) {
+      for (int32_t c = 0; c < channels; ++c) {
+        const int32_t v = (a[c] + p.input1_offset) * (s[c] + p.input2_offset);
+        dst[c] = Finish(MultiplyByQuantized(v, p.q), p.os);
+      }
+      a += channels;
+      dst += out.pixel_stride;
+    }
+  }
+}
+
+// CONCATENATION along channels over the output patch: each pixel's channels of in1, then
+// those of in2 (out.channels = in1.channels + in2.channels).
+inline void Concat(const InView& in1, const InView& in2, const OutView& out) {
+  const size_t c1 = static_cast<size_t>(in1.channels);
+  const size_t c2 = static_cast<size_t>(in2.channels);
+  for (int32_t y = out.rows.lo; y < out.rows.hi; ++y) {
+    const int8_t* a = in1.At(y, out.cols.lo);
+    const int8_t* b = in2.At(y, out.cols.lo);
+    int8_t* dst = out.Pixel(y, out.cols.lo);
+    for (int32_t x = out.cols.lo; x < out.cols.hi; ++x, a += c1, b += c2) {
+      memcpy(dst, a, c1);
+      memcpy(dst + c1, b, c2);
+      dst += out.pixel_stride;
+    }
+  }
+}
+
+// A unary int8 op as its 256-entry table (entry x + 128 is the op's output for x) over
+// the output patch.
+inline void Lut(const int8_t* table, const InView& in, const OutView& out) {
+  const size_t width = static_cast<size_t>(out.cols.size()) * static_cast<size_t>(out.channels);
+  for (int32_t y = out.rows.lo; y < out.rows.hi; ++y) {
+    const int8_t* a = in.At(y, out.cols.lo);
+    int8_t* dst = out.Pixel(y, out.cols.lo);
+    for (size_t i = 0; i < width; ++i) dst[i] = table[static_cast<uint8_t>(a[i]) ^ 0x80u];
+  }
+}
+
 }  // namespace patch_exec
 
 #if defined(PATCH_EXEC_KERNELS_O2)

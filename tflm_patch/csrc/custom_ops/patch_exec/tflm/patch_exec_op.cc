@@ -213,9 +213,37 @@ TfLiteStatus CheckActivation(TfLiteContext* context, const TfLiteTensor* tensor,
   return kTfLiteOk;
 }
 
+// A runtime input (operator input `index`: a MUL layer's per-channel operand or an ADD
+// layer's addend): an int8 tensor of exactly `elements` values planned in the arena
+// (computed by the operators before this one; its data is read only in Eval), not a
+// variable and not the operator's output.
+TfLiteStatus CheckRuntimeInput(TfLiteContext* context, const TfLiteNode* node, int index,
+                               uint32_t elements) {
+  PATCH_EXEC_ENSURE(context, node->inputs->data[index] != node->outputs->data[kStageOutput],
+                    "input %d is the operator's output", index);
+  MicroContext* micro_context = GetMicroContext(context);
+  TfLiteTensor* tensor = micro_context->AllocateTempInputTensor(node, index);
+  PATCH_EXEC_ENSURE(context, tensor != nullptr, "cannot read input %d", index);
+  const TensorFacts f = FactsOf(*tensor);
+  const bool arena = tensor->allocation_type == kTfLiteArenaRw;
+  micro_context->DeallocateTempTfLiteTensor(tensor);
+  PATCH_EXEC_ENSURE(context, f.type == kTfLiteInt8,
+                    "input %d is %s (type %d); the options need int8", index, TypeName(f.type),
+                    static_cast<int>(f.type));
+  PATCH_EXEC_ENSURE(context, f.elements == static_cast<int64_t>(elements) && f.bytes == elements,
+                    "input %d has %d elements; the options need %d", index,
+                    static_cast<int>(f.elements), static_cast<int>(elements));
+  PATCH_EXEC_ENSURE(context, arena && !f.variable,
+                    "input %d is not planned in the arena: a MUL's per-channel input or an ADD's "
+                    "addend is a runtime tensor",
+                    index);
+  return kTfLiteOk;
+}
+
 // Operator input `index` >= 1 against what the options need: type, element count
-// (overflow-checked), TFLM's byte size, constant data in the flatbuffer (not a variable,
-// whose run-time data is an arena copy) and a model buffer of exactly that many bytes.
+// (overflow-checked; with packed constants at least what every use reads), TFLM's byte size,
+// constant data in the flatbuffer (not a variable, whose run-time data is an arena copy) and a
+// model buffer of exactly that many bytes.
 TfLiteStatus CheckConstant(TfLiteContext* context, const TfLiteNode* node, const uint8_t* options,
                            int index) {
   PatchExecConstType type = kPatchExecConstUnused;
@@ -229,6 +257,9 @@ TfLiteStatus CheckConstant(TfLiteContext* context, const TfLiteNode* node, const
   }
   PATCH_EXEC_ENSURE(context, node->inputs->data[index] >= 0,
                     "input %d is omitted but a layer reads it", index);
+  if (type == kPatchExecConstRuntimeInt8) {
+    return CheckRuntimeInput(context, node, index, elements);
+  }
   MicroContext* micro_context = GetMicroContext(context);
   PATCH_EXEC_ENSURE(context, !IsCompressed(micro_context, node, index),
                     "input %d is compressed; PATCH_EXEC reads "
@@ -244,10 +275,15 @@ TfLiteStatus CheckConstant(TfLiteContext* context, const TfLiteNode* node, const
                     index, TypeName(f.type), static_cast<int>(f.type), TypeName(required));
   PATCH_EXEC_ENSURE(context, f.elements >= 0,
                     "input %d has a negative dimension or more than 2^31 - 1 elements", index);
-  PATCH_EXEC_ENSURE(context, f.elements == static_cast<int64_t>(elements),
+  // packed constants (version 3): shared by layers and operators, each use a part of it
+  const bool packed = PatchExecConstantsPacked(options) != 0;
+  PATCH_EXEC_ENSURE(context, !packed || f.elements >= static_cast<int64_t>(elements),
+                    "input %d has %d elements; the options need at least %d", index,
+                    static_cast<int>(f.elements), static_cast<int>(elements));
+  PATCH_EXEC_ENSURE(context, packed || f.elements == static_cast<int64_t>(elements),
                     "input %d has %d elements; the options need %d", index,
                     static_cast<int>(f.elements), static_cast<int>(elements));
-  const uint64_t nbytes = static_cast<uint64_t>(elements) * (required == kTfLiteInt8 ? 1 : 4);
+  const uint64_t nbytes = static_cast<uint64_t>(f.elements) * (required == kTfLiteInt8 ? 1 : 4);
   PATCH_EXEC_ENSURE(context, static_cast<uint64_t>(f.bytes) == nbytes,
                     "input %d is %u bytes; its shape needs %u", index,
                     static_cast<unsigned>(f.bytes), static_cast<unsigned>(nbytes));

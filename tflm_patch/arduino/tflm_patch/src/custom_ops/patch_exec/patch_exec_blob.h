@@ -1,6 +1,6 @@
 // Copyright 2026 The tflm-patch Authors. Licensed under the Apache License, Version 2.0.
 //
-// PATCH_EXEC options blob, versions 1 and 2 (docs/patch_exec.md): layout constants,
+// PATCH_EXEC options blob, versions 1 to 3 (docs/patch_exec.md): layout constants,
 // little-endian field reads (byte loads only, no unaligned casts), the record accessors
 // (header, tensors, ranges, layers and, with the header flag CACHES, the cache table
 // after the layer records) and the window geometry shared by the validator and the
@@ -23,6 +23,7 @@ constexpr uint32_t kExternal = 0xFFFFFFFFu;
 constexpr uint32_t kMaxLayers = 128;
 constexpr uint32_t kMaxGrid = 256;
 constexpr int kNumP = 12;
+constexpr uint64_t kLutEntries = 256;  // a LUT layer's table: int8, entry x + 128 for x
 // Rule 10 and the size rules: every stage tensor and constant is under 2^31 bytes (so
 // 32-bit targets index them with int32_t), the scratch at most 2^31 - 16 bytes (TFLM
 // aligns its requests to 16 in 32-bit arithmetic), and at most the slots and caches
@@ -32,6 +33,7 @@ constexpr uint32_t kMaxScratchBytes = 0x7FFFFFF0u;
 constexpr int64_t kRegionSlack = 8;
 constexpr uint16_t kFlagInputNchw = 1;    // header flags (version 2): input 0 is [1, C, H, W]
 constexpr uint16_t kFlagCaches = 2;       // a cache table follows the layer records
+constexpr uint16_t kFlagPacked = 4;       // version 3: constants are (input, offset p[4..7])
 constexpr uint16_t kTensorCacheCols = 1;  // tensor flags (version 2): halo reuse between
                                           // horizontally adjacent patches
 constexpr uint8_t kLayerStream = 1;       // layer flags (version 2): run with the next layer
@@ -44,6 +46,9 @@ enum Kind : uint8_t {
   kMaxPool = 4,
   kPad = 5,
   kAdd = 6,
+  kLut = 7,     // a unary int8 op as a 256-entry int8 table (the weights input)
+  kMul = 8,     // by a runtime per-channel int8 tensor (the weights input), broadcast over H, W
+  kConcat = 9,  // CONCATENATION of input0 and input1 along channels (a copy)
 };
 
 inline uint16_t LoadU16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
@@ -164,6 +169,9 @@ class Layout {
   bool input_nchw() const { return (LoadU16(blob_ + 26) & kFlagInputNchw) != 0; }
   // Whether the blob has a cache table (header flag CACHES).
   bool caches() const { return (LoadU16(blob_ + 26) & kFlagCaches) != 0; }
+  // Whether a conv layer's constants start at element offsets p[4..7] of their inputs
+  // (header flag PACKED, version 3); else at offset 0.
+  bool packed() const { return (LoadU16(blob_ + 26) & kFlagPacked) != 0; }
   // Whether tensor t has CACHE_COLS (validated blobs: only with the cache table).
   bool cached(uint32_t t) const {
     return (LoadU16(blob_ + kHeaderBytes + kTensorBytes * static_cast<size_t>(t) + 6) &

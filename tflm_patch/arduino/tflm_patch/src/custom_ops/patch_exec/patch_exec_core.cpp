@@ -1,7 +1,7 @@
 // Copyright 2026 The tflm-patch Authors. Licensed under the Apache License, Version 2.0.
 //
 // PATCH_EXEC portable core (patch_exec_core.h): the options validator (the 10 rules of
-// docs/patch_exec.md, versions 1 and 2, messages like tflm_patch/patch_format.py) and
+// docs/patch_exec.md, versions 1 to 3, messages like tflm_patch/patch_format.py) and
 // the patch-by-patch executor (like tflm_patch/patch_ref.run_patch_exec: a CACHE_COLS
 // output is restored from its cache, computed over its computed columns only, then
 // saved for the next column band; no heap, row copies with memcpy). One
@@ -114,6 +114,12 @@ const char* KindName(uint8_t kind) {
       return "PAD";
     case kAdd:
       return "ADD";
+    case kLut:
+      return "LUT";
+    case kConcat:
+      return "CONCATENATION";
+    case kMul:
+      return "MUL";
     default:
       return "unknown";
   }
@@ -307,10 +313,10 @@ PatchExecStatus Validator::CheckHeader() {
                 {blob_[0], blob_[1], blob_[2], blob_[3]});
   }
   h_ = ReadHeader(blob_);
-  if (h_.version != 1 && h_.version != 2) {
+  if (h_.version < 1 || h_.version > 3) {
     return Fail(kPatchExecErrVersion,
                 "options format version {} is not supported (this build "
-                "reads versions 1 and 2)",
+                "reads versions 1, 2 and 3)",
                 {h_.version});
   }
   if (h_.header_bytes != kHeaderBytes) {
@@ -319,8 +325,12 @@ PatchExecStatus Validator::CheckHeader() {
   if (h_.reserved != 0 || (h_.version == 1 && h_.flags != 0)) {
     return Fail(kPatchExecErrCounts, "header reserved fields not 0", {});
   }
-  if ((h_.flags & ~(kFlagInputNchw | kFlagCaches)) != 0) {
-    return Fail(kPatchExecErrCounts, "unknown header flags 0x{:04x}", {h_.flags});
+  if ((h_.flags & ~(kFlagInputNchw | kFlagCaches | kFlagPacked)) != 0 ||
+      ((h_.flags & kFlagPacked) != 0) != (h_.version == 3)) {
+    return Fail(kPatchExecErrCounts,
+                "unknown header flags 0x{:04x}, or PACKED without version 3 or version 3 "
+                "without PACKED",
+                {h_.flags});
   }
   if (h_.num_layers < 1 || h_.num_layers > kMaxLayers) {
     return Fail(kPatchExecErrCounts, "num_layers {} outside [1, {}]", {h_.num_layers, kMaxLayers});
@@ -532,11 +542,25 @@ PatchExecStatus Validator::CheckIndices(uint32_t k, const LayerRec& ly) {
     return Fail(kPatchExecErrLayer, "layer {} ({}): input0 {} is not produced before it",
                 {k, name, ly.input0});
   }
-  if (ly.kind == kAdd && ly.input1 >= k + 1) {
+  // ADD: input1 a stage tensor, or NONE with a runtime addend in weights (exactly one)
+  if (ly.kind == kAdd && ((ly.input1 == kNone) == (ly.weights == kNone) ||
+                          (ly.input1 != kNone && ly.input1 >= k + 1))) {
+    return Fail(kPatchExecErrLayer,
+                "layer {} ({}): input1 {} is not produced before it, or input1 and a runtime "
+                "addend (weights) are not exactly one",
+                {k, name, ly.input1});
+  }
+  if (ly.kind == kAdd && (ly.bias != kNone || ly.multipliers != kNone || ly.shifts != kNone)) {
+    return Fail(kPatchExecErrLayer,
+                "layer {} ({}): has constant inputs but is not a "
+                "convolution",
+                {k, name});
+  }
+  if (ly.kind == kConcat && ly.input1 >= k + 1) {
     return Fail(kPatchExecErrLayer, "layer {} ({}): input1 {} is not produced before it",
                 {k, name, ly.input1});
   }
-  if (ly.kind != kAdd && ly.input1 != kNone) {
+  if (ly.kind != kAdd && ly.kind != kConcat && ly.input1 != kNone) {
     return Fail(kPatchExecErrLayer, "layer {} ({}): input1 must be NONE", {k, name});
   }
   const uint16_t idx[4] = {ly.weights, ly.bias, ly.multipliers, ly.shifts};
@@ -551,7 +575,17 @@ PatchExecStatus Validator::CheckIndices(uint32_t k, const LayerRec& ly) {
     return Fail(kPatchExecErrLayer, "layer {} ({}): needs weights, multipliers and shifts",
                 {k, name});
   }
-  if (!IsConv(ly.kind) &&
+  if (ly.kind == kLut &&
+      (ly.weights == kNone || ly.bias != kNone || ly.multipliers != kNone || ly.shifts != kNone)) {
+    return Fail(kPatchExecErrLayer, "layer {} ({}): needs its table in weights and nothing else",
+                {k, name});
+  }
+  if (ly.kind == kMul &&
+      (ly.weights == kNone || ly.bias != kNone || ly.multipliers != kNone || ly.shifts != kNone)) {
+    return Fail(kPatchExecErrLayer,
+                "layer {} ({}): needs its side input in weights and nothing else", {k, name});
+  }
+  if (!IsConv(ly.kind) && ly.kind != kLut && ly.kind != kMul && ly.kind != kAdd &&
       (ly.weights != kNone || ly.bias != kNone || ly.multipliers != kNone || ly.shifts != kNone)) {
     return Fail(kPatchExecErrLayer,
                 "layer {} ({}): has constant inputs but is not a "
@@ -609,7 +643,7 @@ PatchExecStatus Validator::CheckParams(uint32_t k, const LayerRec& ly) {
   if (ly.kind == kPad && !InRange(p[0], -128, 127)) {
     return Fail(kPatchExecErrLayer, "layer {} ({}): pad value {} is not int8", {k, name, p[0]});
   }
-  if ((IsConv(ly.kind) || ly.kind == kAdd) &&
+  if ((IsConv(ly.kind) || ly.kind == kAdd || ly.kind == kMul) &&
       !(InRange(p[0], -255, 255) && InRange(p[1], -255, 255))) {
     return Fail(kPatchExecErrLayer, "layer {} ({}): offsets {}, {} outside [-255, 255]",
                 {k, name, p[0], p[1]});
@@ -618,7 +652,35 @@ PatchExecStatus Validator::CheckParams(uint32_t k, const LayerRec& ly) {
     const PatchExecStatus s = CheckAddParams(k, ly);
     if (s != kPatchExecOk) return s;
   }
-  const int used = ly.kind == kPad ? 1 : (ly.kind == kAdd ? 12 : 4);
+  int used = ly.kind == kPad ? 1 : (ly.kind == kAdd ? 12 : 4);
+  if (ly.kind == kConcat) used = 0;
+  if (IsConv(ly.kind) && layout_->packed()) {
+    used = 8;
+    if (p[4] < 0 || p[5] < 0 || p[6] < 0 || p[7] < 0 || (ly.bias == kNone && p[5] != 0)) {
+      return Fail(kPatchExecErrLayer,
+                  "layer {} ({}): constant offsets [{}, {}, {}, {}] negative, or a bias offset "
+                  "without a bias",
+                  {k, name, p[4], p[5], p[6], p[7]});
+    }
+  }
+  if (ly.kind == kMul) {
+    used = 7;
+    if (!InRange(p[4], -255, 255) || p[5] < 0 || !InRange(p[6], -31, 30)) {
+      return Fail(kPatchExecErrLayer,
+                  "layer {} ({}): input2 offset {}, multiplier {} or shift {} out of range",
+                  {k, name, p[4], p[5], p[6]});
+    }
+  }
+  if (ly.kind == kLut) {
+    used = layout_->packed() ? 5 : 0;
+    if (layout_->packed() && p[4] < 0) {
+      return Fail(kPatchExecErrLayer, "layer {} ({}): table offset {} is negative",
+                  {k, name, p[4]});
+    }
+    if (p[0] != 0 || p[1] != 0 || p[2] != 0 || p[3] != 0) {
+      return Fail(kPatchExecErrLayer, "layer {} ({}): unused parameters are not 0", {k, name});
+    }
+  }
   bool unused_set = IsPool(ly.kind) && (p[0] != 0 || p[1] != 0);
   for (int i = used; i < kNumP; ++i) unused_set = unused_set || p[i] != 0;
   if (unused_set) {
@@ -659,8 +721,22 @@ PatchExecStatus Validator::CheckShapes(uint32_t k, const LayerRec& ly) {
           kPatchExecErrShape, "layer {} ({}): output {}x{}x{} is not the padded {}x{}x{}",
           {k, name, dst.height, dst.width, dst.channels, src.height, src.width, src.channels});
     }
-  } else {
+  } else if (ly.kind == kConcat) {
     const TensorRec other = L.Tensor(ly.input1);
+    if (src.height != dst.height || src.width != dst.width || other.height != dst.height ||
+        other.width != dst.width || int64_t{src.channels} + other.channels != dst.channels) {
+      return Fail(kPatchExecErrShape,
+                  "layer {} ({}): output {}x{}x{} is not the channels of {}x{}x{} and {}x{}x{} "
+                  "joined",
+                  {k, name, dst.height, dst.width, dst.channels, src.height, src.width,
+                   src.channels, other.height, other.width, other.channels});
+    }
+  } else if (ly.kind == kLut || ly.kind == kMul) {
+    if (src.height != dst.height || src.width != dst.width || src.channels != dst.channels) {
+      return Fail(kPatchExecErrShape, "layer {} ({}): input and output shapes differ", {k, name});
+    }
+  } else {
+    const TensorRec other = ly.input1 == kNone ? dst : L.Tensor(ly.input1);  // addend: dst's
     const bool same = src.height == other.height && src.width == other.width &&
                       src.channels == other.channels && src.height == dst.height &&
                       src.width == dst.width && src.channels == dst.channels;
@@ -678,7 +754,7 @@ PatchExecStatus Validator::CheckShapes(uint32_t k, const LayerRec& ly) {
 PatchExecStatus Validator::CheckHalo(uint32_t k, const LayerRec& ly) {
   const Layout& L = *layout_;
   const uint16_t inputs[2] = {ly.input0, ly.input1};
-  const int num = ly.kind == kAdd ? 2 : 1;
+  const int num = (ly.kind == kAdd && ly.input1 != kNone) || ly.kind == kConcat ? 2 : 1;
   for (int which = 0; which < num; ++which) {
     const uint32_t t = inputs[which];
     const TensorRec src = L.Tensor(t);
@@ -704,7 +780,7 @@ PatchExecStatus Validator::CheckHalo(uint32_t k, const LayerRec& ly) {
 
 PatchExecStatus Validator::CheckLayer(uint32_t k) {
   const LayerRec ly = layout_->Layer(k);
-  if (ly.kind < kConv || ly.kind > kAdd) {
+  if (ly.kind < kConv || (ly.kind > kLut && ly.kind != kMul && ly.kind != kConcat)) {
     return Fail(kPatchExecErrLayer, "layer {}: unknown kind {}", {k, ly.kind});
   }
   PatchExecStatus s = CheckIndices(k, ly);
@@ -855,8 +931,9 @@ PatchExecStatus Validator::CheckScratchBytes() {
   return kPatchExecOk;
 }
 
-// Every operator input the layers reference is used with one type and one element count
-// (PatchExecConstantSpec then always answers). O(L^2).
+// Every operator input the layers reference is used with one type and (before version 3)
+// one element count, each use ending within 2^31 - 1 bytes (PatchExecConstantSpec then
+// always answers). O(L^2).
 PatchExecStatus Validator::CheckConstantUses() {
   const Layout& L = *layout_;
   for (uint32_t k = 0; k < L.num_layers(); ++k) {
@@ -867,12 +944,12 @@ PatchExecStatus Validator::CheckConstantUses() {
       PatchExecConstType type;
       uint64_t count;
       bool ok = LayerConstant(L, k, index, &type, &count) == kPatchExecOk &&
-                count * (type == kPatchExecConstInt8 ? 1 : 4) <= kMaxTensorBytes;
+                count * (type == kPatchExecConstInt32 ? 4 : 1) <= kMaxTensorBytes;
       for (uint32_t e = 0; ok && e < k; ++e) {
         PatchExecConstType t;
         uint64_t n;
         ok = LayerConstant(L, e, index, &t, &n) == kPatchExecOk &&
-             (t == kPatchExecConstUnused || (t == type && n == count));
+             (t == kPatchExecConstUnused || (t == type && (L.packed() || n == count)));
       }
       if (!ok) {
         return Fail(kPatchExecErrLayer,
@@ -887,29 +964,67 @@ PatchExecStatus Validator::CheckConstantUses() {
 
 // ------------------------------------------------------------------ constants
 
-// Type and element count operator input `index` must have for one conv layer, or
-// kPatchExecConstUnused when the layer does not reference it.
+// Element offset of constant `which` (0 weights, 1 bias, 2 multipliers, 3 shifts) of a
+// conv layer in its operator input: p[4 + which] with PACKED (validated >= 0), else 0.
+uint64_t ConstantOffset(const Layout& L, const LayerRec& ly, int which) {
+  return L.packed() ? static_cast<uint64_t>(ly.p[4 + which]) : 0u;
+}
+
+// Type operator input `index` must have for one conv layer and the element count the
+// layer reads of it up to (offset + count; with several uses, the largest), or
+// kPatchExecConstUnused when the layer does not reference it. Below 2^50: no overflow.
 PatchExecStatus LayerConstant(const Layout& L, uint32_t k, uint32_t index, PatchExecConstType* type,
                               uint64_t* elements) {
   const LayerRec ly = L.Layer(k);
   *type = kPatchExecConstUnused;
   *elements = 0;
+  if (ly.kind == kMul && ly.weights == index) {  // the runtime per-channel operand
+    *type = kPatchExecConstRuntimeInt8;
+    *elements = static_cast<uint64_t>(L.Tensor(k + 1).channels);
+  }
+  if (ly.kind == kAdd && ly.weights == index) {  // a runtime addend of the output's shape
+    const TensorRec t = L.Tensor(k + 1);
+    *type = kPatchExecConstRuntimeInt8;
+    *elements = static_cast<uint64_t>(t.height) * static_cast<uint64_t>(t.width) *
+                static_cast<uint64_t>(t.channels);
+  }
+  if (ly.kind == kLut && ly.weights == index) {  // the table, at p[4] with PACKED
+    *type = kPatchExecConstInt8;
+    *elements = ConstantOffset(L, ly, 0) + kLutEntries;
+  }
   if (!IsConv(ly.kind)) return kPatchExecOk;
   const uint64_t cout = static_cast<uint64_t>(L.Tensor(k + 1).channels);
   const uint64_t taps = static_cast<uint64_t>(ly.kernel_h) * static_cast<uint64_t>(ly.kernel_w);
   if (ly.weights == index) {
     *type = kPatchExecConstInt8;
-    *elements = ly.kind == kConv ? cout * taps * static_cast<uint64_t>(L.Tensor(ly.input0).channels)
-                                 : taps * cout;
+    *elements =
+        ConstantOffset(L, ly, 0) +
+        (ly.kind == kConv ? cout * taps * static_cast<uint64_t>(L.Tensor(ly.input0).channels)
+                          : taps * cout);
   }
   const uint16_t per_channel[3] = {ly.bias, ly.multipliers, ly.shifts};
   for (int i = 0; i < 3; ++i) {
     if (per_channel[i] != index) continue;
     if (*type == kPatchExecConstInt8) return kPatchExecErrConstant;  // the weights too
+    if (*type == kPatchExecConstInt32 && !L.packed()) continue;      // same count
+    const uint64_t end = ConstantOffset(L, ly, i + 1) + cout;
     *type = kPatchExecConstInt32;
-    *elements = cout;
+    *elements = end > *elements ? end : *elements;
   }
   return kPatchExecOk;
+}
+
+// Data of constant `which` of conv layer `ly` (see ConstantOffset), `T` its element type;
+// null when the input has no data. The one place the kernels resolve a constant.
+template <typename T>
+const T* ConstantAt(const Layout& L, PatchExecInputFn get_input, void* context, const LayerRec& ly,
+                    int which) {
+  const uint16_t index[4] = {ly.weights, ly.bias, ly.multipliers, ly.shifts};
+  const T* data = static_cast<const T*>(get_input(context, index[which]));
+  // p[4 + which] is the offset with PACKED and validated 0 without it ("unused parameters
+  // are not 0"), so the run path adds it without reading the header flag
+  static_cast<void>(L);
+  return data == nullptr ? nullptr : data + ly.p[4 + which];
 }
 
 // ------------------------------------------------------------------ execution
@@ -962,6 +1077,19 @@ OutView MakeOutView(const Runner& r, uint32_t t, uint32_t i, uint32_t j) {
   return v;
 }
 
+// A whole [1, H, W, C] tensor of `rec`'s size at `data` (read in place).
+InView WholeView(const TensorRec& rec, const int8_t* data) {
+  InView v;
+  v.height = rec.height;
+  v.width = rec.width;
+  v.channels = rec.channels;
+  v.data = data;
+  v.r0 = 0;
+  v.c0 = 0;
+  v.row_stride = static_cast<ptrdiff_t>(rec.width) * rec.channels;
+  return v;
+}
+
 // INPUT_NCHW: rows row[0][i] x columns col[0][j] of the [1, C, H, W] input into tensor
 // 0's slot as dense [rows][cols][C], at the start of patch (i, j).
 void GatherInput(const Runner& r, uint32_t i, uint32_t j) {
@@ -990,11 +1118,11 @@ PatchExecStatus MakeConvArgs(const Runner& r, const LayerRec& ly, ConvArgs* a) {
   a->g = MakeWindow(ly);
   a->input_offset = ly.p[0];
   a->os = MakeOutputStage(ly.p[1], ly.p[2], ly.p[3]);
-  a->weights = static_cast<const int8_t*>(r.get_input(r.context, ly.weights));
-  a->bias =
-      ly.bias == kNone ? nullptr : static_cast<const int32_t*>(r.get_input(r.context, ly.bias));
-  a->multipliers = static_cast<const int32_t*>(r.get_input(r.context, ly.multipliers));
-  a->shifts = static_cast<const int32_t*>(r.get_input(r.context, ly.shifts));
+  const Layout& L = *r.layout;
+  a->weights = ConstantAt<int8_t>(L, r.get_input, r.context, ly, 0);
+  a->bias = ly.bias == kNone ? nullptr : ConstantAt<int32_t>(L, r.get_input, r.context, ly, 1);
+  a->multipliers = ConstantAt<int32_t>(L, r.get_input, r.context, ly, 2);
+  a->shifts = ConstantAt<int32_t>(L, r.get_input, r.context, ly, 3);
   const bool missing = a->weights == nullptr || a->multipliers == nullptr || a->shifts == nullptr ||
                        (ly.bias != kNone && a->bias == nullptr);
   return missing ? kPatchExecErrConstant : kPatchExecOk;
@@ -1107,8 +1235,29 @@ PatchExecStatus ComputeLayer(const Runner& r, uint32_t k, uint32_t i, uint32_t j
       Pad(in, out, ly.pad_top, ly.pad_left, static_cast<int8_t>(ly.p[0]));
       return kPatchExecOk;
     case kAdd:
+      if (ly.input1 == kNone) {  // the runtime addend, read in place
+        const int8_t* addend = static_cast<const int8_t*>(r.get_input(r.context, ly.weights));
+        if (addend == nullptr) return kPatchExecErrConstant;
+        Add(MakeAddParams(ly.p), in, WholeView(r.layout->Tensor(k + 1), addend), out);
+        return kPatchExecOk;
+      }
       Add(MakeAddParams(ly.p), in, MakeInView(r, ly.input1, i, j), out);
       return kPatchExecOk;
+    case kLut: {
+      const int8_t* table = ConstantAt<int8_t>(*r.layout, r.get_input, r.context, ly, 0);
+      if (table == nullptr) return kPatchExecErrConstant;
+      Lut(table, in, out);
+      return kPatchExecOk;
+    }
+    case kConcat:
+      Concat(in, MakeInView(r, ly.input1, i, j), out);
+      return kPatchExecOk;
+    case kMul: {
+      const int8_t* s = static_cast<const int8_t*>(r.get_input(r.context, ly.weights));
+      if (s == nullptr) return kPatchExecErrConstant;
+      MulChannels(MakeMulParams(ly.p), in, s, out);
+      return kPatchExecOk;
+    }
     default:
       return kPatchExecErrLayer;  // unreachable for a validated blob
   }
@@ -1224,6 +1373,10 @@ int PatchExecInputNchw(const uint8_t* validated_blob) {
   return Layout(validated_blob).input_nchw() ? 1 : 0;
 }
 
+int PatchExecConstantsPacked(const uint8_t* validated_blob) {
+  return Layout(validated_blob).packed() ? 1 : 0;
+}
+
 PatchExecStatus PatchExecConstantSpec(const uint8_t* validated_blob, uint32_t index,
                                       PatchExecConstType* type, uint32_t* elements) {
   if (validated_blob == nullptr || type == nullptr || elements == nullptr) {
@@ -1242,9 +1395,11 @@ PatchExecStatus PatchExecConstantSpec(const uint8_t* validated_blob, uint32_t in
       return kPatchExecErrConstant;
     }
     if (t == kPatchExecConstUnused) continue;
-    if (found != kPatchExecConstUnused && (t != found || n != count)) return kPatchExecErrConstant;
+    if (found != kPatchExecConstUnused && (t != found || (n != count && !layout.packed()))) {
+      return kPatchExecErrConstant;
+    }
     found = t;
-    count = n;
+    count = n > count ? n : count;
   }
   if (count > 0xFFFFFFFFu) return kPatchExecErrConstant;
   *type = found;
@@ -1268,8 +1423,10 @@ PatchExecStatus PatchExecCheckConstants(const uint8_t* validated_blob, PatchExec
                  {index});
       return kPatchExecErrConstant;
     }
-    const void* data = type == kPatchExecConstUnused ? nullptr : get_input(context, index);
-    if (type != kPatchExecConstUnused && data == nullptr) {
+    // runtime inputs have no data before Eval: only constants are read here
+    const bool constant = type != kPatchExecConstUnused && type != kPatchExecConstRuntimeInt8;
+    const void* data = constant ? get_input(context, index) : nullptr;
+    if (constant && data == nullptr) {
       msg.Format("input {}: no data", {index});
       return kPatchExecErrConstant;
     }
@@ -1284,8 +1441,8 @@ PatchExecStatus PatchExecCheckConstants(const uint8_t* validated_blob, PatchExec
     const patch_exec::LayerRec ly = layout.Layer(k);
     if (!patch_exec::IsConv(ly.kind)) continue;
     const int32_t cout = layout.Tensor(k + 1).channels;
-    const int32_t* mult = static_cast<const int32_t*>(get_input(context, ly.multipliers));
-    const int32_t* shift = static_cast<const int32_t*>(get_input(context, ly.shifts));
+    const int32_t* mult = patch_exec::ConstantAt<int32_t>(layout, get_input, context, ly, 2);
+    const int32_t* shift = patch_exec::ConstantAt<int32_t>(layout, get_input, context, ly, 3);
     for (int32_t c = 0; c < cout; ++c) {
       if (mult[c] < 0 || shift[c] < -31 || shift[c] > 30) {
         msg.Format(

@@ -20,7 +20,7 @@ typedef enum {
   kPatchExecOk = 0,
   kPatchExecErrTruncated = 1,     // blob shorter than its header or total_bytes
   kPatchExecErrMagic = 2,         // not "TPEX"
-  kPatchExecErrVersion = 3,       // version not 1 or 2, or header_bytes != 32
+  kPatchExecErrVersion = 3,       // version not 1, 2 or 3, or header_bytes != 32
   kPatchExecErrCounts = 4,        // T, L, n, m, num_inputs, header flags, reserved fields
   kPatchExecErrTensor = 5,        // tensor records and sizes, slots, caches, scratch_bytes
   kPatchExecErrRange = 6,         // range table, output tiling
@@ -37,6 +37,10 @@ typedef enum {
   kPatchExecConstUnused = 0,  // no layer references this input
   kPatchExecConstInt8 = 1,    // conv weights
   kPatchExecConstInt32 = 2,   // bias, multipliers, shifts
+  // Not a constant: a MUL layer's per-channel int8 operand or an ADD layer's addend, an
+  // arena tensor the operator reads at run time (its data is only valid in Eval, never
+  // read before PatchExecRun).
+  kPatchExecConstRuntimeInt8 = 3,
 } PatchExecConstType;
 
 // Checks all 10 rules of docs/patch_exec.md in bounded time; never reads outside
@@ -57,8 +61,13 @@ void PatchExecIoShape(const uint8_t* validated_blob, int which, int32_t* h, int3
 // 1 when the blob sets INPUT_NCHW (version 2): input 0 is [1, c, h, w] (a folded
 // TRANSPOSE) instead of [1, h, w, c]; else 0.
 int PatchExecInputNchw(const uint8_t* validated_blob);
-// What operator input `index` (1..num_inputs-1) must be: type and element count.
-// Unreferenced inputs give kPatchExecConstUnused and 0.
+// 1 when the blob sets PACKED (version 3): a conv layer's constants start at element
+// offsets of their inputs and several layers may share an input, so an input must hold
+// at least PatchExecConstantSpec's count; else 0 (it must hold exactly that count).
+int PatchExecConstantsPacked(const uint8_t* validated_blob);
+// What operator input `index` (1..num_inputs-1) must be: type and element count (with
+// PACKED, the most elements a layer reads up to: offset + count). Unreferenced inputs give
+// kPatchExecConstUnused and 0.
 PatchExecStatus PatchExecConstantSpec(const uint8_t* validated_blob, uint32_t index,
                                       PatchExecConstType* type, uint32_t* elements);
 
