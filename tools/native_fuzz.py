@@ -270,6 +270,7 @@ def _random_layer(rng: random.Random, k: int, shapes: list[tuple[int, int, int]]
     pair = after_conv and rng.random() < 0.5
     kind = pf.DEPTHWISE if pair else kind
     act = sorted(rng.sample(range(-128, 128), 2)) if rng.random() < 0.4 else [-128, 127]
+    p: tuple[int, ...]
     if kind == pf.MUL:  # by a runtime per-channel operand (operator input next_input)
         p = (rng.randrange(-127, 129), rng.randrange(-128, 128), act[0], act[1],
              rng.randrange(-127, 129), rng.randrange(1 << 30, 1 << 31), -rng.randrange(0, 12),
@@ -277,7 +278,7 @@ def _random_layer(rng: random.Random, k: int, shapes: list[tuple[int, int, int]]
         return pf.Layer(pf.MUL, k, weights=next_input, p=p), (h, w, c), 1
     if kind == pf.ADD:
         same = [t for t, s in enumerate(shapes) if s == (h, w, c)]
-        p: tuple[int, ...] = (
+        p = (
             rng.randrange(-127, 129), rng.randrange(-128, 128), act[0], act[1],
             rng.randrange(-127, 129), 20, rng.randrange(1 << 30, 1 << 31), -rng.randrange(1, 4),
             rng.randrange(1 << 30, 1 << 31), -rng.randrange(1, 4),
