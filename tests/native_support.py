@@ -8,6 +8,7 @@ import random
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,6 +108,55 @@ def assert_converted_bit_identical(model: Model, ops: set[int], seed: int) -> No
     assert ops <= inside, f"operators {sorted(ops - inside)} outside the stages"
     cmp = api.validate(model.raw, result.patched, seed=seed)
     assert cmp.identical and "C++ kernel" in cmp.executor, cmp.executor
+
+
+def stage_end_before_mean(model: Model) -> int:
+    """The last operator before the global pooling: ops 0..it form one stage."""
+    return next(op.index for op in model.operators if op.name == "MEAN") - 1
+
+
+def assert_clean_under_asan(model: Model, last: int, grids: Sequence[tuple[int, int]],
+                            bad: Sequence[tuple[str, bytes]]) -> None:
+    """Operators 0..last as one stage on every grid (with and without halo caches), and the
+    malformed blobs `bad` (case, blob), in the core built with AddressSanitizer + UBSan: no
+    report, the model's bytes."""
+    from native_sanitize import NativeJob, RunCase, ValidateCase, run_job_sanitized
+
+    from tflm_patch.ref_params import run_graph
+
+    require_asan()
+    lib = native.load("release")
+    runs = []
+    for grid in grids:
+        for cache in (False, True):
+            s = patched_stage(model, 0, last, grid, cache=cache)
+            values = run_graph(model, [random_input(model, sum(grid))])
+            consts = tuple(native.model_constants(s.patched, s.op, lib))
+            runs.append(RunCase(f"{grid} cache={cache}", s.blob, values[s.graph.input], consts,
+                                values[s.graph.output]))
+    job = NativeJob("asan", validate=tuple(ValidateCase(c, b, None) for c, b in bad),
+                    run=tuple(runs))
+    result = run_job_sanitized(job, timeout=900)
+    assert result.report is None, f"sanitizer report: {result.report}\n{result.stderr[-4000:]}"
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def assert_stage_checksum_on_m4(model: Model, last: int, grid: tuple[int, int],
+                                directory: Path, label: str) -> None:
+    """Operators 0..last as one stage: its output checksum on QEMU (Cortex-M4, DSP
+    kernels) equals the numpy reference's (skips without the toolchain)."""
+    import m4
+
+    from tflm_patch.ref_params import run_graph
+
+    reason = m4.toolchain_reason(qemu=True)
+    if reason:
+        pytest.skip(reason)
+    s = patched_stage(model, 0, last, grid, cache=grid != (1, 1))
+    stage_in = run_graph(model, [random_input(model, 3)])[s.graph.input]
+    cases = m4.make_cases(s.patched, stage_in, [s.op.index])
+    run = m4.run_qemu(m4.build_harness(s.patched, cases, directory, label).elf)
+    assert run.checksums()[s.op.index] == f"{cases[0].checksum:08x}", run.output
 
 
 # ------------------------------------------------------------------ version 2

@@ -10,13 +10,20 @@ from typing import Any
 
 import numpy as np
 import pytest
-from native_support import assert_converted_bit_identical, assert_stage_equals_model
+from native_support import (
+    assert_clean_under_asan,
+    assert_converted_bit_identical,
+    assert_stage_checksum_on_m4,
+    assert_stage_equals_model,
+    encode_raw,
+    stage_end_before_mean,
+)
 
 from tflm_patch import patch_format as pf
 from tflm_patch import ref_ops
 from tflm_patch.errors import UnsupportedModelError
 from tflm_patch.model import Model, load_model, model_to_bytes
-from tflm_patch.ref_params import params_for, run_graph
+from tflm_patch.ref_params import params_for
 
 
 def _make_concat_int8_model() -> bytes:
@@ -57,10 +64,6 @@ def concat_model() -> Model:
     return load_model(_cached_model(_make_concat_int8_model))
 
 
-def _stage_end(model: Model) -> int:
-    return next(op.index for op in model.operators if op.name == "MEAN") - 1
-
-
 def _concat_ops(model: Model) -> list[int]:
     return [op.index for op in model.operators if op.name == "CONCATENATION"]
 
@@ -73,7 +76,7 @@ def test_model_has_two_concatenations_and_a_requantization(concat_model: Model) 
 def test_stage_layers(concat_model: Model) -> None:
     from tflm_patch.stage import build_stage
 
-    graph = build_stage(concat_model, 0, _stage_end(concat_model))
+    graph = build_stage(concat_model, 0, stage_end_before_mean(concat_model))
     kinds = [ly.kind for ly in graph.layers]
     assert kinds.count(pf.CONCAT) == 2 and kinds.count(pf.LUT) == 2  # TANH, QUANTIZE
     for k, ly in enumerate(graph.layers):
@@ -93,7 +96,7 @@ def test_stage_reference_and_core_equal_the_model(concat_model: Model, grid: tup
                                                   cache: bool) -> None:
 
 
-    assert_stage_equals_model(concat_model, _stage_end(concat_model), grid, cache)
+    assert_stage_equals_model(concat_model, stage_end_before_mean(concat_model), grid, cache)
 
 
 @pytest.mark.tflm
@@ -162,12 +165,6 @@ def _concat_options(**layer: Any) -> pf.PatchOptions:
     return pf.PatchOptions(tuple(t), (lut, cat), (2, 2), 18, 2)
 
 
-def _unchecked(o: pf.PatchOptions, monkeypatch: pytest.MonkeyPatch) -> bytes:
-    with monkeypatch.context() as m:
-        m.setattr(pf, "decode", lambda blob: None)
-        return pf.encode(o)
-
-
 BAD_CONCAT: dict[str, tuple[dict[str, Any], str]] = {
     "input1 none": ({"input1": pf.NONE}, "input1 65535 is not produced before it"),
     "input1 from the future": ({"input1": 2}, "input1 2 is not produced before it"),
@@ -183,25 +180,23 @@ def test_concat_options_round_trip() -> None:
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CONCAT))
-def test_malformed_concat_layer_is_refused_by_both(case: str,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_malformed_concat_layer_is_refused_by_both(case: str) -> None:
     from native_support import core
 
     changes, message = BAD_CONCAT[case]
-    blob = _unchecked(_concat_options(**changes), monkeypatch)
+    blob = encode_raw(_concat_options(**changes))
     with pytest.raises(pf.OptionsError, match=message) as info:
         pf.decode(blob)
     got = core().validate(blob)
     assert not got.ok and got.message == str(info.value)
 
 
-def test_concat_of_the_wrong_channels_is_refused_by_both(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_concat_of_the_wrong_channels_is_refused_by_both() -> None:
     from native_support import core
 
     o = _concat_options()
     bad = replace(o, tensors=(*o.tensors[:2], replace(o.tensors[2], channels=7)))
-    blob = _unchecked(bad, monkeypatch)
+    blob = encode_raw(bad)
     with pytest.raises(pf.OptionsError, match="is not the channels of") as info:
         pf.decode(blob)
     assert core().validate(blob).message == str(info.value)
@@ -218,31 +213,12 @@ def test_core_joins_the_channels() -> None:
 
 
 @pytest.mark.slow
-def test_concat_stages_and_bad_blobs_under_asan(concat_model: Model,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_concat_stages_and_bad_blobs_under_asan(concat_model: Model) -> None:
     """The stage on several grids (with and without caches) and the malformed CONCATENATION
     records in the core built with AddressSanitizer + UBSan: no report, the same bytes."""
-    from native_sanitize import NativeJob, RunCase, ValidateCase, run_job_sanitized
-    from native_support import patched_stage, random_input, require_asan
-
-    from tflm_patch import native
-
-    require_asan()
-    lib = native.load("release")
-    runs = []
-    for grid in GRIDS:
-        for cache in (False, True):
-            s = patched_stage(concat_model, 0, _stage_end(concat_model), grid, cache=cache)
-            values = run_graph(concat_model, [random_input(concat_model, sum(grid))])
-            consts = tuple(native.model_constants(s.patched, s.op, lib))
-            runs.append(RunCase(f"{grid} cache={cache}", s.blob, values[s.graph.input], consts,
-                                values[s.graph.output]))
-    bad = [ValidateCase(case, _unchecked(_concat_options(**changes), monkeypatch), None)
+    bad = [(case, encode_raw(_concat_options(**changes)))
            for case, (changes, _) in BAD_CONCAT.items()]
-    job = NativeJob("asan", validate=tuple(bad), run=tuple(runs))
-    result = run_job_sanitized(job, timeout=900)
-    assert result.report is None, f"sanitizer report: {result.report}\n{result.stderr[-4000:]}"
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert_clean_under_asan(concat_model, stage_end_before_mean(concat_model), GRIDS, bad)
 
 
 @pytest.mark.slow
@@ -250,14 +226,5 @@ def test_concat_stages_and_bad_blobs_under_asan(concat_model: Model,
 def test_stage_on_the_cortex_m4_equals_numpy(concat_model: Model, grid: tuple[int, int],
                                              tmp_path: Any) -> None:
     """The stage's output checksum on QEMU (Cortex-M4, DSP kernels) = the numpy reference."""
-    import m4
-    from native_support import patched_stage, random_input
-
-    reason = m4.toolchain_reason(qemu=True)
-    if reason:
-        pytest.skip(reason)
-    s = patched_stage(concat_model, 0, _stage_end(concat_model), grid, cache=grid != (1, 1))
-    stage_in = run_graph(concat_model, [random_input(concat_model, 3)])[s.graph.input]
-    cases = m4.make_cases(s.patched, stage_in, [s.op.index])
-    run = m4.run_qemu(m4.build_harness(s.patched, cases, tmp_path, "concatenation").elf)
-    assert run.checksums()[s.op.index] == f"{cases[0].checksum:08x}", run.output
+    assert_stage_checksum_on_m4(concat_model, stage_end_before_mean(concat_model), grid, tmp_path,
+                                "concatenation")

@@ -14,7 +14,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from native_support import assert_converted_bit_identical, assert_stage_equals_model
+from native_support import (
+    assert_clean_under_asan,
+    assert_converted_bit_identical,
+    assert_stage_checksum_on_m4,
+    assert_stage_equals_model,
+    encode_raw,
+    stage_end_before_mean,
+)
 
 from tflm_patch import ref_ops
 from tflm_patch.errors import UnsupportedModelError
@@ -206,18 +213,13 @@ def unary_model() -> Model:
     return load_model(_cached_model(_make_unary_int8_model))
 
 
-def _stage_end(model: Model) -> int:
-    """The last operator before the global pooling: ops 0.._stage_end form one stage."""
-    return next(op.index for op in model.operators if op.name == "MEAN") - 1
-
-
 def test_unary_ops_are_in_the_model_and_supported(unary_model: Model) -> None:
     from tflm_patch.stage import op_support
 
     names = [op.name for op in unary_model.operators]
     for name in STAGE_UNARY:
         assert name in names
-    for op in unary_model.operators[:_stage_end(unary_model) + 1]:
+    for op in unary_model.operators[:stage_end_before_mean(unary_model) + 1]:
         assert op_support(unary_model, op) == (True, ""), op.name
 
 
@@ -225,7 +227,7 @@ def test_stage_has_one_lut_layer_per_unary_op(unary_model: Model) -> None:
     from tflm_patch import patch_format as pf
     from tflm_patch.stage import build_stage
 
-    graph = build_stage(unary_model, 0, _stage_end(unary_model))
+    graph = build_stage(unary_model, 0, stage_end_before_mean(unary_model))
     luts = [k for k, ly in enumerate(graph.layers) if ly.kind == pf.LUT]
     ops = [op for op in unary_model.operators if op.name in STAGE_UNARY]
     assert len(luts) == len(ops) == 7
@@ -244,7 +246,7 @@ def test_stage_reference_and_core_equal_the_model(unary_model: Model, grid: tupl
                                                   cache: bool) -> None:
 
 
-    assert_stage_equals_model(unary_model, _stage_end(unary_model), grid, cache)
+    assert_stage_equals_model(unary_model, stage_end_before_mean(unary_model), grid, cache)
 
 
 @pytest.mark.tflm
@@ -268,15 +270,6 @@ def _lut_options(packed: bool = False, **layer: Any) -> Any:
     ly = replace(pf.Layer(pf.LUT, 0, weights=1), **layer)
     return pf.PatchOptions(tensors, (ly,), (2, 2), 0, 2,
                            pf.FLAG_PACKED if packed else 0)
-
-
-def _raw_blob(o: Any, monkeypatch: pytest.MonkeyPatch) -> bytes:
-    """encode() without its decode check (to write malformed blobs)."""
-    from tflm_patch import patch_format as pf
-
-    with monkeypatch.context() as m:
-        m.setattr(pf, "decode", lambda blob: None)
-        return pf.encode(o)
 
 
 BAD_LUT: dict[str, tuple[dict[str, Any], bool, str]] = {
@@ -305,14 +298,13 @@ def test_lut_options_round_trip() -> None:
 
 
 @pytest.mark.parametrize("case", sorted(BAD_LUT))
-def test_malformed_lut_layer_is_refused_by_both(case: str,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_malformed_lut_layer_is_refused_by_both(case: str) -> None:
     from native_support import core
 
     from tflm_patch import patch_format as pf
 
     changes, packed, message = BAD_LUT[case]
-    blob = _raw_blob(_lut_options(packed, **changes), monkeypatch)
+    blob = encode_raw(_lut_options(packed, **changes))
     with pytest.raises(pf.OptionsError, match=message) as info:
         pf.decode(blob)
     got = core().validate(blob)
@@ -320,15 +312,14 @@ def test_malformed_lut_layer_is_refused_by_both(case: str,
     assert got.message == str(info.value)
 
 
-def test_lut_output_of_another_shape_is_refused_by_both(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lut_output_of_another_shape_is_refused_by_both() -> None:
     from native_support import core
 
     from tflm_patch import patch_format as pf
 
     o = _lut_options()
     out = replace(o.tensors[1], channels=5)
-    blob = _raw_blob(replace(o, tensors=(o.tensors[0], out)), monkeypatch)
+    blob = encode_raw(replace(o, tensors=(o.tensors[0], out)))
     with pytest.raises(pf.OptionsError, match="input and output shapes differ") as info:
         pf.decode(blob)
     assert core().validate(blob).message == str(info.value)
@@ -362,7 +353,7 @@ def _patched_object(model: Model, pack: bool) -> Any:
     from tflm_patch.schedule import make_schedule
     from tflm_patch.stage import build_stage
 
-    graph = build_stage(model, 0, _stage_end(model))
+    graph = build_stage(model, 0, stage_end_before_mean(model))
     return replace_stages(model, [(graph, make_schedule(graph, (2, 2)))], pack=pack)
 
 
@@ -457,31 +448,12 @@ def test_hostile_table_fails_allocation_in_tflm(unary_model: Model, case: str) -
 
 
 @pytest.mark.slow
-def test_lut_stages_and_bad_blobs_under_asan(unary_model: Model,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lut_stages_and_bad_blobs_under_asan(unary_model: Model) -> None:
     """The stage on several grids (with and without caches) and the malformed LUT records
     in the core built with AddressSanitizer + UBSan: no report, the same bytes."""
-    from native_sanitize import NativeJob, RunCase, ValidateCase, run_job_sanitized
-    from native_support import patched_stage, random_input, require_asan
-
-    from tflm_patch import native
-
-    require_asan()
-    lib = native.load("release")
-    runs = []
-    for grid in GRIDS:
-        for cache in (False, True):
-            s = patched_stage(unary_model, 0, _stage_end(unary_model), grid, cache=cache)
-            values = run_graph(unary_model, [random_input(unary_model, sum(grid))])
-            consts = tuple(native.model_constants(s.patched, s.op, lib))
-            runs.append(RunCase(f"{grid} cache={cache}", s.blob, values[s.graph.input], consts,
-                                values[s.graph.output]))
-    bad = [ValidateCase(case, _raw_blob(_lut_options(packed, **changes), monkeypatch), None)
+    bad = [(case, encode_raw(_lut_options(packed, **changes)))
            for case, (changes, packed, _) in BAD_LUT.items()]
-    job = NativeJob("asan", validate=tuple(bad), run=tuple(runs))
-    result = run_job_sanitized(job, timeout=900)
-    assert result.report is None, f"sanitizer report: {result.report}\n{result.stderr[-4000:]}"
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert_clean_under_asan(unary_model, stage_end_before_mean(unary_model), GRIDS, bad)
 
 
 @pytest.mark.slow
@@ -489,14 +461,5 @@ def test_lut_stages_and_bad_blobs_under_asan(unary_model: Model,
 def test_stage_on_the_cortex_m4_equals_numpy(unary_model: Model, grid: tuple[int, int],
                                              tmp_path: Any) -> None:
     """The stage's output checksum on QEMU (Cortex-M4, DSP kernels) = the numpy reference."""
-    import m4
-    from native_support import patched_stage, random_input
-
-    reason = m4.toolchain_reason(qemu=True)
-    if reason:
-        pytest.skip(reason)
-    s = patched_stage(unary_model, 0, _stage_end(unary_model), grid, cache=grid != (1, 1))
-    stage_in = run_graph(unary_model, [random_input(unary_model, 3)])[s.graph.input]
-    cases = m4.make_cases(s.patched, stage_in, [s.op.index])
-    run = m4.run_qemu(m4.build_harness(s.patched, cases, tmp_path, "unary ops").elf)
-    assert run.checksums()[s.op.index] == f"{cases[0].checksum:08x}", run.output
+    assert_stage_checksum_on_m4(unary_model, stage_end_before_mean(unary_model), grid, tmp_path,
+                                "unary ops")
