@@ -116,3 +116,17 @@ def _make_tiny_int8_model() -> bytes:
             yield [rng.uniform(-1, 1, (1, 16, 16, 3)).astype(np.float32)]
 
     return full_int8(tf.lite.TFLiteConverter.from_keras_model(model), representative)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m "not slow" deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`first_case_quick`: every case but the first of the test function is `slow`, so
+    the quick subset runs one case of each such family and the whole suite all of them."""
+    seen: set[str] = set()
+    for item in items:
+        if item.get_closest_marker("first_case_quick") is None:
+            continue
+        function = item.nodeid.split("[", 1)[0]
+        if function in seen:
+            item.add_marker(pytest.mark.slow)
+        seen.add(function)

@@ -197,6 +197,7 @@ def test_predicted_arena_equals_measured(anyop_models: dict[str, bytes], name: s
 def test_tail_counts_equal_recording_allocator(anyop_models: dict[str, bytes],
                                                name: str) -> None:
     model = load_model(anyop_models[name])
+    arena_measure.ensure_measured(model)  # what predict_arena does first
     tail = predict_tail(model)
     report = tflm_runner.allocation_report(model.raw)
     assert tail.total == report.tail
@@ -305,8 +306,8 @@ def test_plan_names_where_stages_stop(anyop_models: dict[str, bytes], tmp_path: 
     --json lists them); the measured SPACE_TO_BATCH_ND operators are among them."""
     import json
 
-    from tflm_patch.analysis import stage_stops
     from tflm_patch.cli import main
+    from tflm_patch.stage import stage_stops
 
     path = tmp_path / "dilated.tflite"
     path.write_bytes(anyop_models["dilated"])

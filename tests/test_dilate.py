@@ -87,6 +87,7 @@ def _expected_options(case: Case) -> tuple[int, int, int, int, int]:
     return (padding, 1, 1, *case.rate)
 
 
+@pytest.mark.first_case_quick
 @pytest.mark.tflm
 @pytest.mark.parametrize("name", [c.name for c in CASES if c.folds])
 def test_fold_is_one_dilated_conv_bit_exact_in_tflm(case_dir: Path, name: str) -> None:
@@ -134,6 +135,7 @@ def test_other_reasons(case_dir: Path, name: str, reason: str,
     assert reason in caplog.text
 
 
+@pytest.mark.slow
 @pytest.mark.tflm
 def test_same_with_nonzero_zero_point_would_not_be_exact(case_dir: Path) -> None:
     """Why SAME needs zero point 0: folded anyway, TFLM's outputs differ (the convolution

@@ -390,6 +390,7 @@ def _convert(capsys: pytest.CaptureFixture[str], tmp_path: Path, model: Model, n
     return src, out_path
 
 
+@pytest.mark.first_case_quick
 @pytest.mark.parametrize("executor", ["tflm", "numpy"])
 def test_int8_io_patched_is_bit_identical_with_the_stripped_original(
         executor: str, float_io: Model) -> None:
@@ -406,6 +407,7 @@ def test_int8_io_patched_is_bit_identical_with_the_stripped_original(
         assert c.identical and c.executor == ex.description
 
 
+@pytest.mark.first_case_quick
 @pytest.mark.parametrize("executor", ["tflm", "numpy"])
 def test_float_interface_patched_is_bit_identical(executor: str, multi_io: Model) -> None:
     ex = _tflm_executor() if executor == "tflm" else _numpy_executor()
@@ -441,6 +443,7 @@ def test_cli_validate_int8_io_against_the_float_original(
     assert lines[1].startswith("verdict: PASS (3/3 inputs bit-identical, 1 output(s) each")
 
 
+@pytest.mark.slow
 def test_cli_validate_uint8_int8_io(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                    uint8_io: Model) -> None:
     src, patched = _convert(capsys, tmp_path, uint8_io, "u", "--int8-io")
@@ -451,6 +454,7 @@ def test_cli_validate_uint8_int8_io(capsys: pytest.CaptureFixture[str], tmp_path
     assert code == 0 and "hint: the uint8 input/outputs take 3,076 B of the" in out
 
 
+@pytest.mark.slow
 def test_cli_validate_float_interface_with_npy(capsys: pytest.CaptureFixture[str],
                                                tmp_path: Path, float_io: Model) -> None:
     src, patched = _convert(capsys, tmp_path, float_io, "f")
@@ -463,6 +467,7 @@ def test_cli_validate_float_interface_with_npy(capsys: pytest.CaptureFixture[str
     assert code == 2 and "int8 data; the model input is float32" in err
 
 
+@pytest.mark.slow
 def test_cli_validate_multi_io(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                multi_io: Model) -> None:
     src, patched = _convert(capsys, tmp_path, multi_io, "m", "--int8-io")

@@ -249,6 +249,7 @@ def test_stage_reference_and_core_equal_the_model(unary_model: Model, grid: tupl
     assert_stage_equals_model(unary_model, stage_end_before_mean(unary_model), grid, cache)
 
 
+@pytest.mark.first_case_quick
 @pytest.mark.tflm
 @pytest.mark.parametrize("seed", [0, 1])
 def test_converted_model_is_bit_identical_in_tflm(unary_model: Model, seed: int) -> None:

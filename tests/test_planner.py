@@ -114,6 +114,7 @@ def test_chosen_arena_equals_prediction_of_written_model(name: str) -> None:
     assert meta["grid"] == list(r.chosen.grid)  # type: ignore[union-attr]
 
 
+@pytest.mark.first_case_quick
 @pytest.mark.parametrize("name", ZOO_NAMES)
 def test_pareto_front_is_not_dominated(name: str) -> None:
     _, r = _plan(name)

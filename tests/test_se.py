@@ -189,6 +189,7 @@ def test_plan_puts_the_se_mul_in_a_stage(se_models: dict[str, bytes], name: str)
 # ------------------------------------------------------------------ bit-exactness
 
 
+@pytest.mark.first_case_quick
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("name", sorted(MAKERS))
 def test_numpy_reference_bit_exact(se_models: dict[str, bytes], name: str, seed: int) -> None:
@@ -201,6 +202,7 @@ def test_numpy_reference_bit_exact(se_models: dict[str, bytes], name: str, seed:
     assert [g.tobytes() for g in got] == [w.tobytes() for w in want]
 
 
+@pytest.mark.first_case_quick
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("name", sorted(MAKERS))
 def test_c_core_bit_exact(se_models: dict[str, bytes], name: str, seed: int) -> None:
@@ -216,6 +218,7 @@ def test_c_core_bit_exact(se_models: dict[str, bytes], name: str, seed: int) -> 
     assert [g.tobytes() for g in got] == [w.tobytes() for w in want]
 
 
+@pytest.mark.first_case_quick
 @pytest.mark.tflm
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("name", sorted(MAKERS))
@@ -228,6 +231,7 @@ def test_kernel_in_tflm_bit_exact(se_models: dict[str, bytes], name: str, seed: 
     assert [g.tobytes() for g in got] == [w.tobytes() for w in want]
 
 
+@pytest.mark.first_case_quick
 @pytest.mark.tflm
 @pytest.mark.parametrize("name", sorted(MAKERS))
 def test_measured_arena_equals_prediction(se_models: dict[str, bytes], name: str) -> None:

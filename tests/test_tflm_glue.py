@@ -538,6 +538,7 @@ def test_unmodified_small_model_runs(kernel: tflm_build.KernelLibrary) -> None:
     assert _run(kernel, data, x)[0].tobytes() == run_model(model.raw, x)[0].tobytes()
 
 
+@pytest.mark.first_case_quick
 @pytest.mark.parametrize("seed", [0, 1])
 def test_input_nchw_stage_in_tflm(kernel: tflm_build.KernelLibrary, seed: int) -> None:
     """Version 2 in TFLM: PATCH_EXEC reads the model input as [1, C, H, W] (INPUT_NCHW)

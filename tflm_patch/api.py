@@ -138,7 +138,8 @@ def plan(model: ModelSource, **options: Any) -> PlanResult:
     `options` are the planner's (`tflm_patch.planner.PlanRequest`, as the CLI options):
     ``budget`` (bytes), ``objective`` ("latency" or "memory"), ``max_latency``,
     ``max_overhead``, ``min_saving`` (fractions), ``split_op``, ``grid`` ((rows, cols)),
-    ``max_grid``, ``target`` ("x86_64" or "cortex_m"), ``multi_stage``.
+    ``max_grid``, ``target`` ("x86_64" or "cortex_m"), ``multi_stage``, ``jobs``
+    (planning processes; default: the CPUs available, at most 4; the plan is the same).
     ``int8_io=True`` first removes a float32 (or uint8) input QUANTIZE and output
     DEQUANTIZE (`tflm_patch.interface`): the result takes and gives int8; the plan's
     "interface" (and the model's metadata 'tflm_patch.interface') say what was removed;

@@ -33,6 +33,7 @@ from tflm_patch.arena_head import (
     scratch_requests,
     tensor_bytes,
 )
+from tflm_patch.arena_measure import unpredicted
 from tflm_patch.arena_tail import (
     OpAllocations,
     TailPrediction,
@@ -77,15 +78,15 @@ def predict_arena(model: Model, target: str = "x86_64",
                   tail: TailPrediction | None = None) -> ArenaPrediction:
     """`tail`: predict_tail(model, target) when the caller has it (it does not depend on
     the scratch sizes, so the patch planner computes it once per stage)."""
-    from tflm_patch.arena_measure import unpredicted
-
+    _check_supported(model)
+    missing = unpredicted(model)  # measures the operators the tables do not know
     head = plan_head(model, target)
     return ArenaPrediction(
         head,
         tail if tail is not None else predict_tail(model, target),
         planning_head_bytes(model, target, head),
         target,
-        unpredicted(model),
+        missing,
     )
 
 
@@ -133,6 +134,7 @@ class PatchedArena:
         if offline_offsets(model) is not None:
             raise UnsupportedModelError(f"the model has an {OFFLINE_PLAN_METADATA} plan, "
                                         "which a patched model's tensors no longer match")
+        unpredicted(model)  # measures the operators the tables do not know
         self.model, self.target = model, target
         t = get_target(target)
         self.rest = model_allocations(model, t)
@@ -143,6 +145,9 @@ class PatchedArena:
                         op_allocations(model, op, t)) for op in model.operators]
         self.patch_tail = patch_exec_allocations(model, t)
         self.tail_target = t
+        # PatchedLayout.tail by (tensors, scratch buffers, the operators' tail objects):
+        # plans with the same operators have the same tail whatever their grids
+        self.tails: dict[tuple[int, int, tuple[int, ...]], tuple[int, int]] = {}
         self.io = frozenset(model.inputs) | frozenset(model.outputs)
         # the tensors the head plans when a patched model still has them: no constant
         # data, not variable, not empty (tensor_bytes of every tensor, as plan_head)
@@ -214,12 +219,15 @@ class PatchedLayout:
         """(tail bytes, tail bytes while planning) of TailPrediction."""
         if main_scratch not in self._tails:
             n = self.num_scratch + (1 if main_scratch and self.main_at >= 0 else 0)
-            allocs, planned = assemble_tail(self.base.tail_target,
-                                            self.base.model.num_subgraphs, self.num_tensors,
-                                            [op.tail for op in self.ops], n, self.base.rest)
-            used = replay(allocs)
-            self._tails[main_scratch] = (used[-1] if used else 0,
-                                         used[planned - 1] if planned else 0)
+            base = self.base
+            key = (self.num_tensors, n, tuple(id(op.tail) for op in self.ops))
+            if key not in base.tails:  # the tail objects live as long as `base`
+                allocs, planned = assemble_tail(base.tail_target, base.model.num_subgraphs,
+                                                self.num_tensors, [op.tail for op in self.ops],
+                                                n, base.rest)
+                used = replay(allocs)
+                base.tails[key] = (used[-1] if used else 0, used[planned - 1] if planned else 0)
+            self._tails[main_scratch] = base.tails[key]
         return self._tails[main_scratch]
 
     def _total(self, head: int, scratch: bool) -> int:

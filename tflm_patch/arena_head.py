@@ -48,6 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tflm_patch.arena_measured import measured_op
 from tflm_patch.errors import UnsupportedModelError
 from tflm_patch.model import Model, OperatorInfo, TensorInfo
 from tflm_patch.patch_format import scratch_bytes
@@ -514,8 +515,6 @@ def scratch_requests(model: Model, op: OperatorInfo, target: str = "x86_64") -> 
     """Byte sizes of the scratch buffers `op`'s kernel requests in Prepare, in order."""
     fn = SCRATCH_REGISTRY.get(op.name)
     if fn is None:  # measured in x86 TFLM (arena_measure), 16-byte multiples
-        from tflm_patch.arena_measure import measured_op
-
         _pointer_size(target)
         scratch = measured_op(model, op).scratch
         return list(scratch) if scratch is not None else []

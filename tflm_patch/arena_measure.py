@@ -39,42 +39,28 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import cache
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tflm_patch import arena_head as ah
+from tflm_patch import arena_tail as at
+from tflm_patch.arena_measured import MEASURE_VERSION, MEMO_KEY, MeasuredOp
 from tflm_patch.errors import TflmPatchError, UnsupportedModelError
 from tflm_patch.model import Model, OperatorInfo, builtin_op_codes, load_model, model_to_bytes
 from tflm_patch.schema import schema
 
 log = logging.getLogger(__name__)
 
-MEASURE_VERSION = 1
 ENV_CACHE = "TFLM_PATCH_MEASURE_DIR"
 RESIDUE_PROBES = 8  # the operator + 0..7 RESIZE_NEAREST_NEIGHBOR: every even residue
 PHASE_PROBES = 4  # the operator + RELU6 + 0..3 RESIZE_NEAREST_NEIGHBOR
 MAX_SCRATCH = 4  # scratch-request counts tried for an operator without a table entry
 KERNEL_ALIGNMENT = 16
 _INT8, _INT32, _FLOAT32 = 9, 2, 0  # schema TensorType
-
-
-@dataclass(frozen=True)
-class MeasuredOp:
-    """An operator's allocations as measured: its first kernel allocation (`first` bytes,
-    in `phase` "init" or "prepare"; "" when it makes none), `rest_count` more of
-    `rest` bytes in all (a multiple of 16), its scratch requests (None: arena_head's
-    table), or `error`: why it could not be measured."""
-
-    first: int = 0
-    phase: str = ""
-    rest: int = 0
-    rest_count: int = 0
-    scratch: tuple[int, ...] | None = None
-    error: str = ""
 
 
 # Operators the wheel registers whose allocations cannot be measured one at a time.
@@ -87,24 +73,13 @@ NOT_MEASURABLE = {
 
 
 def needs_measurement(op: OperatorInfo) -> bool:
-    from tflm_patch.arena_head import SCRATCH_REGISTRY
-    from tflm_patch.arena_tail import OP_TAIL
-
-    return op.name not in OP_TAIL or op.name not in SCRATCH_REGISTRY
+    return op.name not in at.OP_TAIL or op.name not in ah.SCRATCH_REGISTRY
 
 
-def measured_op(model: Model, op: OperatorInfo) -> MeasuredOp:
-    """The measurement of `op` (all unknown operators of `model` measured on first use).
-    One with an `error` counts as allocating nothing: `unpredicted` says so."""
-    if not 0 <= op.index < len(model.operators) or model.operators[op.index] != op:
-        raise UnsupportedModelError(
-            f"operator {op.index} ({op.name}) is not the model's: the arena prediction "
-            "measures only the model's own operators")
-    return _measured(model)[op.index]
-
-
-def _measured(model: Model) -> dict[int, MeasuredOp]:
-    return model.memo(("arena_measure", MEASURE_VERSION), lambda: measure_model(model))
+def ensure_measured(model: Model) -> dict[int, MeasuredOp]:
+    """Every operator of `model` without a table entry measured (once per model; what
+    arena_measured.measured_op reads), by operator index."""
+    return model.memo(MEMO_KEY, lambda: measure_model(model))
 
 
 def unpredicted(model: Model) -> tuple[str, ...]:
@@ -113,7 +88,7 @@ def unpredicted(model: Model) -> tuple[str, ...]:
     if not any(needs_measurement(op) for op in model.operators):
         return ()
     return tuple(f"operator {i} ({model.operators[i].name}): {m.error}"
-                 for i, m in sorted(_measured(model).items()) if m.error)
+                 for i, m in sorted(ensure_measured(model).items()) if m.error)
 
 
 def measure_model(model: Model) -> dict[int, MeasuredOp]:
@@ -312,11 +287,9 @@ def fit(probes: Sequence[bytes], reports: Sequence[Any]) -> MeasuredOp:
 
 def _candidates(m0: Model, report: Any, count: int, requested: int) -> list[MeasuredOp]:
     """Descriptions to try, each with `rest` fitted to the one-operator model's tail."""
-    from tflm_patch.arena_head import SCRATCH_REGISTRY
-
     op = m0.operators[0]
     scratch_options: list[tuple[int, ...] | None] = [None]
-    if op.name not in SCRATCH_REGISTRY:
+    if op.name not in ah.SCRATCH_REGISTRY:
         total = report.head - _head(m0, ())
         scratch_options = [()] if total == 0 else []
         scratch_options += [(total,) + (0,) * (n - 1) for n in range(1, MAX_SCRATCH + 1)]
@@ -342,16 +315,11 @@ def _candidates(m0: Model, report: Any, count: int, requested: int) -> list[Meas
 def _replays(model: Model, report: Any, m: MeasuredOp) -> bool:
     scratch = m.scratch
     if scratch is None:
-        from tflm_patch.arena_head import scratch_requests
-
-        scratch = tuple(scratch_requests(model, model.operators[0]))
+        scratch = tuple(ah.scratch_requests(model, model.operators[0]))
     return _tail(model, m) == report.tail and _head(model, scratch) == report.head
 
 
 def _tail(model: Model, m: MeasuredOp) -> int:
-    from tflm_patch import arena_head as ah
-    from tflm_patch import arena_tail as at
-
     t = at.X86_64
     first = model.operators[0]
     ops = [at.measured_allocations(model, first, t, m)]
@@ -368,8 +336,6 @@ def _tail(model: Model, m: MeasuredOp) -> int:
 def _head(model: Model, scratch: Sequence[int]) -> int:
     """The head of a probe: its tensors, then the operator's scratch buffers (the
     probes' added operators request none)."""
-    from tflm_patch import arena_head as ah
-
     tensors = ah._tensor_allocations(model)
     size, _ = ah.greedy_plan([(a.nbytes, a.first, a.last) for a in tensors]
                              + [(s, 1, 1) for s in scratch])
@@ -379,6 +345,8 @@ def _head(model: Model, scratch: Sequence[int]) -> int:
 # --------------------------------------------------------------------------------- cache
 @cache
 def _wheel_version() -> str:
+    from importlib import metadata  # only when an operator is measured: slow to import
+
     try:
         return metadata.version("tflite-micro")
     except metadata.PackageNotFoundError:

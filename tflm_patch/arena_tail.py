@@ -42,14 +42,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from tflm_patch.arena_head import align_up
+from tflm_patch.arena_head import TYPE_SIZE, align_up, offline_offsets, scratch_requests
+from tflm_patch.arena_measured import MeasuredOp, measured_op
 from tflm_patch.errors import UnsupportedModelError
 from tflm_patch.model import Model, OperatorInfo
-
-if TYPE_CHECKING:
-    from tflm_patch.arena_measure import MeasuredOp
 
 KERNEL_ALIGNMENT = 16  # MicroArenaBufferAlignment() (micro_arena_constants.h)
 INT16_LUT_ENTRIES = 513  # LUTSize<int16_t>() (kernels/internal/common.h)
@@ -444,8 +441,6 @@ def measured_allocations(model: Model, op: OperatorInfo, t: Target,
     """OpAllocations of an operator without an OP_TAIL entry: its option struct from
     BUILTIN_DATA, its kernel allocations measured in x86 TFLM (arena_measure; `m` when
     the caller has the measurement)."""
-    from tflm_patch.arena_measure import measured_op
-
     if m is None:
         m = measured_op(model, op)
     name = BUILTIN_DATA.get(op.name) if not op.is_custom else None
@@ -503,8 +498,6 @@ def _kernel(size: int, what: str) -> Allocation:
 def _variable_buffers(model: Model) -> list[Allocation]:
     # MicroAllocator::AllocateVariables: TfLiteEvalTensorByteLength, 16-byte aligned, for
     # the variable tensors the offline plan (if any) leaves to the online planner
-    from tflm_patch.arena_head import TYPE_SIZE, offline_offsets
-
     offsets = offline_offsets(model)
     out = []
     for tensor in model.tensors:
@@ -599,8 +592,6 @@ def assemble_tail(t: Target, num_subgraphs: int, num_tensors: int,
 def tail_allocations(model: Model, target: str = "x86_64") -> tuple[list[Allocation], int]:
     """All tail allocations in TFLM's order, and how many precede the input/output tensors
     (i.e. exist while CommitStaticMemoryPlan plans)."""
-    from tflm_patch.arena_head import scratch_requests
-
     _check_model(model)
     t = get_target(target)
     n_scratch = sum(len(scratch_requests(model, op, target)) for op in model.operators)

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tflm_patch.analysis import stage_stops
 from tflm_patch.cli_output import CONSOLE
 from tflm_patch.errors import TflmPatchError, UnsupportedModelError
 from tflm_patch.io_checks import check_output_file, check_plot_file, shown
 from tflm_patch.model import Model
+from tflm_patch.stage import stage_stops
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,10 @@ def parse_max_grid(text: str) -> int:
     return _int_in(text, 1, 64, "the largest grid side")
 
 
+def parse_jobs(text: str) -> int:
+    return _int_in(text, 1, 256, "the number of planning processes")
+
+
 def parse_top(text: str) -> int:
     return _int_in(text, 1, 1_000_000, "the number of rows")
 
@@ -86,7 +90,7 @@ def _request(args: argparse.Namespace) -> Any:
                        split_op=args.split_op, grid=args.grid, max_grid=args.max_grid,
                        target=args.target, min_saving=args.min_saving,
                        multi_stage=not args.single_stage, objective=args.objective,
-                       max_latency=args.max_latency)
+                       max_latency=args.max_latency, jobs=args.jobs)
 
 
 def _int8_io(args: argparse.Namespace, model: Model) -> tuple[Any, Any]:
@@ -444,6 +448,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _plan_options(p: argparse.ArgumentParser) -> None:
     from tflm_patch.cli_args import parse_size
+    from tflm_patch.parallel import JOBS_ENV, MAX_DEFAULT_JOBS
     from tflm_patch.planner import DEFAULT_MAX_GRID, DEFAULT_MAX_LATENCY, OBJECTIVES
 
     p.add_argument("--budget", type=parse_size, metavar="SIZE",
@@ -478,6 +483,10 @@ def _plan_options(p: argparse.ArgumentParser) -> None:
                    "(their PADs folded, their requantization data in flash)")
     p.add_argument("--plot", metavar="FILE.png",
                    help="write memory per operator before/after (MCUNetV2 Figure 1 style)")
+    p.add_argument("-j", "--jobs", type=parse_jobs, metavar="N",
+                   help=f"planning processes (default ${JOBS_ENV}, else the CPUs this "
+                   f"process may use, at most {MAX_DEFAULT_JOBS}); the plan is the same "
+                   "with any number")
     p.add_argument("--int8-io", action="store_true",
                    help="first remove a float32 (or uint8) input QUANTIZE and output "
                    "DEQUANTIZE: the model takes and gives int8 (scale and zero point in the "

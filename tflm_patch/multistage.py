@@ -111,6 +111,8 @@ def refine(model: Model, c: Candidate, *, target: str, macs_before: int,
                 if ev is None:
                     ev = StageEvaluator(model, g, target, macs_before, fused, fixed)
                 limit = found[0].arena - 1 if found else best.arena * (1.0 - MIN_GAIN)
+                if ev.layout.lower_bound(0) > limit:  # so is every later grid's arena:
+                    break  # the bound grows with the scratch, the limit only falls
                 got = ev.evaluate_within(grid, limit)  # None: certainly above the limit
                 if got is None:
                     continue

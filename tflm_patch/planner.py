@@ -18,6 +18,7 @@ A plan is only ever returned when its arena is smaller than the unpatched model'
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -26,12 +27,14 @@ from typing import Any
 
 from tflm_patch.analysis import op_macs
 from tflm_patch.arena import predict_arena
+from tflm_patch.arena_measure import unpredicted
 from tflm_patch.cost import PlanCost, StageKey
 from tflm_patch.errors import TflmPatchError, UnsupportedModelError
 from tflm_patch.evaluate import Candidate, StageEvaluator, UnitGraphs, without_gc
 from tflm_patch.fuse import unit_grid
 from tflm_patch.model import Model, require_int8
 from tflm_patch.multistage import refine
+from tflm_patch.parallel import default_jobs, split_map
 from tflm_patch.rewrite import CUSTOM_CODE, replace_stages
 from tflm_patch.schedule import Schedule, make_schedule
 from tflm_patch.stage import (
@@ -49,7 +52,15 @@ OBJECTIVES = ("latency", "memory")
 DEFAULT_MAX_GRID = 8
 DEFAULT_MIN_SAVING = 0.10
 OTHER_SEEDS = 3  # main stages besides the chosen one that get stages added after them
-SEARCHES = 2 + OTHER_SEEDS  # multi-stage searches: the chosen plan, the flipped one, others
+# the refine searches after a seed (_search), and their relative times (for sharing them
+# out between processes)
+NORMAL, FLOOR, FLOOR_FREE = 0, 1, 2
+TASK_WEIGHTS = {NORMAL: 4.0, FLOOR: 1.5, FLOOR_FREE: 0.5}
+# search tasks: three after the chosen plan and the flipped one, one after other seeds
+SEARCH_TASKS = 2 * 3 + OTHER_SEEDS
+SearchTask = tuple[int, "Candidate", int]  # seed number, seed, which search
+StageList = list[tuple[int, int, tuple[int, int]]]  # (first, last, grid) of added stages
+Searched = tuple[StageList | None, list["Candidate"]]
 
 
 class PlanError(TflmPatchError):
@@ -73,6 +84,9 @@ class PlanRequest:
     multi_stage: bool = True
     objective: str = "latency"
     max_latency: float = DEFAULT_MAX_LATENCY  # latency objective: estimated instructions
+    # processes to plan with (parallel.split_map; None: parallel.default_jobs()); the
+    # plan is the same with any number
+    jobs: int | None = None
 
     @property
     def mac_limit(self) -> float:
@@ -232,17 +246,13 @@ def plan(model: Model, request: PlanRequest | None = None,
     units = UnitGraphs(model)
     candidates: list[Candidate] = []
     multi = request.multi_stage and request.split_op is None and request.grid is None
-    work = _Work(len(stages), max(1, len(stages) // 2) if multi else 0, progress)
-    for first, last in stages:
-        work.advance(0)
-        graph = build_stage(model, first, last)
-        evaluators = [StageEvaluator(model, graph, request.target, macs_before)]
-        fused = units.outside([(first, last)]) if request.multi_stage else []
-        if fused:
-            evaluators.append(StageEvaluator(model, graph, request.target, macs_before, fused))
-        for ev in evaluators:
-            candidates.extend(_evaluate(ev, _grids(graph, request)))
-        work.advance(1)
+    work = _Work(len(stages), max(1, len(stages) // 4) if multi else 0, progress)
+    jobs = default_jobs() if request.jobs is None else request.jobs
+    work.advance(0)
+    for found in split_map(functools.partial(_main_candidates, model, request, units,
+                                             macs_before), stages, jobs,
+                           lambda: work.advance(1)):
+        candidates.extend(found)
     result = PlanResult(arena_before, macs_before, candidates, None, "", request,
                         cost=PlanCost(model))
     budget = request.budget
@@ -250,24 +260,23 @@ def plan(model: Model, request: PlanRequest | None = None,
             and all(c.arena > budget for c in candidates)):
         # no single patched stage fits: try more patched stages, whatever the MACs
         seed = min(candidates, key=lambda c: (c.arena, c.macs))
-        _add_patched_stages(model, result, units, seed, float("inf"))
-        work.advance(work.search)
+        tasks = _search_tasks([(seed, False)])
+        search = functools.partial(_search, model, result, units, float("inf"))
+        result.candidates += _merge(tasks, [search(t) for t in tasks])
+        work.advance(len(tasks) * work.search)
     result.chosen, result.message = choose(result)
     if multi and budget is None and result.chosen is not None:
-        chosen = result.chosen
-        _add_patched_stages(model, result, units, chosen, request.mac_limit)
+        tasks = _search_tasks(_seeds(result, result.chosen))
+        search = functools.partial(_search, model, result, units, request.mac_limit)
+        # the chosen plan's first search here, before the others are shared out: they
+        # reuse much of its work (it makes the schedules of the stages after the main
+        # stage, which the other searches from that main stage try again); then the
+        # searches after one seed in one process, since they share most of their work
+        searched = [search(tasks[0])]
         work.advance(work.search)
-        # the best plan with the other halo strategy (recompute vs cache) as well: the
-        # greedy stage search is seed-dependent, and either may end up smaller
-        flipped = _first_fit(result, (c for c in result.candidates if not c.extra and
-                                      bool(c.cache) != bool(chosen.cache)))
-        if flipped is not None:
-            _add_patched_stages(model, result, units, flipped, request.mac_limit)
-        work.advance(work.search)
-        for seed in _other_seeds(result, chosen):
-            _add_patched_stages(model, result, units, seed, request.mac_limit,
-                                free_only=True)
-            work.advance(work.search)
+        searched += split_map(search, tasks[1:], jobs, lambda: work.advance(work.search),
+                              [(i, TASK_WEIGHTS[which]) for i, _, which in tasks[1:]])
+        result.candidates += _merge(tasks, searched)
         result.chosen, result.message = choose(result)
     if budget is None and result.chosen is not None and result.chosen.cache:
         _tune_caches(model, result)
@@ -275,8 +284,6 @@ def plan(model: Model, request: PlanRequest | None = None,
         _tune_fused(model, result, units)
     work.finish()
     result.seconds = time.perf_counter() - start
-    from tflm_patch.arena_measure import unpredicted
-
     missing = unpredicted(model)
     if missing:  # docs/arena.md: compared, but not TFLM's whole arena
         result.message += (f" (arenas leave out what {len(missing)} operator(s) allocate: "
@@ -284,11 +291,33 @@ def plan(model: Model, request: PlanRequest | None = None,
     return result
 
 
+def _main_candidates(model: Model, request: PlanRequest, units: UnitGraphs,
+                     macs_before: int, stage: tuple[int, int]) -> list[Candidate]:
+    """Every grid of one main stage alone, and with the convolutions outside it fused."""
+    graph = build_stage(model, *stage)
+    evaluators = [StageEvaluator(model, graph, request.target, macs_before)]
+    fused = units.outside([stage]) if request.multi_stage else []
+    if fused:
+        evaluators.append(StageEvaluator(model, graph, request.target, macs_before, fused))
+    return [c for ev in evaluators for c in _evaluate(ev, _grids(graph, request))]
+
+
+def _seeds(result: PlanResult, chosen: Candidate) -> list[tuple[Candidate, bool]]:
+    """The multi-stage searches after the first choice, as (seed, free_only): the chosen
+    plan; the best plan with the other halo strategy (recompute vs cache), since the
+    greedy stage search is seed-dependent and either may end up smaller; and the cheap
+    search after the other main stages of _other_seeds."""
+    flipped = _first_fit(result, (c for c in result.candidates if not c.extra and
+                                  bool(c.cache) != bool(chosen.cache)))
+    return [(chosen, False), *([(flipped, False)] if flipped is not None else []),
+            *((seed, True) for seed in _other_seeds(result, chosen))]
+
+
 @dataclass
 class _Work:
     """Planning progress for `plan`'s callback, as (done, total) units of work: one per
-    main stage evaluated, `search` per multi-stage search after a seed (SEARCHES at
-    most; each takes about the time of half the main stages)."""
+    main stage evaluated, `search` per multi-stage search task (SEARCH_TASKS at most;
+    each takes about the time of a quarter of the main stages)."""
 
     stages: int
     search: int
@@ -297,7 +326,7 @@ class _Work:
 
     @property
     def total(self) -> int:
-        return self.stages + SEARCHES * self.search
+        return self.stages + SEARCH_TASKS * self.search
 
     def advance(self, units: int) -> None:
         self.done = min(self.total, self.done + units)
@@ -477,57 +506,75 @@ def _first_fit(result: PlanResult, candidates: Iterable[Candidate]) -> Candidate
                  if result.fits(c)), None)
 
 
-def _add_patched_stages(model: Model, result: PlanResult, units: UnitGraphs, c: Candidate,
-                        max_overhead: float, *, free_only: bool = False) -> None:
-    """Multi-stage: patched stages after the main stage of `c` (multistage.refine), then
-    every main stage and grid evaluated again with them in place (new candidates).
-    free_only: only the cheap search (1x1-grid stages judged at the floor grid)."""
+def _search_tasks(seeds: Sequence[tuple[Candidate, bool]]) -> list[SearchTask]:
+    """The refine searches after each (seed, free_only) of `seeds`: (seed number, seed,
+    which search); free_only: FLOOR_FREE alone."""
+    return [(i, c, which) for i, (c, free_only) in enumerate(seeds)
+            for which in ((FLOOR_FREE,) if free_only else (NORMAL, FLOOR, FLOOR_FREE))]
+
+
+def _search(model: Model, result: PlanResult, units: UnitGraphs, max_overhead: float,
+            task: SearchTask) -> Searched:
+    """One refine search after a seed's main stage (multistage.refine) and, when it adds
+    stages, every main stage and grid evaluated again with them in place: (the added
+    stages, the new candidates), or (None, []). NORMAL: the added stages judged with the
+    main stage at the seed's grid; FLOOR: judged against the main stage at its finest
+    grid, which finds the stages that lower the peaks after the main stage while the main
+    stage's own peak is still the higher one; FLOOR_FREE: the same with MAC-free 1x1-grid
+    stages only, which leave the whole MAC budget to the main grid."""
+    _, c, which = task
     req = result.request
-    judge = result.latency_check if req.latency else None
-    fixed: list[tuple[StageGraph, Schedule]] = []
-    if not free_only:
-        refined, fixed = refine(model, c, target=req.target, macs_before=result.macs_before,
-                                max_overhead=max_overhead, units=units, judge=judge)
-        if fixed:
-            result.candidates.append(refined)
-            _reevaluate(model, result, units, fixed)
-    # the same with the added stages judged against the main stage at its finest grid:
-    # finds the stages that lower the peaks after the main stage while the main stage's
-    # own peak is still the higher one
-    main = build_stage(model, c.first, c.last)
-    floor = max(_grids(main, req), key=lambda g: (g[0] * g[1], g), default=None)
-    if floor is None or floor == c.grid:
-        return
-    tried = [_key(fixed)]
-    # also with MAC-free stages only, which leave the whole MAC budget to the main grid
-    for free in (True,) if free_only else (False, True):
-        _, floor_fixed = refine(model, c, target=req.target, macs_before=result.macs_before,
-                                max_overhead=max_overhead, units=units, floor_grid=floor,
-                                free_only=free, judge=judge)
-        if floor_fixed and _key(floor_fixed) not in tried:
-            tried.append(_key(floor_fixed))
-            _reevaluate(model, result, units, floor_fixed)
+    floor = None
+    if which != NORMAL:
+        main = build_stage(model, c.first, c.last)
+        floor = max(_grids(main, req), key=lambda g: (g[0] * g[1], g), default=None)
+        if floor is None or floor == c.grid:
+            return None, []
+    refined, fixed = refine(model, c, target=req.target, macs_before=result.macs_before,
+                            max_overhead=max_overhead, units=units, floor_grid=floor,
+                            free_only=which == FLOOR_FREE,
+                            judge=result.latency_check if req.latency else None)
+    if not fixed:
+        return None, []
+    found = _reevaluate(model, result, units, fixed)
+    return _key(fixed), [refined, *found] if which == NORMAL else found
 
 
-def _key(stages: list[tuple[StageGraph, Schedule]]) -> list[tuple[int, int, tuple[int, int]]]:
+def _merge(tasks: Sequence[SearchTask], searched: Sequence[Searched]) -> list[Candidate]:
+    """The search tasks' candidates, in task order; a FLOOR or FLOOR_FREE search's only
+    when the stages it added differ from those of the seed's searches before it (the same
+    stages give the same candidates again)."""
+    out: list[Candidate] = []
+    tried: dict[int, list[StageList]] = {}
+    for (i, _, which), (key, found) in zip(tasks, searched, strict=True):
+        seen = tried.setdefault(i, [])
+        if key is not None and (which == NORMAL or key not in seen):
+            seen.append(key)
+            out += found
+    return out
+
+
+def _key(stages: list[tuple[StageGraph, Schedule]]) -> StageList:
     return [(g.first, g.last, s.grid) for g, s in stages]
 
 
 def _reevaluate(model: Model, result: PlanResult, units: UnitGraphs,
-                fixed: list[tuple[StageGraph, Schedule]]) -> None:
+                fixed: list[tuple[StageGraph, Schedule]]) -> list[Candidate]:
     """Every main stage before the `fixed` stages under every grid, with them in place."""
     req = result.request
     taken = [(g.first, g.last) for g, _ in fixed]
     # the plan chosen so far is within the limits: what it certainly dominates can be
     # neither chosen nor on the Pareto front, and is not kept
     best = result.chosen
+    found: list[Candidate] = []
     for first, last in _stages(model, req):
         if last >= taken[0][0]:
             continue
         graph = build_stage(model, first, last)
         ev = StageEvaluator(model, graph, req.target, result.macs_before,
                             units.outside([(first, last), *taken]), fixed)
-        result.candidates.extend(_evaluate(ev, _grids(graph, req), best))
+        found += _evaluate(ev, _grids(graph, req), best)
+    return found
 
 
 def patched_model_object(model: Model, result: PlanResult) -> Any:

@@ -133,26 +133,30 @@ def pack_slots(sizes: list[int], life: list[tuple[int, int]],
     do k and j live at the same time (worked out from `life` when not given)."""
     if overlap is None:
         overlap = _overlap(tuple(life))
-    order = sorted(range(len(sizes)), key=lambda k: (-sizes[k], k))
-    placed: list[tuple[int, int, int]] = []  # (offset, end, k), sorted
+    # largest first, equal sizes in index order (a stable sort)
+    order = sorted(range(len(sizes)), key=sizes.__getitem__, reverse=True)
+    # (offset, aligned end, k), sorted: among equal offsets the order does not matter
+    placed: list[tuple[int, int, int]] = []
     offsets = [0] * len(sizes)
     total = 0
     a = pf.SLOT_ALIGNMENT
     for k in order:
         size = sizes[k]
-        if size == 0:
-            continue
+        if not size:  # and so are the rest
+            break
         row = overlap[k]
         offset = 0
-        for o, e, _ in [p for p in placed if row[p[2]]]:
-            if offset + size <= o:
-                break
-            e = (e + a - 1) // a * a
-            if e > offset:
-                offset = e
+        for o, e, j in placed:
+            if row[j]:
+                if offset + size <= o:
+                    break
+                if e > offset:
+                    offset = e
         offsets[k] = offset
-        bisect.insort(placed, (offset, offset + size, k))
-        total = max(total, offset + size)
+        end = offset + size
+        bisect.insort(placed, (offset, (end + a - 1) // a * a, k))
+        if end > total:
+            total = end
     return offsets, total
 
 
@@ -178,41 +182,85 @@ def make_schedule(graph: StageGraph, grid: tuple[int, int],
     return graph.schedules[key]
 
 
+@dataclass(frozen=True)
+class _Axis:
+    """The ranges along one axis for one band count, with per tensor the widest band
+    and the sum of the bands' widths (_extents)."""
+
+    ranges: Ranges
+    cached: frozenset[int]
+    widest: tuple[int, ...]
+    total: tuple[int, ...]
+
+
+def _axis(graph: StageGraph, axis: int, count: int,
+          cache: bool | frozenset[int] = False) -> _Axis:
+    """Made once per graph and arguments (in graph.schedules, beside the schedules)."""
+    key = ("axis", axis, count, cache)
+    got = graph.schedules.get(key)
+    if got is None:
+        if cache is False or cache == frozenset():
+            ranges, cached = axis_ranges(graph, axis, count), frozenset[int]()
+        else:
+            ranges, cached = cached_col_ranges(graph, count, None if cache is True else cache)
+        got = graph.schedules[key] = _Axis(ranges, cached, *_extents(ranges, cached))
+    return got
+
+
+@dataclass(frozen=True)
+class _Slots:
+    """Per graph: the stage tensors with a slot, the channels a slot holds, and the
+    tensors' lifetimes."""
+
+    slotted: tuple[int, ...]
+    depths: tuple[int, ...]
+    life: tuple[tuple[int, int], ...]
+
+
+def _slots(graph: StageGraph) -> _Slots:
+    got = graph.schedules.get("slots")
+    if got is None:
+        num_t = len(graph.tensors)
+        slotted = tuple(k for k in range(num_t - 1) if k > 0 or graph.input_nchw)
+        # a STREAM layer's output holds one channel; tensor 0 has a slot only when the
+        # kernel gathers it from an NCHW input
+        depths = tuple(1 if k > 0 and graph.layers[k - 1].stream else graph.shapes[k][2]
+                       for k in slotted)
+        got = graph.schedules["slots"] = _Slots(slotted, depths, tuple(_lifetimes(graph)))
+    return got
+
+
 def _make_schedule(graph: StageGraph, grid: tuple[int, int],
                    cache: bool | frozenset[int]) -> Schedule:
     n, m = grid
-    rows = axis_ranges(graph, 0, n)
-    if cache is False or cache == frozenset():
-        cols, cached = axis_ranges(graph, 1, m), frozenset[int]()
-    else:
-        cols, cached = cached_col_ranges(graph, m, None if cache is True else cache)
+    rows = _axis(graph, 0, n)
+    cols = _axis(graph, 1, m, cache)
+    cached = cols.cached
     num_t = len(graph.tensors)
-    row_max, row_sum = _extents(rows)
-    col_max, col_sum = _extents(cols, cached)
+    facts = _slots(graph)
     sizes = [0] * num_t
-    slotted = [k for k in range(num_t - 1) if k > 0 or graph.input_nchw]
-    for k in slotted:
-        # a STREAM layer's output holds one channel; tensor 0 has a slot only when the
-        # kernel gathers it from an NCHW input
-        depth = 1 if k > 0 and graph.layers[k - 1].stream else graph.shapes[k][2]
+    row_max, col_max = rows.widest, cols.widest
+    for k, depth in zip(facts.slotted, facts.depths, strict=True):
         sizes[k] = row_max[k] * col_max[k] * depth
-    life = _lifetimes(graph)
     # a cache lives for the whole run: the widest overlap, every row, every channel
     order = sorted(cached)
-    cache_sizes = [row_max[t] * max(cols[t][j - 1][1] - cols[t][j][0] for j in range(1, m))
+    col_ranges = cols.ranges
+    cache_sizes = [row_max[t] * max(col_ranges[t][j - 1][1] - col_ranges[t][j][0]
+                                    for j in range(1, m))
                    * graph.shapes[t][2] for t in order]
-    whole = (-1, len(graph.layers))
-    lives = tuple(life) + (whole,) * len(order)
+    lives = facts.life + ((-1, len(graph.layers)),) * len(order) if order else facts.life
     offsets, total = pack_slots(sizes + cache_sizes, list(lives), _overlap(lives))
+    slotted = set(facts.slotted)
     slots = tuple((offsets[k], sizes[k]) if k in slotted else (pf.EXTERNAL, 0)
                   for k in range(num_t))
     caches = [(pf.EXTERNAL, 0)] * num_t
     for i, t in enumerate(order):
         caches[t] = (offsets[num_t + i], cache_sizes[i])
     # a cached tensor computes only the columns the previous patch did not
+    row_sum, col_sum = rows.total, cols.total
     macs = sum(per_pixel * row_sum[k + 1] * col_sum[k + 1]
                for k, per_pixel in enumerate(graph.macs_per_pixel))
-    return Schedule(grid, rows, cols, slots, total, macs, cached, tuple(caches))
+    return Schedule(grid, rows.ranges, col_ranges, slots, total, macs, cached, tuple(caches))
 
 
 @lru_cache(maxsize=4096)
@@ -220,7 +268,6 @@ def _lifetimes(graph: StageGraph) -> list[tuple[int, int]]:
     return pf.lifetimes(list(graph.layers))
 
 
-@lru_cache(maxsize=4096)
 def _extents(ranges: Ranges, cached: frozenset[int] = frozenset()
              ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Per tensor, the widest band and the sum of the bands' widths (where a cached

@@ -563,3 +563,44 @@ def candidate_stages(model: Model) -> Iterator[tuple[int, int]]:
                 if stage_check(model, first, last, support)[0]:
                     yield first, last
         i = run_end + 1
+
+
+# ------------------------------------------------------------------ where stages stop
+MAX_OPS_LISTED = 4  # operator indices listed per name and reason; more are counted
+
+
+@dataclass(frozen=True)
+class StageStop:
+    """Operators PATCH_EXEC cannot execute for the same reason (stage.op_support's, with
+    its "operator N (NAME): " prefix taken off): every stage ends before them."""
+
+    ops: tuple[int, ...]
+    names: tuple[str, ...]
+    reason: str
+
+    def line(self) -> str:
+        by_name: dict[str, list[int]] = {}
+        for i, name in zip(self.ops, self.names, strict=True):
+            by_name.setdefault(name, []).append(i)
+        parts = []
+        for name, ops in by_name.items():
+            listed = ", ".join(str(i) for i in ops[:MAX_OPS_LISTED])
+            if len(ops) > MAX_OPS_LISTED:
+                listed += f", ... ({len(ops)} ops)"
+            parts.append(f"op{'s' if len(ops) > 1 else ''} {listed} {name}")
+        return f"stages stop at: {'; '.join(parts)} ({self.reason})"
+
+    def to_json(self) -> dict[str, object]:
+        return {"ops": list(self.ops), "names": list(self.names), "reason": self.reason}
+
+
+def stage_stops(model: Model) -> list[StageStop]:
+    """One StageStop per distinct reason, in operator order."""
+    groups: dict[str, list[OperatorInfo]] = {}
+    for op, (ok, reason) in zip(model.operators, model_support(model), strict=True):
+        if ok:
+            continue
+        prefix = f"operator {op.index} ({op.name}): "
+        groups.setdefault(reason.removeprefix(prefix), []).append(op)
+    return [StageStop(tuple(op.index for op in ops), tuple(op.name for op in ops), reason)
+            for reason, ops in groups.items()]
