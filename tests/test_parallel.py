@@ -42,6 +42,23 @@ def test_children_do_share_the_work() -> None:
 
 
 @needs_fork
+def test_groups_stay_together_heaviest_first() -> None:
+    groups = [("a", 1.0), ("b", 4.0), ("a", 1.0), ("c", 1.0), ("b", 1.0)]
+    pids = split_map(lambda _: os.getpid(), list(range(5)), 2, groups=groups)
+    assert pids[1] == pids[4] == PARENT  # "b", the heaviest, here
+    assert pids[0] == pids[2] == pids[3] != PARENT  # "a" and then "c", the lighter load
+
+
+def test_one_group_forks_no_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_fork(*_: object) -> None:
+        raise AssertionError("a child for nothing")
+
+    monkeypatch.setattr(parallel, "_fork", no_fork)
+    pids = split_map(lambda _: os.getpid(), [0, 1, 2], 2, groups=[("a", 1.0)] * 3)
+    assert pids == [PARENT] * 3
+
+
+@needs_fork
 def test_done_is_called_once_per_item_here() -> None:
     calls: list[int] = []
     split_map(_square, list(range(5)), 2, lambda: calls.append(os.getpid()))

@@ -83,7 +83,8 @@ def split_map(fn: Callable[[T], R], items: Sequence[T], jobs: int,
     children: list[_Child[T]] = []
     try:
         for share in shares[1:]:
-            children.append(_fork(fn, items, share))
+            if share:
+                children.append(_fork(fn, items, share))
         results: dict[int, R] = {}
         for i in shares[0]:
             results[i] = fn(items[i])

@@ -260,23 +260,11 @@ def plan(model: Model, request: PlanRequest | None = None,
             and all(c.arena > budget for c in candidates)):
         # no single patched stage fits: try more patched stages, whatever the MACs
         seed = min(candidates, key=lambda c: (c.arena, c.macs))
-        tasks = _search_tasks([(seed, False)])
-        search = functools.partial(_search, model, result, units, float("inf"))
-        result.candidates += _merge(tasks, [search(t) for t in tasks])
-        work.advance(len(tasks) * work.search)
+        _run_searches(model, result, units, [(seed, False)], float("inf"), jobs, work)
     result.chosen, result.message = choose(result)
     if multi and budget is None and result.chosen is not None:
-        tasks = _search_tasks(_seeds(result, result.chosen))
-        search = functools.partial(_search, model, result, units, request.mac_limit)
-        # the chosen plan's first search here, before the others are shared out: they
-        # reuse much of its work (it makes the schedules of the stages after the main
-        # stage, which the other searches from that main stage try again); then the
-        # searches after one seed in one process, since they share most of their work
-        searched = [search(tasks[0])]
-        work.advance(work.search)
-        searched += split_map(search, tasks[1:], jobs, lambda: work.advance(work.search),
-                              [(i, TASK_WEIGHTS[which]) for i, _, which in tasks[1:]])
-        result.candidates += _merge(tasks, searched)
+        _run_searches(model, result, units, _seeds(result, result.chosen),
+                      request.mac_limit, jobs, work)
         result.chosen, result.message = choose(result)
     if budget is None and result.chosen is not None and result.chosen.cache:
         _tune_caches(model, result)
@@ -504,6 +492,23 @@ def _first_fit(result: PlanResult, candidates: Iterable[Candidate]) -> Candidate
     """The smallest arena (then fewest MACs) within the request's limits."""
     return next((c for c in sorted(candidates, key=lambda c: (c.arena, c.macs))
                  if result.fits(c)), None)
+
+
+def _run_searches(model: Model, result: PlanResult, units: UnitGraphs,
+                  seeds: Sequence[tuple[Candidate, bool]], max_overhead: float, jobs: int,
+                  work: _Work) -> None:
+    """The multi-stage searches after `seeds`, their candidates added in task order. The
+    first one runs here before the others are shared out between `jobs` processes: they
+    reuse much of its work (it makes the schedules of the stages after the main stage,
+    which the other searches from that main stage try again); the searches after one
+    seed go to one process, since they share most of their work."""
+    tasks = _search_tasks(seeds)
+    search = functools.partial(_search, model, result, units, max_overhead)
+    searched = [search(tasks[0])]
+    work.advance(work.search)
+    searched += split_map(search, tasks[1:], jobs, lambda: work.advance(work.search),
+                          [(i, TASK_WEIGHTS[which]) for i, _, which in tasks[1:]])
+    result.candidates += _merge(tasks, searched)
 
 
 def _search_tasks(seeds: Sequence[tuple[Candidate, bool]]) -> list[SearchTask]:
