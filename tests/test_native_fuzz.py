@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 import random
+import struct
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import native_fuzz
 import numpy as np
 import pytest
 from native_fuzz import (
@@ -154,3 +156,18 @@ def test_atheris_fuzzer_then_asan_replay() -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "DONE" in proc.stderr and "fuzz ok (replay, asan)" in proc.stderr
     assert "AddressSanitizer" not in proc.stderr and "runtime error" not in proc.stderr
+
+
+def test_cache_record_mutation_stays_in_range_on_huge_tensors() -> None:
+    """The mutator's guessed cache size fits its uint32 field even for 65535-sized
+    tensors (it once overflowed struct.pack and stopped the fuzzer)."""
+    blobs = [b for b in load_corpus() if native_fuzz._has_caches(b)]
+    assert blobs
+    for blob in blobs[:8]:
+        b = bytearray(blob)
+        num_t = struct.unpack_from("<H", b, 12)[0]
+        for t in range(num_t):
+            struct.pack_into("<HHH", b, pf.HEADER_BYTES + pf.TENSOR_BYTES * t,
+                             0xFFFF, 0xFFFF, 0xFFFF)
+        for seed in range(64):
+            native_fuzz._toggle_cache_cols(bytearray(b), random.Random(seed))

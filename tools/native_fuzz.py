@@ -213,7 +213,7 @@ def _toggle_cache_cols(b: bytearray, rng: random.Random) -> None:
         return
     h, w, c = struct.unpack_from("<HHH", b, pf.HEADER_BYTES + pf.TENSOR_BYTES * t)
     scratch = struct.unpack_from("<I", b, 20)[0]
-    size = h * c * rng.choice((0, 1, 2, 4, max(1, w // 2)))
+    size = min(h * c * rng.choice((0, 1, 2, 4, max(1, w // 2))), 0xFFFFFFFF)  # a uint32
     struct.pack_into("<II", b, at, scratch, size)
     if rng.random() < 0.7:
         struct.pack_into("<I", b, 20, min(scratch + size, 0xFFFFFFFF))
