@@ -33,7 +33,7 @@ from tflm_patch.arena_head import (
     scratch_requests,
     tensor_bytes,
 )
-from tflm_patch.arena_measure import unpredicted
+from tflm_patch.arena_measure import ensure_measured, unpredicted
 from tflm_patch.arena_tail import (
     OpAllocations,
     TailPrediction,
@@ -134,7 +134,7 @@ class PatchedArena:
         if offline_offsets(model) is not None:
             raise UnsupportedModelError(f"the model has an {OFFLINE_PLAN_METADATA} plan, "
                                         "which a patched model's tensors no longer match")
-        unpredicted(model)  # measures the operators the tables do not know
+        ensure_measured(model)  # the operators the tables do not know
         self.model, self.target = model, target
         t = get_target(target)
         self.rest = model_allocations(model, t)

@@ -19,8 +19,8 @@ import signal
 import sys
 import warnings
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from dataclasses import dataclass
+from typing import TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,10 @@ class _Collect(logging.Handler):
 
 
 @dataclass
-class _Child(Generic[T]):
+class _Child:
     pid: int
     fd: int
-    indices: list[int] = field(default_factory=list)
+    indices: list[int]
 
 
 def split_map(fn: Callable[[T], R], items: Sequence[T], jobs: int,
@@ -80,7 +80,7 @@ def split_map(fn: Callable[[T], R], items: Sequence[T], jobs: int,
     jobs = max(1, min(jobs, len(items))) if can_fork() else 1
     shares = ([list(range(k, len(items), jobs)) for k in range(jobs)] if groups is None
               else _by_group(groups, jobs))
-    children: list[_Child[T]] = []
+    children: list[_Child] = []
     try:
         for share in shares[1:]:
             if share:
@@ -115,7 +115,7 @@ def _by_group(groups: Sequence[tuple[Hashable, float]], jobs: int) -> list[list[
     return [sorted(share) for share in shares]
 
 
-def _fork(fn: Callable[[T], R], items: Sequence[T], share: list[int]) -> _Child[T]:
+def _fork(fn: Callable[[T], R], items: Sequence[T], share: list[int]) -> _Child:
     read, write = os.pipe()
     with warnings.catch_warnings():  # 3.12+: "process is multi-threaded": see _child
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -145,7 +145,7 @@ def _child(fn: Callable[[T], R], items: Sequence[T], share: list[int], fd: int) 
         os._exit(code)
 
 
-def _collect(fn: Callable[[T], R], items: Sequence[T], child: _Child[T],
+def _collect(fn: Callable[[T], R], items: Sequence[T], child: _Child,
              done: Callable[[], None] | None) -> dict[int, R]:
     """A child's results (its log records handled here), or its share computed here when
     the child failed."""
@@ -168,7 +168,7 @@ def _collect(fn: Callable[[T], R], items: Sequence[T], child: _Child[T],
     return out
 
 
-def _reap(child: _Child[T], kill: bool) -> bool:
+def _reap(child: _Child, kill: bool) -> bool:
     """Wait for the child (killed first with kill=True); did it exit with 0?"""
     if child.pid <= 0:
         return False

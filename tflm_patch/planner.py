@@ -58,9 +58,9 @@ NORMAL, FLOOR, FLOOR_FREE = 0, 1, 2
 TASK_WEIGHTS = {NORMAL: 4.0, FLOOR: 1.5, FLOOR_FREE: 0.5}
 # search tasks: three after the chosen plan and the flipped one, one after other seeds
 SEARCH_TASKS = 2 * 3 + OTHER_SEEDS
-SearchTask = tuple[int, "Candidate", int]  # seed number, seed, which search
+SearchTask = tuple[int, Candidate, int]  # seed number, seed, which search
 StageList = list[tuple[int, int, tuple[int, int]]]  # (first, last, grid) of added stages
-Searched = tuple[StageList | None, list["Candidate"]]
+Searched = tuple[StageList | None, list[Candidate]]
 
 
 class PlanError(TflmPatchError):
@@ -110,6 +110,9 @@ class PlanResult:
     seconds: float = 0.0
     cost: PlanCost | None = None  # estimated Cortex-M4 instructions (cost.py)
     _instructions: dict[Candidate, int] = field(default_factory=dict, repr=False)
+    # planner._search: the candidates with each set of added stages, (first, last, grid)s
+    _reevaluated: dict[tuple[tuple[int, int, tuple[int, int]], ...], list[Candidate]] = \
+        field(default_factory=dict, repr=False)
 
     def overhead(self, c: Candidate) -> float:
         return c.overhead(self.macs_before)
@@ -541,8 +544,12 @@ def _search(model: Model, result: PlanResult, units: UnitGraphs, max_overhead: f
                             judge=result.latency_check if req.latency else None)
     if not fixed:
         return None, []
-    found = _reevaluate(model, result, units, fixed)
-    return _key(fixed), [refined, *found] if which == NORMAL else found
+    key = _key(fixed)
+    # another search of this process may have added the same stages (_merge keeps one)
+    if tuple(key) not in result._reevaluated:
+        result._reevaluated[tuple(key)] = _reevaluate(model, result, units, fixed)
+    found = result._reevaluated[tuple(key)]
+    return key, [refined, *found] if which == NORMAL else found
 
 
 def _merge(tasks: Sequence[SearchTask], searched: Sequence[Searched]) -> list[Candidate]:

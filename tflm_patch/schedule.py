@@ -52,14 +52,13 @@ Ranges = tuple[tuple[pf.Range, ...], ...]  # [stage tensor][band]
 CacheIf = Callable[[int, Sequence[pf.Range | None]], bool]
 
 
-@lru_cache(maxsize=4096)  # per graph object: the planner asks for each count many times
 def axis_ranges(graph: StageGraph, axis: int, count: int) -> Ranges:
     """Per stage tensor, the range along `axis` (0 rows, 1 columns) of each of `count`
-    bands. Box mode: each tensor keeps the union of what its consumers' ranges read."""
+    bands. Box mode: each tensor keeps the union of what its consumers' ranges read.
+    (Schedules take them through _axis, which keeps them on the graph.)"""
     return band_ranges(graph.layers, graph.shapes, axis, count)
 
 
-@lru_cache(maxsize=4096)
 def cached_col_ranges(graph: StageGraph, count: int, allowed: frozenset[int] | None = None
                       ) -> tuple[Ranges, frozenset[int]]:
     """Column ranges with halo reuse (CACHE_COLS): every intermediate tensor that can have
@@ -196,10 +195,11 @@ class _Axis:
 def _axis(graph: StageGraph, axis: int, count: int,
           cache: bool | frozenset[int] = False) -> _Axis:
     """Made once per graph and arguments (in graph.schedules, beside the schedules)."""
+    cache = cache or False  # the empty set is no cache
     key = ("axis", axis, count, cache)
     got = graph.schedules.get(key)
     if got is None:
-        if cache is False or cache == frozenset():
+        if cache is False:
             ranges, cached = axis_ranges(graph, axis, count), frozenset[int]()
         else:
             ranges, cached = cached_col_ranges(graph, count, None if cache is True else cache)
@@ -226,7 +226,8 @@ def _slots(graph: StageGraph) -> _Slots:
         # kernel gathers it from an NCHW input
         depths = tuple(1 if k > 0 and graph.layers[k - 1].stream else graph.shapes[k][2]
                        for k in slotted)
-        got = graph.schedules["slots"] = _Slots(slotted, depths, tuple(_lifetimes(graph)))
+        life = tuple(pf.lifetimes(list(graph.layers)))
+        got = graph.schedules["slots"] = _Slots(slotted, depths, life)
     return got
 
 
@@ -248,11 +249,11 @@ def _make_schedule(graph: StageGraph, grid: tuple[int, int],
     cache_sizes = [row_max[t] * max(col_ranges[t][j - 1][1] - col_ranges[t][j][0]
                                     for j in range(1, m))
                    * graph.shapes[t][2] for t in order]
-    lives = facts.life + ((-1, len(graph.layers)),) * len(order) if order else facts.life
+    lives = facts.life + ((-1, len(graph.layers)),) * len(order)
     offsets, total = pack_slots(sizes + cache_sizes, list(lives), _overlap(lives))
-    slotted = set(facts.slotted)
-    slots = tuple((offsets[k], sizes[k]) if k in slotted else (pf.EXTERNAL, 0)
-                  for k in range(num_t))
+    slots = [(pf.EXTERNAL, 0)] * num_t
+    for k in facts.slotted:
+        slots[k] = (offsets[k], sizes[k])
     caches = [(pf.EXTERNAL, 0)] * num_t
     for i, t in enumerate(order):
         caches[t] = (offsets[num_t + i], cache_sizes[i])
@@ -260,12 +261,8 @@ def _make_schedule(graph: StageGraph, grid: tuple[int, int],
     row_sum, col_sum = rows.total, cols.total
     macs = sum(per_pixel * row_sum[k + 1] * col_sum[k + 1]
                for k, per_pixel in enumerate(graph.macs_per_pixel))
-    return Schedule(grid, rows.ranges, col_ranges, slots, total, macs, cached, tuple(caches))
-
-
-@lru_cache(maxsize=4096)
-def _lifetimes(graph: StageGraph) -> list[tuple[int, int]]:
-    return pf.lifetimes(list(graph.layers))
+    return Schedule(grid, rows.ranges, col_ranges, tuple(slots), total, macs, cached,
+                    tuple(caches))
 
 
 def _extents(ranges: Ranges, cached: frozenset[int] = frozenset()
